@@ -1,0 +1,7 @@
+"""sdfm: flow matching with semidiscrete optimal-transport couplings (SD-FM) in PyTorch."""
+
+__version__ = "0.1.0"
+
+from sdfm.transport import SemidiscreteResult, SemidiscreteSolver, assign  # noqa: E402
+
+__all__ = ["SemidiscreteResult", "SemidiscreteSolver", "__version__", "assign"]

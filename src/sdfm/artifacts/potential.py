@@ -1,0 +1,185 @@
+"""Potential files: safetensors with ``g`` [N] float64 and self-describing JSON metadata.
+
+Layout:
+    tensors   ``g`` [N] float64 (1/2 |x - y|^2 convention: the cell of x is
+              argmax_j <x, y_j> + g_j - |y_j|^2 / 2); ``weights`` [N] float64 when not uniform;
+              ``groups`` [N] int64 (duplicate group of each target) when targets repeat.
+    metadata  key ``sdfm``: JSON with format, cost, convention, eps, chi2 (and its standard error),
+              N, d, the sha256 fingerprint of the target array, data name, solver settings, work
+              done and the sdfm version.
+Files are written atomically. Loading against other data (shape or fingerprint) raises ValueError.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sdfm.artifacts.atomic import atomic_write
+from sdfm.data.files import fingerprint as data_fingerprint
+from sdfm.transport.duplicates import DuplicateGroups
+from sdfm.transport.semidiscrete import SemidiscreteResult
+
+FORMAT = "sdfm.potential"
+FORMAT_VERSION = 1
+COST = "half_sqeuclidean"
+CONVENTION = "cell(x) = argmax_j <x, y_j> + g_j - |y_j|^2 / 2"
+
+
+@dataclass(frozen=True)
+class PotentialFile:
+    """A loaded potential: g [N] float64, optional weights and duplicate groups, and metadata."""
+
+    potential: torch.Tensor
+    weights: torch.Tensor | None
+    duplicates: DuplicateGroups | None
+    meta: dict = field(repr=False)
+
+    @property
+    def eps(self) -> float:
+        return float(self.meta["eps"])
+
+    @property
+    def chi2(self) -> float:
+        return float(self.meta["chi2"])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.meta["fingerprint"])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.meta["num_targets"]), int(self.meta["dim"])
+
+    def check_targets(self, targets, *, fingerprint: str | None = None) -> None:
+        """Raises ValueError unless ``targets`` [N, d] are the data this potential was solved for."""
+        n, d = self.shape
+        shape = tuple(targets.shape) if targets is not None else None
+        if shape is not None and (len(shape) != 2 or shape != (n, d)):
+            raise ValueError(
+                f"potential: solved for data of shape [{n}, {d}], got data of shape {list(shape)}"
+            )
+        fp = fingerprint or (data_fingerprint(targets) if targets is not None else None)
+        if fp is not None and fp != self.fingerprint:
+            raise ValueError(
+                f"potential: solved for data with fingerprint {self.fingerprint[:12]}…, "
+                f"got different data (fingerprint {fp[:12]}…) of the same shape [{n}, {d}]"
+            )
+
+
+def save_potential(
+    path: str | Path,
+    result: SemidiscreteResult,
+    *,
+    targets=None,
+    fingerprint: str | None = None,
+    data_name: str | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Writes ``result`` to ``path`` (atomically) with the fingerprint of ``targets`` [N, d].
+
+    Give ``targets`` (hashed here) or a precomputed ``fingerprint`` of the same array.
+    """
+    from safetensors.torch import save_file
+
+    import sdfm
+
+    g = result.potential.detach().to(torch.float64).cpu().contiguous()
+    n = int(g.shape[0])
+    if targets is None and fingerprint is None:
+        raise ValueError("targets: give the data (or its fingerprint) the potential was solved for")
+    if targets is not None:
+        if tuple(targets.shape)[0] != n or len(targets.shape) != 2:
+            raise ValueError(
+                f"targets: shape {list(targets.shape)} does not match the potential's [{n}]"
+            )
+        fingerprint = fingerprint or data_fingerprint(targets)
+    dim = int(targets.shape[1]) if targets is not None else int(result.settings.get("dim", -1))
+    tensors = {"g": g}
+    if result.weights is not None:
+        tensors["weights"] = result.weights.detach().to(torch.float64).cpu().contiguous()
+    if result.duplicates is not None:
+        tensors["groups"] = result.duplicates.inverse.to(torch.int64).cpu().contiguous()
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "cost": COST,
+        "convention": CONVENTION,
+        "eps": result.eps,
+        "eps_relative": result.settings.get("eps") if result.settings.get("relative_eps") else None,
+        "chi2": result.chi2,
+        "chi2_stderr": result.chi2_stderr,
+        "chi2_samples": result.chi2_samples,
+        "converged": result.converged,
+        "num_targets": n,
+        "dim": dim,
+        "fingerprint": fingerprint,
+        "data": data_name,
+        "duplicates": 0 if result.duplicates is None else result.duplicates.num_duplicates,
+        "solver": result.settings,
+        "steps": result.steps,
+        "samples": result.samples,
+        "seconds": result.seconds,
+        "sdfm_version": sdfm.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if extra:
+        meta.update(extra)
+    text = json.dumps(meta, sort_keys=True, default=_json_default)
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"sdfm": text}))
+
+
+def _json_default(value):
+    if isinstance(value, (torch.dtype, torch.device)):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in potential metadata")
+
+
+def load_potential(
+    path: str | Path, *, targets=None, fingerprint: str | None = None
+) -> PotentialFile:
+    """Reads a potential file; with ``targets`` (or a fingerprint) checks it matches the data."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"potential: no such file: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("sdfm")
+            names = set(fh.keys())
+            tensors = {k: fh.get_tensor(k) for k in names}
+    except Exception as exc:  # noqa: BLE001 - any reader failure means an unreadable file
+        raise ValueError(f"potential: cannot read {path}: {type(exc).__name__}: {exc}") from exc
+    if raw is None or "g" not in tensors:
+        raise ValueError(f"potential: {path} is not an sdfm potential file (no 'sdfm' metadata)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"potential: corrupt metadata in {path}: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"potential: {path} has format {meta.get('format')!r}, expected {FORMAT}")
+    g = tensors["g"]
+    n = int(meta.get("num_targets", -1))
+    if g.dim() != 1 or g.shape[0] != n:
+        raise ValueError(f"potential: {path}: g has shape {list(g.shape)}, metadata says N={n}")
+    if not bool(torch.isfinite(g).all()):
+        raise ValueError(f"potential: {path}: g contains NaN or Inf")
+    weights = tensors.get("weights")
+    duplicates = None
+    if "groups" in tensors:
+        inverse = tensors["groups"].to(torch.int64)
+        num_groups = int(inverse.max()) + 1
+        first = torch.full((num_groups,), n, dtype=torch.long)
+        first.scatter_reduce_(0, inverse, torch.arange(n), reduce="amin")
+        w = torch.full((n,), 1.0 / n, dtype=torch.float64) if weights is None else weights
+        duplicates = DuplicateGroups(inverse=inverse, representative=first, weights=w / w.sum())
+    out = PotentialFile(potential=g.to(torch.float64), weights=weights, duplicates=duplicates,
+                        meta=meta)
+    if targets is not None or fingerprint is not None:
+        out.check_targets(targets, fingerprint=fingerprint)
+    return out

@@ -1,0 +1,1 @@
+"""Command-line interface (layer L3): ``sdfm solve``, ``sdfm info``."""

@@ -1,0 +1,128 @@
+"""Tensor files: .npy / .npz / .pt / .safetensors holding [N, ...] data (and optional labels)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: Keys looked up, in order, in a file that holds several arrays.
+DATA_KEYS = ("x", "data", "X", "samples", "arr_0")
+LABEL_KEYS = ("labels", "y", "label", "targets")
+SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".safetensors")
+
+
+class DataError(ValueError):
+    """Bad data or an unreadable data file (a ValueError whose message starts with 'data:')."""
+
+
+def _pick(arrays: dict, path: Path):
+    names = list(arrays)
+    data_key = next((k for k in DATA_KEYS if k in arrays), None)
+    if data_key is None:
+        candidates = [k for k in names if k not in LABEL_KEYS]
+        if len(candidates) != 1:
+            raise DataError(
+                f"data: {path} holds arrays {names}; name the data one of {list(DATA_KEYS)}"
+            )
+        data_key = candidates[0]
+    label_key = next((k for k in LABEL_KEYS if k in arrays and k != data_key), None)
+    return arrays[data_key], (arrays[label_key] if label_key else None)
+
+
+def _to_numpy(value, path: Path, what: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bfloat16:
+            value = value.to(torch.float32)
+        return value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    raise DataError(f"data: {path} holds a {type(value).__name__} as {what}, expected an array")
+
+
+def load_array(path: str | Path, *, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reads data [N, ...] (and labels [N] if present) from a tensor file.
+
+    Returns the data flattened to [N, d] (memory-mapped for .npy when possible; values as
+    stored, no rescaling) and the labels or None. Raises ValueError with a one-line reason for a
+    missing, unreadable, empty, non-numeric or non-finite file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data: no such file: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(f"data: unsupported file type {suffix!r} ({path}); use one of {SUFFIXES}")
+    labels = None
+    try:
+        if suffix == ".npy":
+            data = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                data, labels = _pick({k: z[k] for k in z.files}, path)
+        elif suffix in (".pt", ".pth"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict):
+                data, labels = _pick(obj, path)
+            else:
+                data = obj
+        else:
+            from safetensors.numpy import load_file
+
+            try:
+                data, labels = _pick(load_file(str(path)), path)
+            except TypeError:  # bf16 tensors are not representable in numpy
+                from safetensors.torch import load_file as load_torch
+
+                data, labels = _pick(load_torch(str(path)), path)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure is an unreadable file
+        raise DataError(f"data: cannot read {path}: {type(exc).__name__}: {exc}") from exc
+    data = _to_numpy(data, path, "data")
+    if labels is not None:
+        labels = _to_numpy(labels, path, "labels")
+    data = check_data(data, str(path))
+    if labels is not None and (labels.ndim != 1 or labels.shape[0] != data.shape[0]):
+        raise DataError(
+            f"data: labels in {path} have shape {labels.shape}, expected [{data.shape[0]}]"
+        )
+    return data, labels
+
+
+def check_data(data: np.ndarray, where: str = "data") -> np.ndarray:
+    """Flattens [N, ...] to [N, d] and refuses empty, non-numeric or non-finite data."""
+    if data.dtype.kind not in "biuf":
+        raise DataError(f"data: {where} has non-numeric dtype {data.dtype}")
+    if data.ndim == 0:
+        raise DataError(f"data: {where} is a scalar, expected [N, ...]")
+    if data.ndim == 1:
+        data = data.reshape(-1, 1)
+    if data.shape[0] == 0 or int(np.prod(data.shape[1:])) == 0:
+        raise DataError(f"data: {where} is empty (shape {data.shape})")
+    data = data.reshape(data.shape[0], -1)
+    if data.dtype.kind == "f":
+        for start in range(0, data.shape[0], 65536):
+            block = np.asarray(data[start:start + 65536])
+            if not np.isfinite(block).all():
+                bad = int((~np.isfinite(block)).sum())
+                raise DataError(f"data: {where} contains NaN or Inf ({bad} in rows from {start})")
+    return data
+
+
+def fingerprint(data) -> str:
+    """sha256 of an [N, d] array's dtype, shape and C-order bytes (streamed; no full copy)."""
+    if isinstance(data, torch.Tensor):
+        data = data.detach().cpu()
+        if data.dtype == torch.bfloat16:
+            data = data.view(torch.int16)
+        data = data.numpy()
+    data = np.asarray(data)
+    h = hashlib.sha256()
+    h.update(f"{data.dtype.str}|{tuple(data.shape)}|".encode())
+    rows = max(1, (1 << 24) // max(1, data[0].nbytes if data.shape[0] else 1))
+    for start in range(0, data.shape[0], rows):
+        h.update(np.ascontiguousarray(data[start:start + rows]).tobytes())
+    return h.hexdigest()

@@ -1,0 +1,44 @@
+"""Semidiscrete optimal transport on tensors (layer L0: no nn.Module, no files, no distributed).
+
+- :func:`assign`: exact streamed argmax (eps = 0) or Gumbel-max sample (eps > 0) of the cell of
+  each noise sample.
+- :class:`SemidiscreteSolver`: fits the dual potential; returns a :class:`SemidiscreteResult`.
+- diagnostics: chi2 with standard error, total variation and its sampling floor, usage, cost.
+"""
+
+from sdfm.transport.assign import assign, c_transform, marginal
+from sdfm.transport.diagnostics import (
+    MarginalEstimate,
+    chi2_from_counts,
+    chi2_from_sums,
+    estimate_marginal,
+    total_variation,
+    transport_cost,
+    tv_sampling_floor,
+    usage_counts,
+    usage_histogram,
+)
+from sdfm.transport.duplicates import DuplicateGroups, find_duplicates
+from sdfm.transport.semidiscrete import HistoryEntry, SemidiscreteResult, SemidiscreteSolver
+from sdfm.transport.sources import standard_normal
+
+__all__ = [
+    "DuplicateGroups",
+    "HistoryEntry",
+    "MarginalEstimate",
+    "SemidiscreteResult",
+    "SemidiscreteSolver",
+    "assign",
+    "c_transform",
+    "chi2_from_counts",
+    "chi2_from_sums",
+    "estimate_marginal",
+    "find_duplicates",
+    "marginal",
+    "standard_normal",
+    "total_variation",
+    "transport_cost",
+    "tv_sampling_floor",
+    "usage_counts",
+    "usage_histogram",
+]

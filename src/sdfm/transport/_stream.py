@@ -1,0 +1,232 @@
+"""Streamed scoring kernels: every reduction over the targets runs chunk by chunk.
+
+A score block is ``alpha * <x, y_j - center> + bias_j`` for one chunk of targets; no more than one
+[n, chunk] block (plus, for Gumbel sampling, one noise block of the same shape) exists at a time.
+Targets may live on another device or in another dtype (e.g. a CPU or memory-mapped array feeding a
+GPU): each chunk is moved and cast on the fly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+#: Default number of elements of one [n, chunk] score block (8 MiB in float32): blocks that fit
+#: in cache beat larger ones (measured: chunk 1024-2048 for n = 1024).
+BLOCK_ELEMENTS = 1 << 21
+
+#: exp() arguments are clamped from below at this value: exp(-40) = 4e-18 and its square stay
+#: normal floats. Denormals (exp(x) for x < -87 in float32) make CPU arithmetic ~100x slower; the
+#: clamp adds at most 4e-18 per entry to probabilities, far below float32 resolution of a sum.
+EXP_FLOOR = -40.0
+
+
+def _exp_shifted_(block: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """In place: exp(block - shift[:, None]) with the argument clamped at EXP_FLOOR."""
+    return block.sub_(shift[:, None]).clamp_(min=EXP_FLOOR).exp_()
+
+
+#: Queries are processed ROW_BLOCK rows at a time (each row block streams over all targets).
+ROW_BLOCK = 2048
+
+
+def chunk_size_for(n: int, num_targets: int, d: int, chunk_size: int | None = None) -> int:
+    """Number of targets per chunk: the given one, or one that keeps [rows, chunk] and [chunk, d]
+    small (rows = min(n, ROW_BLOCK))."""
+    if chunk_size is not None:
+        return max(1, min(int(chunk_size), num_targets))
+    rows = min(n, ROW_BLOCK)
+    return max(1, min(num_targets, max(64, BLOCK_ELEMENTS // max(rows, d, 1))))
+
+
+def _row_blocks(x: torch.Tensor):
+    for start in range(0, x.shape[0], ROW_BLOCK):
+        yield x[start:start + ROW_BLOCK]
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device):
+    """Disables TF32 matmuls on CUDA while scoring: argmax results must be exact."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        old = matmul.fp32_precision
+        matmul.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = old
+    else:  # pragma: no cover - older torch
+        old = matmul.allow_tf32
+        matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = old
+
+
+def target_chunks(
+    targets: torch.Tensor,
+    chunk: int,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    center: torch.Tensor | None = None,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yields ``(start, stop, y[start:stop] - center)`` moved to ``device`` and cast to ``dtype``."""
+    n_targets = targets.shape[0]
+    for start in range(0, n_targets, chunk):
+        stop = min(start + chunk, n_targets)
+        z = targets[start:stop].to(device=device, dtype=dtype, non_blocking=True)
+        if center is not None:
+            z = z - center
+        yield start, stop, z
+
+
+def score_blocks(
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    chunk: int,
+    center: torch.Tensor | None = None,
+    alpha: float = 1.0,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yields ``(start, stop, block)`` with block [n, stop - start] = alpha x (y - center)^T + bias.
+
+    The block is written into one reused buffer: a consumer must be done with it before asking for
+    the next one.
+    """
+    n = x.shape[0]
+    buf = torch.empty(n * min(chunk, targets.shape[0]), dtype=x.dtype, device=x.device)
+    for start, stop, z in target_chunks(targets, chunk, device=x.device, dtype=x.dtype, center=center):
+        out = buf[: n * (stop - start)].view(n, stop - start)
+        torch.addmm(bias[start:stop], x, z.T, alpha=alpha, out=out)
+        yield start, stop, out
+
+
+def stream_argmax(
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    chunk: int,
+    center: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    top2: bool = False,
+    gumbel: torch.Generator | None | bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Row-wise argmax of the scores over all targets, streamed.
+
+    Args:
+        gumbel: False for a plain argmax; otherwise a generator (or None for the global one) that
+            draws i.i.d. standard Gumbel noise added to every score (Gumbel-max sampling).
+        top2: also return the second-best score (for the gap statistics of the solver).
+
+    Returns:
+        index [n] (int64), best score [n], second-best score [n] or None.
+    """
+    if x.shape[0] > ROW_BLOCK:
+        parts = [stream_argmax(xb, targets, bias, chunk=chunk, center=center, alpha=alpha,
+                               top2=top2, gumbel=gumbel) for xb in _row_blocks(x)]
+        second = torch.cat([p[2] for p in parts]) if top2 else None
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), second
+    n = x.shape[0]
+    best = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
+    index = torch.zeros(n, dtype=torch.long, device=x.device)
+    second = torch.full_like(best, float("-inf")) if top2 else None
+    noise_buf = None
+    for start, _, block in score_blocks(x, targets, bias, chunk=chunk, center=center, alpha=alpha):
+        if gumbel is not False:
+            if noise_buf is None:
+                noise_buf = torch.empty(block.numel(), dtype=x.dtype, device=x.device)
+            g = noise_buf[: block.numel()].view_as(block)
+            # Gumbel = -log(-log(U)), U ~ U[0, 1); U = 0 gives -inf (that atom cannot win).
+            torch.rand(g.shape, generator=gumbel, dtype=x.dtype, device=x.device, out=g)
+            g.log_().neg_().log_().neg_()
+            block.add_(g)
+        if top2 and block.shape[1] >= 2:
+            vals, idx = block.topk(2, dim=1)
+            v1, i1, v2 = vals[:, 0], idx[:, 0], vals[:, 1]
+        else:
+            v1, i1 = block.max(dim=1)
+            v2 = None
+        better = v1 > best
+        if top2:
+            lower = torch.maximum(second, v1)
+            upper = best if v2 is None else torch.maximum(best, v2)
+            second = torch.where(better, upper, lower)
+        best = torch.where(better, v1, best)
+        index = torch.where(better, i1 + start, index)
+    return index, best, second
+
+
+def stream_logsumexp(
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    chunk: int,
+    center: torch.Tensor | None = None,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """Row-wise logsumexp of the scores over all targets, streamed (online max rescaling)."""
+    if x.shape[0] > ROW_BLOCK:
+        return torch.cat([
+            stream_logsumexp(xb, targets, bias, chunk=chunk, center=center, alpha=alpha)
+            for xb in _row_blocks(x)
+        ])
+    n = x.shape[0]
+    run_max = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
+    run_sum = torch.zeros(n, dtype=x.dtype, device=x.device)
+    for _, _, block in score_blocks(x, targets, bias, chunk=chunk, center=center, alpha=alpha):
+        new_max = torch.maximum(run_max, block.max(dim=1).values)
+        run_sum = run_sum * torch.exp(run_max - new_max) + _exp_shifted_(block, new_max).sum(1)
+        run_max = new_max
+    return run_max + torch.log(run_sum)
+
+
+def stream_softmax_columns(
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    chunk: int,
+    center: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    squares: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Column sums of the row-softmax of the scores, streamed (two passes unless one chunk holds all).
+
+    Returns:
+        sums [N] (float64), sums of squares [N] (float64) or None, row logsumexp [n].
+    """
+    if x.shape[0] > ROW_BLOCK:
+        parts = [stream_softmax_columns(xb, targets, bias, chunk=chunk, center=center,
+                                        alpha=alpha, squares=squares) for xb in _row_blocks(x)]
+        sq = torch.stack([p[1] for p in parts]).sum(0) if squares else None
+        return (torch.stack([p[0] for p in parts]).sum(0), sq, torch.cat([p[2] for p in parts]))
+    n_targets = targets.shape[0]
+    sums = torch.zeros(n_targets, dtype=torch.float64, device=x.device)
+    sq = torch.zeros_like(sums) if squares else None
+    one_pass = chunk >= n_targets
+    lse = None
+    if not one_pass:
+        lse = stream_logsumexp(x, targets, bias, chunk=chunk, center=center, alpha=alpha)
+    for start, stop, block in score_blocks(x, targets, bias, chunk=chunk, center=center, alpha=alpha):
+        if one_pass:  # normalise in place (torch.softmax would leave denormals in its exp)
+            row_max = block.max(dim=1).values
+            p = _exp_shifted_(block, row_max)
+            row_sum = p.sum(1)
+            p.div_(row_sum[:, None])
+            lse = row_max + torch.log(row_sum)
+        else:
+            p = _exp_shifted_(block, lse)
+        sums[start:stop] = p.sum(0)  # float32 sum then upcast: summing with dtype= is 40x slower
+        if sq is not None:
+            sq[start:stop] = p.square_().sum(0)
+    return sums, sq, lse

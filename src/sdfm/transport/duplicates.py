@@ -1,0 +1,86 @@
+"""Duplicate targets: atoms at the same position share one Laguerre cell.
+
+With eps = 0 the semidiscrete problem is ill-posed for duplicates (their cells coincide, so no
+potential can split the cell's mass between them). sdfm merges them: the solver fits one atom per
+distinct position carrying the summed weight, gives every copy the same potential, and the pairing
+splits each merged cell's mass among the copies in proportion to their weights
+(:meth:`DuplicateGroups.spread`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DuplicateGroups:
+    """Groups of identical targets.
+
+    Attributes:
+        inverse: [N] int64, the group of each target (groups are numbered 0..G-1).
+        representative: [G] int64, the first target index of each group.
+        weights: [N] float64, the normalised target weights.
+    """
+
+    inverse: torch.Tensor
+    representative: torch.Tensor
+    weights: torch.Tensor
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.representative.shape[0])
+
+    @property
+    def num_duplicates(self) -> int:
+        """Number of targets that repeat an earlier one."""
+        return int(self.inverse.shape[0]) - self.num_groups
+
+    def group_weights(self) -> torch.Tensor:
+        """[G] float64: the merged weight of each group."""
+        out = torch.zeros(self.num_groups, dtype=torch.float64, device=self.weights.device)
+        return out.index_add_(0, self.inverse.to(self.weights.device), self.weights)
+
+    def spread(self, index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Replaces each paired index by a copy of the same group drawn with probability ∝ weight.
+
+        Exact whatever copy ``assign`` returned for the tie. Runs in O(n log N); the randomness is
+        drawn on ``index.device`` from ``generator``.
+        """
+        device = index.device
+        inverse = self.inverse.to(device)
+        w = self.weights.to(device)
+        order = torch.argsort(inverse, stable=True)          # copies grouped together
+        sorted_groups = inverse[order]
+        cum = torch.cumsum(w[order], 0)
+        starts = torch.searchsorted(sorted_groups, torch.arange(self.num_groups, device=device))
+        group = inverse[index]
+        first = starts[group]
+        before = torch.where(first > 0, cum[(first - 1).clamp_min(0)], torch.zeros_like(cum[first]))
+        total = self.group_weights().to(device)[group]
+        u = torch.rand(index.shape, generator=generator, dtype=torch.float64, device=device)
+        target = before + u * total
+        pos = torch.searchsorted(cum, target, right=True)
+        # Clamp to the group (guards against round-off at the group's upper edge).
+        last = first + torch.bincount(sorted_groups, minlength=self.num_groups).to(device)[group] - 1
+        pos = torch.minimum(torch.maximum(pos, first), last)
+        return order[pos]
+
+
+def find_duplicates(targets: torch.Tensor, weights: torch.Tensor | None = None) -> DuplicateGroups | None:
+    """Finds exactly repeated rows of ``targets`` [N, d]; None when all rows are distinct."""
+    n = targets.shape[0]
+    uniq, inverse = torch.unique(targets.cpu(), dim=0, return_inverse=True)
+    if uniq.shape[0] == n:
+        return None
+    groups = uniq.shape[0]
+    # Representative = first occurrence of each group.
+    first = torch.full((groups,), n, dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(n), reduce="amin")
+    # Renumber groups by first occurrence so that group ids follow the data order.
+    order = torch.argsort(first)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(groups)
+    w = torch.full((n,), 1.0 / n, dtype=torch.float64) if weights is None else weights.double().cpu()
+    return DuplicateGroups(inverse=rank[inverse], representative=first[order], weights=w / w.sum())

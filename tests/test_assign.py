@@ -1,0 +1,158 @@
+"""assign: exact streamed argmax against brute force, Gumbel-max against the softmax."""
+
+import math
+
+import pytest
+import torch
+
+from sdfm.transport import assign, c_transform, marginal
+from tests.conftest import gen
+
+
+def brute_scores(x, y, g):
+    x, y, g = x.double(), y.double(), g.double()
+    return x @ y.T + g - 0.5 * (y * y).sum(1)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 7, 64, 1000, 5000])
+def test_assign_equals_brute_force_float64(chunk_size):
+    torch.manual_seed(0)
+    y = torch.randn(1000, 6, dtype=torch.float64) * 2 + 3
+    g = torch.randn(1000, dtype=torch.float64) * 4
+    x = torch.randn(257, 6, dtype=torch.float64)
+    ref = brute_scores(x, y, g).argmax(1)
+    out = assign(x, y, g, chunk_size=chunk_size)
+    assert out.dtype == torch.int64 and out.shape == (257,)
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_assign_float32_matches_except_near_ties(offset):
+    torch.manual_seed(1)
+    y = torch.randn(3000, 16) + offset  # far from the origin: scores are centred internally
+    g = torch.randn(3000, dtype=torch.float64)
+    x = torch.randn(512, 16)
+    s = brute_scores(x, y, g)
+    ref = s.argmax(1)
+    out = assign(x, y, g, chunk_size=333)
+    top2 = s.topk(2, dim=1).values
+    gap = top2[:, 0] - top2[:, 1]
+    mismatch = out != ref
+    # Any mismatch must be a float32 near-tie; chosen score within round-off of the best.
+    assert int(mismatch.sum()) <= 2
+    chosen = s.gather(1, out[:, None])[:, 0]
+    assert torch.all(top2[:, 0] - chosen <= 1e-3 * (1 + offset))
+    assert torch.all(gap[mismatch] < 1e-2)
+
+
+def test_assign_single_target_and_single_query():
+    y = torch.randn(1, 3)
+    assert assign(torch.randn(5, 3), y, torch.zeros(1)).tolist() == [0] * 5
+    y = torch.randn(10, 3, dtype=torch.float64)
+    x = torch.randn(1, 3, dtype=torch.float64)
+    g = torch.randn(10, dtype=torch.float64)
+    assert assign(x, y, g).item() == brute_scores(x, y, g).argmax(1).item()
+
+
+def test_assign_accepts_numpy_and_integer_data():
+    import numpy as np
+
+    y = np.arange(12, dtype=np.uint8).reshape(6, 2)
+    x = np.random.default_rng(0).normal(size=(4, 2)).astype(np.float32)
+    out = assign(x, y, np.zeros(6))
+    ref = brute_scores(torch.from_numpy(x), torch.from_numpy(y).float(), torch.zeros(6)).argmax(1)
+    assert torch.equal(out, ref)
+
+
+def softmax_probs(x, y, g, eps, w=None):
+    cost = 0.5 * torch.cdist(x.double(), y.double()).square()
+    logits = (g.double() - cost) / eps
+    if w is not None:
+        logits = logits + torch.log(w.double() / w.sum())
+    return torch.softmax(logits, dim=1)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gumbel_frequencies_match_softmax(weighted):
+    torch.manual_seed(2)
+    y = torch.randn(6, 2, dtype=torch.float64)
+    g = torch.randn(6, dtype=torch.float64) * 0.3
+    w = torch.tensor([1.0, 2.0, 3.0, 1.0, 0.5, 2.5], dtype=torch.float64) if weighted else None
+    x0 = torch.randn(1, 2, dtype=torch.float64)
+    n = 200_000
+    x = x0.expand(n, 2).contiguous()
+    eps = 0.7
+    idx = assign(x, y, g, eps=eps, weights=w, generator=gen(3), chunk_size=4)
+    freq = torch.bincount(idx, minlength=6).double() / n
+    p = softmax_probs(x0, y, g, eps, w)[0]
+    # Pearson chi-square goodness of fit, 5 degrees of freedom: the 0.999 quantile is 20.5.
+    stat = float((n * (freq - p).square() / p).sum())
+    assert stat < 20.5, (freq, p, stat)
+
+
+def test_gumbel_is_deterministic_given_generator():
+    y = torch.randn(50, 3)
+    g = torch.zeros(50, dtype=torch.float64)
+    x = torch.randn(100, 3)
+    a = assign(x, y, g, eps=0.5, generator=gen(7))
+    b = assign(x, y, g, eps=0.5, generator=gen(7))
+    c = assign(x, y, g, eps=0.5, generator=gen(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_semidual_gradient_equals_autograd():
+    """weights - marginal(x) is the gradient of F(g) = mean_i g^{c,eps}(x_i) + <b, g>."""
+    torch.manual_seed(4)
+    y = torch.randn(40, 3, dtype=torch.float64)
+    w = torch.rand(40, dtype=torch.float64) + 0.2
+    b = w / w.sum()
+    x = torch.randn(300, 3, dtype=torch.float64)
+    eps = 0.3
+    g = (torch.randn(40, dtype=torch.float64) * 0.2).requires_grad_(True)
+    cost = 0.5 * torch.cdist(x, y).square()
+    ctrans = -eps * torch.logsumexp(torch.log(b) + (g - cost) / eps, dim=1)
+    objective = ctrans.mean() + (b * g).sum()
+    (grad,) = torch.autograd.grad(objective, g)
+    ours = b - marginal(x, y, g.detach(), eps=eps, weights=w, chunk_size=7)
+    torch.testing.assert_close(ours, grad, rtol=1e-10, atol=1e-12)
+    # and the streamed value of the c-transform equals the dense one
+    ours_c = c_transform(x, y, g.detach(), eps=eps, weights=w, chunk_size=7)
+    torch.testing.assert_close(ours_c, ctrans.detach(), rtol=1e-10, atol=1e-10)
+
+
+def test_hard_c_transform_and_marginal():
+    torch.manual_seed(5)
+    y = torch.randn(30, 2, dtype=torch.float64)
+    g = torch.randn(30, dtype=torch.float64)
+    x = torch.randn(100, 2, dtype=torch.float64)
+    cost = 0.5 * torch.cdist(x, y).square()
+    torch.testing.assert_close(c_transform(x, y, g, chunk_size=4), (cost - g).min(1).values)
+    m = marginal(x, y, g)
+    ref = torch.bincount((g - cost).argmax(1), minlength=30).double() / 100
+    torch.testing.assert_close(m, ref)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"x": torch.full((2, 3), math.nan)}, "x"),
+        ({"x": torch.randn(2, 4)}, "x"),
+        ({"targets": torch.randn(0, 3)}, "targets"),
+        ({"targets": torch.randn(5)}, "targets"),
+        ({"targets": torch.tensor([[1.0, math.inf, 0.0]] * 5)}, "targets"),
+        ({"potential": torch.zeros(4)}, "potential"),
+        ({"potential": torch.full((5,), math.nan)}, "potential"),
+        ({"eps": -1.0}, "eps"),
+        ({"eps": "abc"}, "eps"),
+        ({"weights": torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0])}, "weights"),
+        ({"weights": torch.ones(3)}, "weights"),
+        ({"targets": [["a", "b", "c"]] * 5}, "targets"),
+        ({"chunk_size": 0}, "chunk_size"),
+    ],
+)
+def test_bad_inputs_raise_value_error_naming_argument(kwargs, match):
+    args = {"x": torch.randn(2, 3), "targets": torch.randn(5, 3), "potential": torch.zeros(5)}
+    extra = {k: v for k, v in kwargs.items() if k not in args}
+    args.update({k: v for k, v in kwargs.items() if k in args})
+    with pytest.raises(ValueError, match=match):
+        assign(args["x"], args["targets"], args["potential"], **extra)

@@ -1,0 +1,71 @@
+"""sdfm solve / sdfm info from the command line: outputs, exit codes, nothing written on failure."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sdfm.artifacts import load_potential
+from sdfm.cli.main import main
+
+
+def test_solve_builtin_writes_potential(tmp_path, capsys):
+    out = tmp_path / "p.safetensors"
+    code = main(["solve", "--data", "moons:n=300", "--out", str(out), "--quiet", "--seed", "1"])
+    assert code == 0 and out.is_file()
+    printed = capsys.readouterr().out
+    assert "chi2" in printed and "samples" in printed
+    pf = load_potential(out)
+    assert pf.shape == (300, 2) and pf.meta["data"] == "moons:n=300" and pf.meta["seed"] == 1
+    assert pf.chi2 <= 0.05
+    assert main(["info", str(out)]) == 0
+    assert '"fingerprint"' in capsys.readouterr().out
+
+
+def test_solve_file_and_eps(tmp_path):
+    data = np.random.default_rng(0).uniform(0, 255, size=(200, 2, 2)).astype(np.float32)
+    np.save(tmp_path / "d.npy", data)
+    out = tmp_path / "p.safetensors"
+    code = main(["solve", "--data", str(tmp_path / "d.npy"), "--out", str(out), "--quiet",
+                 "--eps", "0.05", "--batch-size", "512", "--steps", "3000", "--tol", "0.05"])
+    assert code == 0
+    pf = load_potential(out, targets=data.reshape(200, 4))
+    assert pf.eps > 0 and pf.meta["eps_relative"] == 0.05
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "nope"], "unknown dataset"),
+        (["--data", "{missing}"], "no such file"),
+        (["--data", "{nan}"], "NaN"),
+        (["--data", "{empty}"], "empty"),
+        (["--data", "moons:n=50", "--eps", "-1"], "--eps"),
+        (["--data", "moons:n=50", "--eps", "abc"], "--eps"),
+        (["--data", "moons:n=50", "--steps", "0"], "--steps"),
+        (["--data", "moons:n=50", "--device", "cuda:7"], "device"),
+        (["--data", "{junk}"], "cannot read"),
+    ],
+)
+def test_bad_input_exit_code_2_nothing_written(tmp_path, args, message):
+    np.save(tmp_path / "nan.npy", np.array([[0.0, np.nan]] * 4))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 2)))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    paths = {"missing": str(tmp_path / "missing.npy"), "nan": str(tmp_path / "nan.npy"),
+             "empty": str(tmp_path / "empty.npy"), "junk": str(tmp_path / "junk.pt")}
+    args = [a.format(**paths) for a in args]
+    out = tmp_path / "p.safetensors"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sdfm.cli.main", "solve", *args, "--out", str(out), "--quiet"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_console_script_installed():
+    proc = subprocess.run(["sdfm", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "solve" in proc.stdout

@@ -1,0 +1,73 @@
+"""Datasets by name and tensor files."""
+
+import numpy as np
+import pytest
+import torch
+
+from sdfm.data import DATASETS, load_array, load_dataset
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_builtin_datasets(name):
+    ds = load_dataset(name if name == "digits" else f"{name}:n=500")
+    assert ds.x.ndim == 2 and np.isfinite(ds.x).all()
+    if name != "digits":
+        assert ds.x.shape[0] == 500
+    again = load_dataset(name if name == "digits" else f"{name}:n=500")
+    assert np.array_equal(ds.x, again.x)  # seeded
+
+
+def test_dataset_parameters_and_errors():
+    ds = load_dataset("gmm:d=32,k=4,n=100,seed=3")
+    assert ds.x.shape == (100, 32) and ds.labels.shape == (100,)
+    assert load_dataset("digits").x.max() == 16.0  # as given, no rescaling
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("nope")
+    with pytest.raises(ValueError, match="bad parameters"):
+        load_dataset("gmm:q=1")
+    with pytest.raises(ValueError, match="key=value"):
+        load_dataset("gmm:d")
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".pt", ".safetensors"])
+def test_tensor_files_round_trip(tmp_path, suffix):
+    x = np.random.default_rng(0).normal(size=(20, 3, 2)).astype(np.float32)
+    labels = np.arange(20)
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".npy":
+        np.save(path, x)
+    elif suffix == ".npz":
+        np.savez(path, x=x, labels=labels)
+    elif suffix == ".pt":
+        torch.save({"x": torch.from_numpy(x), "labels": torch.from_numpy(labels)}, path)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file({"x": x, "labels": labels}, str(path))
+    data, lab = load_array(path)
+    assert data.shape == (20, 6) and np.array_equal(np.asarray(data), x.reshape(20, 6))
+    if suffix != ".npy":
+        assert np.array_equal(lab, labels)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        load_array(tmp_path / "missing.npy")
+    (tmp_path / "junk.npy").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_array(tmp_path / "junk.npy")
+    np.save(tmp_path / "nan.npy", np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match="NaN"):
+        load_array(tmp_path / "nan.npy")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="empty"):
+        load_array(tmp_path / "empty.npy")
+    np.save(tmp_path / "str.npy", np.array([["a", "b"]]))
+    with pytest.raises(ValueError, match="non-numeric"):
+        load_array(tmp_path / "str.npy")
+    (tmp_path / "x.csv").write_text("1,2\n")
+    with pytest.raises(ValueError, match="unsupported"):
+        load_array(tmp_path / "x.csv")
+    np.savez(tmp_path / "two.npz", a=np.zeros((3, 2)), b=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="name the data"):
+        load_array(tmp_path / "two.npz")
