@@ -156,3 +156,26 @@ def test_bad_inputs_raise_value_error_naming_argument(kwargs, match):
     args.update({k: v for k, v in kwargs.items() if k in args})
     with pytest.raises(ValueError, match=match):
         assign(args["x"], args["targets"], args["potential"], **extra)
+
+
+def test_laguerre_cells_prepared_once_matches_one_shot_functions():
+    from sdfm.transport import LaguerreCells
+
+    torch.manual_seed(6)
+    y = torch.randn(500, 4) * 5 + 20
+    g = torch.randn(500, dtype=torch.float64) * 3
+    cells = LaguerreCells(y, g, chunk_size=97)
+    for _ in range(3):
+        x = torch.randn(128, 4)
+        assert torch.equal(cells.assign(x), assign(x, y, g, chunk_size=97))
+        torch.testing.assert_close(cells.c_transform(x), c_transform(x, y, g))
+    x64 = torch.randn(64, 4, dtype=torch.float64)
+    assert torch.equal(cells.assign(x64), brute_scores(x64, y, g).argmax(1))
+    assert len(cells._cache) == 2  # one prepared bias per (device, dtype)
+    counts, sq = cells.column_sums(x64, squares=True)
+    assert torch.equal(counts, sq) and counts.sum() == 64
+    soft = LaguerreCells(y, g, eps=2.0)
+    s, q = soft.column_sums(x64, squares=True)
+    p = softmax_probs(x64, y, g, 2.0)
+    torch.testing.assert_close(s, p.sum(0))
+    torch.testing.assert_close(q, (p * p).sum(0))

@@ -27,8 +27,24 @@ def test_solve_file_and_eps(tmp_path):
     data = np.random.default_rng(0).uniform(0, 255, size=(200, 2, 2)).astype(np.float32)
     np.save(tmp_path / "d.npy", data)
     out = tmp_path / "p.safetensors"
-    code = main(["solve", "--data", str(tmp_path / "d.npy"), "--out", str(out), "--quiet",
-                 "--eps", "0.05", "--batch-size", "512", "--steps", "3000", "--tol", "0.05"])
+    code = main(
+        [
+            "solve",
+            "--data",
+            str(tmp_path / "d.npy"),
+            "--out",
+            str(out),
+            "--quiet",
+            "--eps",
+            "0.05",
+            "--batch-size",
+            "512",
+            "--steps",
+            "3000",
+            "--tol",
+            "0.05",
+        ]
+    )
     assert code == 0
     pf = load_potential(out, targets=data.reshape(200, 4))
     assert pf.eps > 0 and pf.meta["eps_relative"] == 0.05
@@ -52,13 +68,18 @@ def test_bad_input_exit_code_2_nothing_written(tmp_path, args, message):
     np.save(tmp_path / "nan.npy", np.array([[0.0, np.nan]] * 4))
     np.save(tmp_path / "empty.npy", np.zeros((0, 2)))
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    paths = {"missing": str(tmp_path / "missing.npy"), "nan": str(tmp_path / "nan.npy"),
-             "empty": str(tmp_path / "empty.npy"), "junk": str(tmp_path / "junk.pt")}
+    paths = {
+        "missing": str(tmp_path / "missing.npy"),
+        "nan": str(tmp_path / "nan.npy"),
+        "empty": str(tmp_path / "empty.npy"),
+        "junk": str(tmp_path / "junk.pt"),
+    }
     args = [a.format(**paths) for a in args]
     out = tmp_path / "p.safetensors"
     proc = subprocess.run(
         [sys.executable, "-m", "sdfm.cli.main", "solve", *args, "--out", str(out), "--quiet"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]

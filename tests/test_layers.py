@@ -6,8 +6,14 @@ from pathlib import Path
 import sdfm
 
 LAYERS = {
-    "protocols": 0, "transport": 0,
-    "couplings": 1, "flow": 1, "samplers": 1, "models": 1, "data": 1, "metrics": 1,
+    "protocols": 0,
+    "transport": 0,
+    "couplings": 1,
+    "flow": 1,
+    "samplers": 1,
+    "models": 1,
+    "data": 1,
+    "metrics": 1,
     "artifacts": 1,
     "train": 2,
     "cli": 3,

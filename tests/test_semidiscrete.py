@@ -35,8 +35,9 @@ def test_1d_closed_form_gaussian_quantiles(weighted):
     cum = torch.cumsum(b[order], 0)[:-1]
     # exact masses of the cells against the weights: chi2 computed in closed form
     cdf = normal_cdf(bnd)
-    mass = torch.diff(torch.cat([torch.zeros(1, dtype=torch.float64), cdf,
-                                 torch.ones(1, dtype=torch.float64)]))
+    mass = torch.diff(
+        torch.cat([torch.zeros(1, dtype=torch.float64), cdf, torch.ones(1, dtype=torch.float64)])
+    )
     exact_chi2 = float((mass**2 / b[order]).sum() - 1)
     assert exact_chi2 < 6e-4
     assert float((cdf - cum).abs().max()) < 0.2 / n
@@ -58,8 +59,17 @@ def test_1d_closed_form_uniform_source():
 
 
 def independent_chi2(y, res, w=None, eps=0.0, n=300_000, **kw):
-    return estimate_marginal(y, res.potential, eps=eps, weights=w, num_samples=n,
-                             generator=gen(99), duplicates=res.duplicates, with_cost=False, **kw)
+    return estimate_marginal(
+        y,
+        res.potential,
+        eps=eps,
+        weights=w,
+        num_samples=n,
+        generator=gen(99),
+        duplicates=res.duplicates,
+        with_cost=False,
+        **kw,
+    )
 
 
 def test_2d_default_converges_and_is_reproducible():
@@ -118,7 +128,8 @@ def test_entropic_eps_relative():
     assert est.chi2 < 0.06
     # absolute eps is taken as given
     res_abs = SemidiscreteSolver(eps=0.5, relative_eps=False, max_steps=5, tol=None).solve(
-        y, generator=gen(12), progress=False)
+        y, generator=gen(12), progress=False
+    )
     assert res_abs.eps == 0.5
 
 
@@ -147,7 +158,8 @@ def test_stops_on_step_and_time_budgets():
     res = SemidiscreteSolver(max_steps=7, tol=None).solve(y, generator=gen(14), progress=False)
     assert res.steps == 7 and not res.converged
     res = SemidiscreteSolver(max_seconds=0.5, tol=None, max_steps=None).solve(
-        y, generator=gen(15), progress=False)
+        y, generator=gen(15), progress=False
+    )
     assert res.seconds < 5.0 and not res.converged
 
 
@@ -160,8 +172,16 @@ def test_warm_start_from_previous_potential():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("eps", -0.1), ("tol", 0.0), ("batch_size", 0), ("lr", -1.0), ("averaging", "bogus"),
-     ("warm_start", "x"), ("ema_decay", 1.0), ("max_seconds", -3.0)],
+    [
+        ("eps", -0.1),
+        ("tol", 0.0),
+        ("batch_size", 0),
+        ("lr", -1.0),
+        ("averaging", "bogus"),
+        ("warm_start", "x"),
+        ("ema_decay", 1.0),
+        ("max_seconds", -3.0),
+    ],
 )
 def test_bad_settings(field, value):
     with pytest.raises(ValueError, match=field):

@@ -94,9 +94,7 @@ def save_potential(
         raise ValueError("targets: give the data (or its fingerprint) the potential was solved for")
     if targets is not None:
         if tuple(targets.shape)[0] != n or len(targets.shape) != 2:
-            raise ValueError(
-                f"targets: shape {list(targets.shape)} does not match the potential's [{n}]"
-            )
+            raise ValueError(f"targets: shape {list(targets.shape)} does not match the potential's [{n}]")
         fingerprint = fingerprint or data_fingerprint(targets)
     dim = int(targets.shape[1]) if targets is not None else int(result.settings.get("dim", -1))
     tensors = {"g": g}
@@ -139,9 +137,7 @@ def _json_default(value):
     raise TypeError(f"cannot store {type(value).__name__} in potential metadata")
 
 
-def load_potential(
-    path: str | Path, *, targets=None, fingerprint: str | None = None
-) -> PotentialFile:
+def load_potential(path: str | Path, *, targets=None, fingerprint: str | None = None) -> PotentialFile:
     """Reads a potential file; with ``targets`` (or a fingerprint) checks it matches the data."""
     from safetensors import safe_open
 
@@ -178,8 +174,7 @@ def load_potential(
         first.scatter_reduce_(0, inverse, torch.arange(n), reduce="amin")
         w = torch.full((n,), 1.0 / n, dtype=torch.float64) if weights is None else weights
         duplicates = DuplicateGroups(inverse=inverse, representative=first, weights=w / w.sum())
-    out = PotentialFile(potential=g.to(torch.float64), weights=weights, duplicates=duplicates,
-                        meta=meta)
+    out = PotentialFile(potential=g.to(torch.float64), weights=weights, duplicates=duplicates, meta=meta)
     if targets is not None or fingerprint is not None:
         out.check_targets(targets, fingerprint=fingerprint)
     return out

@@ -58,22 +58,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     solve.add_argument("--data", required=True, help="dataset name or tensor file")
     solve.add_argument("--out", required=True, help="output potential file (.safetensors)")
-    solve.add_argument("--eps", type=_nonneg_float, default=0.0,
-                       help="entropic regularisation, relative to the cost std (default 0)")
-    solve.add_argument("--absolute-eps", action="store_true",
-                       help="read --eps in cost units instead of relative to the cost std")
-    solve.add_argument("--steps", type=_positive_int, default=100_000,
-                       help="maximum number of steps (default 100000)")
-    solve.add_argument("--max-seconds", type=_nonneg_float, default=None,
-                       help="time budget in seconds (default none)")
-    solve.add_argument("--batch-size", type=_positive_int, default=1024,
-                       help="noise samples per step (default 1024)")
-    solve.add_argument("--tol", type=_nonneg_float, default=0.05,
-                       help="stop at this chi2 (default 0.05; 0 = run to --steps/--max-seconds)")
+    solve.add_argument(
+        "--eps",
+        type=_nonneg_float,
+        default=0.0,
+        help="entropic regularisation, relative to the cost std (default 0)",
+    )
+    solve.add_argument(
+        "--absolute-eps",
+        action="store_true",
+        help="read --eps in cost units instead of relative to the cost std",
+    )
+    solve.add_argument(
+        "--steps", type=_positive_int, default=100_000, help="maximum number of steps (default 100000)"
+    )
+    solve.add_argument(
+        "--max-seconds", type=_nonneg_float, default=None, help="time budget in seconds (default none)"
+    )
+    solve.add_argument(
+        "--batch-size", type=_positive_int, default=1024, help="noise samples per step (default 1024)"
+    )
+    solve.add_argument(
+        "--tol",
+        type=_nonneg_float,
+        default=0.05,
+        help="stop at this chi2 (default 0.05; 0 = run to --steps/--max-seconds)",
+    )
     solve.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     solve.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
-    solve.add_argument("--chunk-size", type=_positive_int, default=None,
-                       help="targets per score block (default automatic)")
+    solve.add_argument(
+        "--chunk-size", type=_positive_int, default=None, help="targets per score block (default automatic)"
+    )
     solve.add_argument("--quiet", action="store_true", help="no progress bar")
 
     info = sub.add_parser("info", help="print the metadata of a potential file")
@@ -132,8 +147,14 @@ def cmd_solve(args) -> int:
     print(f"sdfm solve: {dataset.name} [{n}, {d}] -> {out}", file=sys.stderr)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     result = solver.solve(targets, generator=generator, progress=not args.quiet)
-    save_potential(out, result, fingerprint=fingerprint(data), targets=targets,
-                   data_name=args.data, extra={"seed": args.seed})
+    save_potential(
+        out,
+        result,
+        fingerprint=fingerprint(data),
+        targets=targets,
+        data_name=args.data,
+        extra={"seed": args.seed},
+    )
     status = "converged" if result.converged else "NOT converged"
     print(
         f"chi2 {result.chi2:.4f} ± {result.chi2_stderr:.4f} ({status}, tol {args.tol}), "

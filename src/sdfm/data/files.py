@@ -24,9 +24,7 @@ def _pick(arrays: dict, path: Path):
     if data_key is None:
         candidates = [k for k in names if k not in LABEL_KEYS]
         if len(candidates) != 1:
-            raise DataError(
-                f"data: {path} holds arrays {names}; name the data one of {list(DATA_KEYS)}"
-            )
+            raise DataError(f"data: {path} holds arrays {names}; name the data one of {list(DATA_KEYS)}")
         data_key = candidates[0]
     label_key = next((k for k in LABEL_KEYS if k in arrays and k != data_key), None)
     return arrays[data_key], (arrays[label_key] if label_key else None)
@@ -86,9 +84,7 @@ def load_array(path: str | Path, *, mmap: bool = True) -> tuple[np.ndarray, np.n
         labels = _to_numpy(labels, path, "labels")
     data = check_data(data, str(path))
     if labels is not None and (labels.ndim != 1 or labels.shape[0] != data.shape[0]):
-        raise DataError(
-            f"data: labels in {path} have shape {labels.shape}, expected [{data.shape[0]}]"
-        )
+        raise DataError(f"data: labels in {path} have shape {labels.shape}, expected [{data.shape[0]}]")
     return data, labels
 
 
@@ -105,7 +101,7 @@ def check_data(data: np.ndarray, where: str = "data") -> np.ndarray:
     data = data.reshape(data.shape[0], -1)
     if data.dtype.kind == "f":
         for start in range(0, data.shape[0], 65536):
-            block = np.asarray(data[start:start + 65536])
+            block = np.asarray(data[start : start + 65536])
             if not np.isfinite(block).all():
                 bad = int((~np.isfinite(block)).sum())
                 raise DataError(f"data: {where} contains NaN or Inf ({bad} in rows from {start})")
@@ -124,5 +120,5 @@ def fingerprint(data) -> str:
     h.update(f"{data.dtype.str}|{tuple(data.shape)}|".encode())
     rows = max(1, (1 << 24) // max(1, data[0].nbytes if data.shape[0] else 1))
     for start in range(0, data.shape[0], rows):
-        h.update(np.ascontiguousarray(data[start:start + rows]).tobytes())
+        h.update(np.ascontiguousarray(data[start : start + rows]).tobytes())
     return h.hexdigest()

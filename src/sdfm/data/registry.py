@@ -34,8 +34,7 @@ def _toy(fn: Callable, default_n: int = 10_000):
 
 
 def _gmm(n: int = 10_000, d: int = 16, k: int = 8, seed: int = 0, separation: float = 3.0):
-    return toy.gaussian_mixture(int(n), d=int(d), k=int(k), seed=int(seed),
-                                separation=float(separation))
+    return toy.gaussian_mixture(int(n), d=int(d), k=int(k), seed=int(seed), separation=float(separation))
 
 
 def _digits():

@@ -6,7 +6,7 @@
 - diagnostics: chi2 with standard error, total variation and its sampling floor, usage, cost.
 """
 
-from sdfm.transport.assign import assign, c_transform, marginal
+from sdfm.transport.assign import LaguerreCells, assign, c_transform, marginal
 from sdfm.transport.diagnostics import (
     MarginalEstimate,
     chi2_from_counts,
@@ -25,6 +25,7 @@ from sdfm.transport.sources import standard_normal
 __all__ = [
     "DuplicateGroups",
     "HistoryEntry",
+    "LaguerreCells",
     "MarginalEstimate",
     "SemidiscreteResult",
     "SemidiscreteSolver",

@@ -27,10 +27,19 @@ def as_tensor(value, name: str) -> torch.Tensor:
     return t
 
 
-def check_finite(t: torch.Tensor, name: str) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(f"{name}: contains {bad} NaN or Inf value(s) (shape {tuple(t.shape)})")
+def check_finite(t: torch.Tensor, name: str, rows: int = 1 << 14) -> None:
+    """Refuses NaN / Inf; checks row blocks so that no [N, d] mask is ever allocated."""
+    if not t.is_floating_point():
+        return
+    flat = t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(-1, 1)
+    for start in range(0, flat.shape[0], rows):
+        block = flat[start : start + rows]
+        if not bool(torch.isfinite(block).all()):
+            bad = int((~torch.isfinite(block)).sum())
+            raise ValueError(
+                f"{name}: contains NaN or Inf ({bad} in rows {start}..{start + block.shape[0] - 1}; "
+                f"shape {tuple(t.shape)})"
+            )
 
 
 def as_targets(targets, name: str = "targets", check_values: bool = True) -> torch.Tensor:
@@ -61,9 +70,7 @@ def as_queries(x, d: int, name: str = "x") -> torch.Tensor:
 def as_potential(potential, n_targets: int, name: str = "potential") -> torch.Tensor:
     t = as_tensor(potential, name)
     if t.dim() != 1 or t.shape[0] != n_targets:
-        raise ValueError(
-            f"{name}: expected shape [{n_targets}] (one value per target), got {tuple(t.shape)}"
-        )
+        raise ValueError(f"{name}: expected shape [{n_targets}] (one value per target), got {tuple(t.shape)}")
     if not t.is_floating_point():
         t = t.to(torch.float64)
     check_finite(t, name)

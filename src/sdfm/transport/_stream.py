@@ -43,7 +43,7 @@ def chunk_size_for(n: int, num_targets: int, d: int, chunk_size: int | None = No
 
 def _row_blocks(x: torch.Tensor):
     for start in range(0, x.shape[0], ROW_BLOCK):
-        yield x[start:start + ROW_BLOCK]
+        yield x[start : start + ROW_BLOCK]
 
 
 @contextlib.contextmanager
@@ -131,8 +131,12 @@ def stream_argmax(
         index [n] (int64), best score [n], second-best score [n] or None.
     """
     if x.shape[0] > ROW_BLOCK:
-        parts = [stream_argmax(xb, targets, bias, chunk=chunk, center=center, alpha=alpha,
-                               top2=top2, gumbel=gumbel) for xb in _row_blocks(x)]
+        parts = [
+            stream_argmax(
+                xb, targets, bias, chunk=chunk, center=center, alpha=alpha, top2=top2, gumbel=gumbel
+            )
+            for xb in _row_blocks(x)
+        ]
         second = torch.cat([p[2] for p in parts]) if top2 else None
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), second
     n = x.shape[0]
@@ -176,10 +180,12 @@ def stream_logsumexp(
 ) -> torch.Tensor:
     """Row-wise logsumexp of the scores over all targets, streamed (online max rescaling)."""
     if x.shape[0] > ROW_BLOCK:
-        return torch.cat([
-            stream_logsumexp(xb, targets, bias, chunk=chunk, center=center, alpha=alpha)
-            for xb in _row_blocks(x)
-        ])
+        return torch.cat(
+            [
+                stream_logsumexp(xb, targets, bias, chunk=chunk, center=center, alpha=alpha)
+                for xb in _row_blocks(x)
+            ]
+        )
     n = x.shape[0]
     run_max = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
     run_sum = torch.zeros(n, dtype=x.dtype, device=x.device)
@@ -206,8 +212,12 @@ def stream_softmax_columns(
         sums [N] (float64), sums of squares [N] (float64) or None, row logsumexp [n].
     """
     if x.shape[0] > ROW_BLOCK:
-        parts = [stream_softmax_columns(xb, targets, bias, chunk=chunk, center=center,
-                                        alpha=alpha, squares=squares) for xb in _row_blocks(x)]
+        parts = [
+            stream_softmax_columns(
+                xb, targets, bias, chunk=chunk, center=center, alpha=alpha, squares=squares
+            )
+            for xb in _row_blocks(x)
+        ]
         sq = torch.stack([p[1] for p in parts]).sum(0) if squares else None
         return (torch.stack([p[0] for p in parts]).sum(0), sq, torch.cat([p[2] for p in parts]))
     n_targets = targets.shape[0]

@@ -7,9 +7,15 @@ Convention (PAPER.md section 2): cost c(x, y) = 1/2 |x - y|^2 and potential g, s
 Scores are computed on targets centred at their mean, ``<x, y_j - mean> + g_j - |y_j|^2 / 2``: this
 drops the per-row constant ``<x, mean>`` (the argmax and the softmax are unchanged) and keeps float32
 exact enough for data far from the origin.
+
+:class:`LaguerreCells` validates the targets and prepares the score bias once (one pass over the
+targets), for repeated pairing; :func:`assign`, :func:`marginal` and :func:`c_transform` are its
+one-shot forms.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -42,45 +48,122 @@ def center_and_sqnorms(
     return total / n_targets, sq
 
 
-def dot_bias(
-    targets: torch.Tensor, potential: torch.Tensor, *, device: torch.device, chunk: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre [d] and ``g_j - |y_j|^2 / 2`` [N] (float64): the bias of the centred MIPS scores."""
-    center, sq = center_and_sqnorms(targets, device=device, chunk=chunk)
-    bias = potential.to(device=device, dtype=torch.float64) - 0.5 * sq
-    return center, bias
+@dataclass(frozen=True)
+class _Keys:
+    """Score bias for one (device, dtype): scores are alpha <x, y - center> + bias (+ shift)."""
+
+    center: torch.Tensor  # [d] compute dtype
+    center64: torch.Tensor  # [d] float64
+    bias: torch.Tensor  # [N] compute dtype, shifted so that its max is 0
+    shift: float  # the constant removed from the bias
 
 
-class _Prepared:
-    """Validated inputs and the centred, shifted score bias shared by the public functions."""
+class LaguerreCells:
+    """The (soft) Laguerre cells of a potential over targets, prepared once for repeated pairing.
 
-    def __init__(self, x, targets, potential, eps, weights, chunk_size):
+    Args:
+        targets: data points [N, d] on any device (chunks are moved to the queries' device).
+        potential: dual potential g [N] in the 1/2 |x - y|^2 convention (float64 recommended).
+        eps: absolute entropic regularisation (>= 0), in cost units.
+        weights: target weights b [N] (positive; normalised). Only enter when eps > 0.
+        chunk_size: targets per score block (default: blocks of about 2M elements).
+
+    The targets and potential are validated here, once; do not modify them afterwards.
+    """
+
+    def __init__(self, targets, potential, *, eps: float = 0.0, weights=None, chunk_size=None):
         self.targets = _checks.as_targets(targets)
         n_targets, d = self.targets.shape
-        x = _checks.as_queries(x, d)
-        potential = _checks.as_potential(potential, n_targets)
+        self.potential = _checks.as_potential(potential, n_targets)
         self.eps = _checks.check_eps(eps)
         self.weights = _checks.as_weights(weights, n_targets)
-        chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
-        self.dtype = compute_dtype(x)
-        self.x = x.to(self.dtype)
-        self.chunk = chunk_size_for(self.x.shape[0], n_targets, d, chunk_size)
-        center, self.bias64 = dot_bias(self.targets, potential, device=self.x.device, chunk=self.chunk)
-        self.center64 = center
-        self.center = center.to(self.dtype)
-        # Scores are alpha <x, y - mean> + bias: alpha = 1 / eps and bias = (g - |y|^2/2)/eps + log b.
+        self.chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
         self.alpha = 1.0 if self.eps == 0 else 1.0 / self.eps
-        scaled = self.bias64
-        if self.eps > 0:
-            n = torch.tensor(float(n_targets), dtype=torch.float64)
-            log_b = -torch.log(n) if self.weights is None else torch.log(self.weights)
-            scaled = scaled / self.eps + log_b.to(self.x.device)
-        # Shift by a constant (argmax and softmax unchanged) so the cast keeps its precision.
-        self.shift = scaled.max()
-        self.bias = (scaled - self.shift).to(self.dtype)
+        self._cache: dict[tuple, _Keys] = {}
 
-    def kwargs(self) -> dict:
-        return {"chunk": self.chunk, "center": self.center, "alpha": self.alpha}
+    @property
+    def num_targets(self) -> int:
+        return int(self.targets.shape[0])
+
+    def _keys(self, device: torch.device, dtype: torch.dtype) -> _Keys:
+        key = (str(device), dtype)
+        if key not in self._cache:
+            n_targets, d = self.targets.shape
+            chunk = chunk_size_for(1, n_targets, d, self.chunk_size)
+            center, sq = center_and_sqnorms(self.targets, device=device, chunk=chunk)
+            scaled = self.potential.to(device=device, dtype=torch.float64) - 0.5 * sq
+            if self.eps > 0:
+                if self.weights is None:
+                    log_b = -torch.log(torch.tensor(float(n_targets), dtype=torch.float64))
+                else:
+                    log_b = torch.log(self.weights)
+                scaled = scaled / self.eps + log_b.to(device)
+            # Shift by a constant (argmax and softmax unchanged) so the cast keeps its precision.
+            shift = scaled.max()
+            self._cache[key] = _Keys(
+                center=center.to(dtype), center64=center, bias=(scaled - shift).to(dtype), shift=float(shift)
+            )
+        return self._cache[key]
+
+    def _query(self, x):
+        x = _checks.as_queries(x, self.targets.shape[1])
+        x = x.to(compute_dtype(x))
+        keys = self._keys(x.device, x.dtype)
+        chunk = chunk_size_for(x.shape[0], self.num_targets, self.targets.shape[1], self.chunk_size)
+        kwargs = {"chunk": chunk, "center": keys.center, "alpha": self.alpha}
+        return x, keys, kwargs
+
+    def assign(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Cell of each noise sample x [n, d]: int64 index [n] on ``x.device``.
+
+        eps = 0: the exact argmax (equal to brute force up to ties). eps > 0: an exact sample from the
+        softmax by Gumbel-max, with randomness from ``generator`` (on ``x.device``).
+        """
+        x, keys, kw = self._query(x)
+        with full_precision(x.device):
+            index, _, _ = stream_argmax(
+                x, self.targets, keys.bias, **kw, gumbel=False if self.eps == 0 else generator
+            )
+        return index
+
+    def column_sums(self, x: torch.Tensor, squares: bool = False):
+        """Column sums over noise samples x [n, d] of the coupling rows s_i: S [N] and, if asked,
+        Q = sum_i s_ij^2 [N] (float64). Rows are one-hot for eps = 0 (S = Q = counts) and the
+        softmax for eps > 0; (S, Q) is what the unbiased chi2 estimator needs."""
+        x, keys, kw = self._query(x)
+        with full_precision(x.device):
+            if self.eps == 0:
+                index, _, _ = stream_argmax(x, self.targets, keys.bias, **kw)
+                counts = torch.bincount(index, minlength=self.num_targets).to(torch.float64)
+                return counts, (counts if squares else None)
+            sums, sq, _ = stream_softmax_columns(x, self.targets, keys.bias, **kw, squares=squares)
+        return sums, sq
+
+    def marginal(self, x: torch.Tensor) -> torch.Tensor:
+        """Target marginal estimated from noise samples x [n, d]: m_hat [N] (float64, sums to 1).
+
+        eps = 0: the histogram of cells / n. eps > 0: the mean of the softmax rows (Rao-Blackwellised).
+        ``b - marginal(x)`` is the stochastic gradient of the semi-dual (PAPER.md section 2).
+        """
+        return self.column_sums(x)[0] / x.shape[0]
+
+    def c_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The (c, eps)-transform g^{c,eps}(x) [n] (float64).
+
+        eps = 0: ``min_j 1/2 |x - y_j|^2 - g_j``; eps > 0:
+        ``-eps log sum_j b_j exp((g_j - 1/2 |x - y_j|^2) / eps)``. The semi-dual objective is
+        ``F(g) = mean(c_transform(x)) + <b, g>``.
+        """
+        x, keys, kw = self._query(x)
+        x64 = x.to(torch.float64)
+        # c(x, y_j) - g_j = |x|^2/2 - <x, mean> - (<x, y_j - mean> + g_j - |y_j|^2/2)
+        base = 0.5 * x64.square().sum(1) - x64 @ keys.center64
+        with full_precision(x.device):
+            if self.eps == 0:
+                _, best, _ = stream_argmax(x, self.targets, keys.bias, **kw)
+                return base - (best.to(torch.float64) + keys.shift)
+            lse = stream_logsumexp(x, self.targets, keys.bias, **kw)
+        return base - self.eps * (lse.to(torch.float64) + keys.shift)
 
 
 def assign(
@@ -99,7 +182,8 @@ def assign(
     brute-force argmax up to ties). eps > 0: an exact sample from
     ``softmax_j(log b_j + (g_j - 1/2 |x - y_j|^2) / eps)`` by Gumbel-max. Both are streamed over
     chunks of targets, so at most one [n, chunk] score block exists at a time (two for eps > 0: the
-    scores and their Gumbel noise).
+    scores and their Gumbel noise), whatever N. For repeated calls with the same targets and
+    potential, build a :class:`LaguerreCells` once.
 
     Duplicate targets are ties (their cells coincide): use
     :meth:`sdfm.transport.DuplicateGroups.spread` on the result to split their mass by weight.
@@ -111,66 +195,22 @@ def assign(
         eps: absolute entropic regularisation (>= 0), in cost units.
         weights: target weights b [N] (positive; normalised). Only used when eps > 0.
         generator: randomness for eps > 0 (on ``x.device``).
-        chunk_size: targets per chunk (default: a [n, chunk] block of about 4M elements).
+        chunk_size: targets per chunk (default: a [rows, chunk] block of about 2M elements).
 
     Returns:
         int64 index [n] of the paired targets, on ``x.device``.
     """
-    p = _Prepared(x, targets, potential, eps, weights, chunk_size)
-    with full_precision(p.x.device):
-        index, _, _ = stream_argmax(
-            p.x, p.targets, p.bias, **p.kwargs(), gumbel=False if p.eps == 0 else generator
-        )
-    return index
+    cells = LaguerreCells(targets, potential, eps=eps, weights=weights, chunk_size=chunk_size)
+    return cells.assign(x, generator=generator)
 
 
-def marginal(
-    x: torch.Tensor,
-    targets: torch.Tensor,
-    potential: torch.Tensor,
-    *,
-    eps: float = 0.0,
-    weights: torch.Tensor | None = None,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """Target marginal of the coupling estimated from noise samples: m_hat [N] (float64, sums to 1).
-
-    eps = 0: the histogram of cells / n. eps > 0: the mean of the softmax rows (Rao-Blackwellised).
-    ``weights - marginal(...)`` is the stochastic gradient of the semi-dual (PAPER.md section 2).
-    """
-    p = _Prepared(x, targets, potential, eps, weights, chunk_size)
-    n = p.x.shape[0]
-    with full_precision(p.x.device):
-        if p.eps == 0:
-            index, _, _ = stream_argmax(p.x, p.targets, p.bias, **p.kwargs())
-            counts = torch.bincount(index, minlength=p.targets.shape[0]).to(torch.float64)
-            return counts / n
-        sums, _, _ = stream_softmax_columns(p.x, p.targets, p.bias, **p.kwargs())
-    return sums / n
+def marginal(x, targets, potential, *, eps=0.0, weights=None, chunk_size=None) -> torch.Tensor:
+    """One-shot :meth:`LaguerreCells.marginal`: m_hat [N] (float64) from noise samples x [n, d]."""
+    cells = LaguerreCells(targets, potential, eps=eps, weights=weights, chunk_size=chunk_size)
+    return cells.marginal(x)
 
 
-def c_transform(
-    x: torch.Tensor,
-    targets: torch.Tensor,
-    potential: torch.Tensor,
-    *,
-    eps: float = 0.0,
-    weights: torch.Tensor | None = None,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """The (c, eps)-transform g^{c,eps}(x) [n] (float64), streamed.
-
-    eps = 0: ``min_j 1/2 |x - y_j|^2 - g_j``; eps > 0:
-    ``-eps log sum_j b_j exp((g_j - 1/2 |x - y_j|^2) / eps)``. The semi-dual objective is
-    ``F(g) = mean(c_transform(x, ...)) + <b, g>``.
-    """
-    p = _Prepared(x, targets, potential, eps, weights, chunk_size)
-    x64 = p.x.to(torch.float64)
-    # c(x, y_j) - g_j = |x|^2/2 - <x, mean> - (<x, y_j - mean> + g_j - |y_j|^2/2)
-    base = 0.5 * x64.square().sum(1) - x64 @ p.center64
-    with full_precision(p.x.device):
-        if p.eps == 0:
-            _, best, _ = stream_argmax(p.x, p.targets, p.bias, **p.kwargs())
-            return base - (best.to(torch.float64) + p.shift)
-        lse = stream_logsumexp(p.x, p.targets, p.bias, **p.kwargs())
-    return base - p.eps * (lse.to(torch.float64) + p.shift)
+def c_transform(x, targets, potential, *, eps=0.0, weights=None, chunk_size=None) -> torch.Tensor:
+    """One-shot :meth:`LaguerreCells.c_transform`: g^{c,eps}(x) [n] (float64)."""
+    cells = LaguerreCells(targets, potential, eps=eps, weights=weights, chunk_size=chunk_size)
+    return cells.c_transform(x)

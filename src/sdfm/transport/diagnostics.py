@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 
 from sdfm.transport import _checks
-from sdfm.transport._stream import full_precision, stream_argmax, stream_softmax_columns
 from sdfm.transport.duplicates import DuplicateGroups
 from sdfm.transport.sources import draw, standard_normal
 
@@ -67,8 +66,13 @@ def tv_sampling_floor(num_samples: int, weights: torch.Tensor | int) -> float:
     valid = k <= m
     k = torch.where(valid, k, torch.ones_like(k))
     log_mad = (
-        math.log(2.0) + torch.log(k) + math.lgamma(m + 1) - torch.lgamma(k + 1)
-        - torch.lgamma(m - k + 1) + k * torch.log(p) + (m - k + 1) * torch.log1p(-p)
+        math.log(2.0)
+        + torch.log(k)
+        + math.lgamma(m + 1)
+        - torch.lgamma(k + 1)
+        - torch.lgamma(m - k + 1)
+        + k * torch.log(p)
+        + (m - k + 1) * torch.log1p(-p)
     )
     mad = torch.where(valid & (p < 1), torch.exp(log_mad), torch.zeros_like(p))
     return 0.5 * float(mad.sum()) / m
@@ -211,7 +215,7 @@ def estimate_marginal(
         targets: [N, d]; potential: [N] (1/2 |x - y|^2 convention); eps: absolute.
         duplicates: groups of identical targets; their mass is measured per group (merged cells).
     """
-    from sdfm.transport.assign import _Prepared
+    from sdfm.transport.assign import LaguerreCells, compute_dtype
 
     targets = _checks.as_targets(targets)
     n_targets, d = targets.shape
@@ -220,39 +224,34 @@ def estimate_marginal(
     if num_samples < 2:
         raise ValueError(f"num_samples: need at least 2, got {num_samples}")
     device = torch.device(device) if device is not None else targets.device
-    w = _checks.as_weights(weights, n_targets)
-    prep = _Prepared(torch.zeros(1, d, dtype=dtype, device=device), targets, potential, eps, w,
-                     chunk_size)
+    cells = LaguerreCells(targets, potential, eps=eps, weights=weights, chunk_size=chunk_size)
+    w = cells.weights
+    dtype = compute_dtype(torch.empty(0, dtype=dtype))
     # eps = 0: identical targets share one cell, so their mass is measured per group. eps > 0: the
     # softmax already splits a shared cell by weight, so per-copy masses are the right measure.
     group_of = None
     b_eff, n_eff = w, n_targets
-    if duplicates is not None and prep.eps == 0:
+    if duplicates is not None and cells.eps == 0:
         group_of = duplicates.inverse.to(device)
         b_eff, n_eff = duplicates.group_weights().to(device), duplicates.num_groups
     acc = MarginalAccumulator(n_eff, b_eff, device=device)
     cost_sum = 0.0
     done = 0
-    with full_precision(device):
-        while done < num_samples:
-            n = min(batch_size, num_samples - done)
-            x = draw(noise, n, d, generator=generator, device=device, dtype=prep.dtype)
-            _checks.check_finite(x, "noise")
-            if prep.eps == 0:
-                index, _, _ = stream_argmax(x, prep.targets, prep.bias, **prep.kwargs())
-                acc.add_index(index if group_of is None else group_of[index])
-            else:
-                sums, squares, _ = stream_softmax_columns(
-                    x, prep.targets, prep.bias, **prep.kwargs(), squares=True
-                )
-                acc.add_soft(sums, squares, n)
-                if with_cost:
-                    index, _, _ = stream_argmax(
-                        x, prep.targets, prep.bias, **prep.kwargs(), gumbel=generator
-                    )
+    while done < num_samples:
+        n = min(batch_size, num_samples - done)
+        x = draw(noise, n, d, generator=generator, device=device, dtype=dtype)
+        _checks.check_finite(x, "noise")
+        if cells.eps == 0:
+            index = cells.assign(x)
+            acc.add_index(index if group_of is None else group_of[index])
+        else:
+            sums, squares = cells.column_sums(x, squares=True)
+            acc.add_soft(sums, squares, n)
             if with_cost:
-                cost_sum += float(transport_cost(x, prep.targets, index).sum())
-            done += n
+                index = cells.assign(x, generator=generator)
+        if with_cost:
+            cost_sum += float(transport_cost(x, cells.targets, index).sum())
+        done += n
     value, se = acc.chi2()
     mass = acc.mass()
     return MarginalEstimate(

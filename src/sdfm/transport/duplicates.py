@@ -51,7 +51,7 @@ class DuplicateGroups:
         device = index.device
         inverse = self.inverse.to(device)
         w = self.weights.to(device)
-        order = torch.argsort(inverse, stable=True)          # copies grouped together
+        order = torch.argsort(inverse, stable=True)  # copies grouped together
         sorted_groups = inverse[order]
         cum = torch.cumsum(w[order], 0)
         starts = torch.searchsorted(sorted_groups, torch.arange(self.num_groups, device=device))

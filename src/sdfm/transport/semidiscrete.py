@@ -185,8 +185,15 @@ class SemidiscreteSolver:
             raise ValueError(f"max_seconds: expected a number > 0 or None, got {self.max_seconds!r}")
         if self.tol is None and self.max_steps is None and self.max_seconds is None:
             raise ValueError("tol, max_steps and max_seconds are all None: the solver would never stop")
-        positive = ("lr", "lr_anneal", "noise_level", "anneal_start", "anneal_end", "anneal_length",
-                    "eval_every")
+        positive = (
+            "lr",
+            "lr_anneal",
+            "noise_level",
+            "anneal_start",
+            "anneal_end",
+            "anneal_length",
+            "eval_every",
+        )
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -242,7 +249,7 @@ class SemidiscreteSolver:
 
 
 # ----------------------------------------------------------------------------------------------
-def _relative_eps_scale(targets, noise, *, device, dtype, n_ref=1024, max_targets=8192) -> float:
+def _relative_eps_scale(targets, noise, *, device, n_ref=1024, max_targets=8192) -> float:
     """std of the cost matrix 1/2 |x - y|^2 between reference noise and (a stride of) the targets."""
     gen = torch.Generator(device=device).manual_seed(0)
     x = draw(noise, n_ref, targets.shape[1], generator=gen, device=device, dtype=torch.float64)
@@ -271,9 +278,7 @@ class _Run:
         self.progress = progress
         self.device = torch.device(solver.device) if solver.device else targets.device
         if generator is not None and generator.device.type != self.device.type:
-            raise ValueError(
-                f"generator: on {generator.device}, but the solver computes on {self.device}"
-            )
+            raise ValueError(f"generator: on {generator.device}, but the solver computes on {self.device}")
         self.dtype = _DTYPES[solver.dtype]
 
         # Duplicates: one atom per distinct position, carrying the summed weight.
@@ -292,7 +297,6 @@ class _Run:
             if w is None
             else w.to(self.device)
         )
-        self.uniform = w is None or self.duplicates is None and w_all is None
 
         # Centred atoms in the compute dtype (streamed with a centre if too large to copy).
         chunk0 = chunk_size_for(solver.batch_size, self.n, self.d, solver.chunk_size)
@@ -306,9 +310,7 @@ class _Run:
         itemsize = torch.finfo(self.dtype).bits // 8
         if self.n * self.d * itemsize <= (1 << 30):
             self.keys = torch.empty(self.n, self.d, dtype=self.dtype, device=self.device)
-            for start, stop, y in target_chunks(
-                atoms, chunk0, device=self.device, dtype=torch.float64
-            ):
+            for start, stop, y in target_chunks(atoms, chunk0, device=self.device, dtype=torch.float64):
                 self.keys[start:stop] = (y - mean).to(self.dtype)
             self.center = None
         else:
@@ -319,9 +321,7 @@ class _Run:
 
         self.eps_abs = solver.eps
         if solver.eps > 0 and solver.relative_eps:
-            self.eps_abs = solver.eps * _relative_eps_scale(
-                atoms, self.noise, device=self.device, dtype=self.dtype
-            )
+            self.eps_abs = solver.eps * _relative_eps_scale(atoms, self.noise, device=self.device)
         tol = solver.tol if solver.tol is not None else 0.05
         self.eval_samples = solver.eval_samples or int(
             min(1 << 22, max(1 << 14, math.ceil(10.0 * math.sqrt(2.0 * self.n) / tol)))
@@ -332,8 +332,7 @@ class _Run:
 
     # -- scoring helpers -----------------------------------------------------------------------
     def _draw(self, n):
-        x = draw(self.noise, n, self.d, generator=self.generator, device=self.device,
-                 dtype=self.dtype)
+        x = draw(self.noise, n, self.d, generator=self.generator, device=self.device, dtype=self.dtype)
         self.samples += n
         return x
 
@@ -347,12 +346,20 @@ class _Run:
         return chunk_size_for(n, self.n, self.d, self.s.chunk_size)
 
     def _hard(self, x, h, top2=False):
-        return stream_argmax(x, self.keys, self._bias(h), chunk=self._chunk(x.shape[0]),
-                             center=self.center, top2=top2)
+        return stream_argmax(
+            x, self.keys, self._bias(h), chunk=self._chunk(x.shape[0]), center=self.center, top2=top2
+        )
 
     def _soft(self, x, h, eps, squares=False):
-        return stream_softmax_columns(x, self.keys, self._bias(h, eps), chunk=self._chunk(x.shape[0]),
-                                      center=self.center, alpha=1.0 / eps, squares=squares)
+        return stream_softmax_columns(
+            x,
+            self.keys,
+            self._bias(h, eps),
+            chunk=self._chunk(x.shape[0]),
+            center=self.center,
+            alpha=1.0 / eps,
+            squares=squares,
+        )
 
     def _chi2_batch(self, h, n) -> float:
         """chi2 of potential h on n fresh samples (hard), for warm-start selection."""
@@ -420,8 +427,9 @@ class _Run:
 
     def _dot_mean(self):
         out = torch.empty(self.n, dtype=torch.float64, device=self.device)
-        for start, stop, y in target_chunks(self.atoms, self._chunk(1), device=self.device,
-                                            dtype=torch.float64):
+        for start, stop, y in target_chunks(
+            self.atoms, self._chunk(1), device=self.device, dtype=torch.float64
+        ):
             out[start:stop] = y @ self.mean
         return out
 
@@ -429,18 +437,15 @@ class _Run:
         """(y - mean)^T Sigma^{+1/2} (y - mean) per atom, Sigma the weighted covariance."""
         cov = torch.zeros(self.d, self.d, dtype=torch.float64, device=self.device)
         chunk = self._chunk(self.d)
-        for start, stop, y in target_chunks(self.atoms, chunk, device=self.device,
-                                            dtype=torch.float64):
+        for start, stop, y in target_chunks(self.atoms, chunk, device=self.device, dtype=torch.float64):
             z = y - self.mean
             cov += (z * self.b[start:stop, None]).T @ z
         evals, evecs = torch.linalg.eigh(cov)
         floor = evals.max().clamp_min(1e-300) * 1e-10
-        inv_quarter = torch.where(evals > floor, evals.clamp_min(floor) ** -0.25,
-                                  torch.zeros_like(evals))
+        inv_quarter = torch.where(evals > floor, evals.clamp_min(floor) ** -0.25, torch.zeros_like(evals))
         proj = evecs * inv_quarter
         out = torch.empty(self.n, dtype=torch.float64, device=self.device)
-        for start, stop, y in target_chunks(self.atoms, chunk, device=self.device,
-                                            dtype=torch.float64):
+        for start, stop, y in target_chunks(self.atoms, chunk, device=self.device, dtype=torch.float64):
             out[start:stop] = ((y - self.mean) @ proj).square().sum(1)
         return out
 
@@ -462,8 +467,9 @@ class _Run:
         from tqdm.auto import tqdm
 
         if self.n == 1:
-            return self._finish(torch.zeros(1, dtype=torch.float64, device=self.device),
-                                (-1.0 + 1.0, 0.0), converged=True)
+            return self._finish(
+                torch.zeros(1, dtype=torch.float64, device=self.device), (0.0, 0.0), converged=True
+            )
         h = self._warm_start()
         if self.init is not None:  # resuming: done already if the given potential is good enough
             chi = self.measure(h, s.tol)
@@ -486,8 +492,9 @@ class _Run:
         next_eval = None
         last_measure = None
         converged = False
-        bar = tqdm(total=s.max_steps, disable=not self.progress, unit="step", dynamic_ncols=True,
-                   desc="solve")
+        bar = tqdm(
+            total=s.max_steps, disable=not self.progress, unit="step", dynamic_ncols=True, desc="solve"
+        )
         train_samples = 0
         try:
             while True:
@@ -504,8 +511,9 @@ class _Run:
                     sums, squares, _ = self._soft(x, h, cur_eps, squares=not annealing)
                     mass = sums / batch
                     chi_b = float("nan") if annealing else _batch_chi2(sums, squares, batch, self.b)
-                    scale = scale0 if s.preconditioner == "global" else self._cell_scale(
-                        gap_sum, gap_cnt, scale0)
+                    scale = (
+                        scale0 if s.preconditioner == "global" else self._cell_scale(gap_sum, gap_cnt, scale0)
+                    )
                     scale = scale + cur_eps
                 else:
                     idx, best, second = self._hard(x, h, top2=s.preconditioner == "cell")
@@ -552,12 +560,17 @@ class _Run:
                     elapsed = time.perf_counter() - self.t_start
                     converged = _converged(chi2, se, s.tol)
                 if record is not None or self.steps % 50 == 0:
-                    self.history.append(HistoryEntry(
-                        step=self.steps, samples=self.samples, seconds=elapsed,
-                        eps=cur_eps or 0.0, chi2=None if record is None else record[0],
-                        chi2_stderr=None if record is None else record[1],
-                        chi2_iterate=chi2_iter,
-                    ))
+                    self.history.append(
+                        HistoryEntry(
+                            step=self.steps,
+                            samples=self.samples,
+                            seconds=elapsed,
+                            eps=cur_eps or 0.0,
+                            chi2=None if record is None else record[0],
+                            chi2_stderr=None if record is None else record[1],
+                            chi2_iterate=chi2_iter,
+                        )
+                    )
                     post = {"chi2_iter": f"{chi2_iter:.3g}"}
                     if last_measure is not None:
                         post["chi2"] = f"{last_measure[0]:.4f}±{last_measure[1]:.4f}"

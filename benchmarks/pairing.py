@@ -1,0 +1,113 @@
+"""Pairing throughput of sdfm.transport.assign against the dense matmul of the same shapes.
+
+flops = 2 n N d per call. The reference is torch.mm(x, y.T) into a preallocated [n, N] output
+(pure GEMM, no allocation), measured in the same process, interleaved with assign. Also measures the
+peak extra memory of assign for N = 1,000,000, d = 64 in a fresh subprocess (RSS high-water mark
+after the inputs are allocated).
+
+    python benchmarks/pairing.py            # CPU (default), writes benchmarks/results/pairing.json
+    python benchmarks/pairing.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import torch
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+from common import machine, repeat, save  # noqa: E402
+from sdfm.transport import assign  # noqa: E402
+
+
+def throughput(n: int, big_n: int, d: int, device: str, repeats: int, eps: float = 0.0) -> dict:
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, d, device=device, generator=gen)
+    y = torch.randn(big_n, d, device=device, generator=gen)
+    g = torch.randn(big_n, dtype=torch.float64, device=device, generator=gen) * 0.1
+    out = torch.empty(n, big_n, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    flops = 2.0 * n * big_n * d
+    mm = repeat(lambda: torch.mm(x, y.T, out=out), repeats, sync=sync)
+    kw = {"eps": eps, "generator": gen} if eps > 0 else {}
+    sd = repeat(lambda: assign(x, y, g, **kw), repeats, sync=sync)
+    return {
+        "n": n,
+        "N": big_n,
+        "d": d,
+        "eps": eps,
+        "matmul_s": mm,
+        "assign_s": sd,
+        "matmul_gflops": flops / mm["min"] / 1e9,
+        "assign_gflops": flops / sd["min"] / 1e9,
+        "fraction_of_matmul": mm["min"] / sd["min"],
+        "fraction_of_matmul_median": mm["median"] / sd["median"],
+    }
+
+
+MEMORY_SCRIPT = r"""
+import resource, sys, torch
+torch.set_num_threads({threads})
+from sdfm.transport import assign
+n, N, d, eps = {n}, {N}, {d}, {eps}
+y = torch.randn(N, d); g = torch.zeros(N, dtype=torch.float64); x = torch.randn(n, d)
+gen = torch.Generator().manual_seed(0)
+assign(x[:8], y[:1000], g[:1000], eps=eps, generator=gen)   # warm up kernels on a small problem
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assign(x, y, g, eps=eps, generator=gen)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((peak - base) * 1024)
+"""
+
+
+def peak_extra_memory(n: int, big_n: int, d: int, eps: float) -> int:
+    code = MEMORY_SCRIPT.format(threads=torch.get_num_threads(), n=n, N=big_n, d=d, eps=eps)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--n", type=int, default=1024)
+    parser.add_argument("--N", type=int, default=50_000)
+    parser.add_argument("--dims", default="2,16,64,256,512")
+    args = parser.parse_args()
+
+    rows = []
+    for d in [int(v) for v in args.dims.split(",")]:
+        row = throughput(args.n, args.N, d, args.device, args.repeats)
+        rows.append(row)
+        print(
+            f"d={d:4d}  matmul {row['matmul_gflops']:7.1f} GFLOP/s  assign {row['assign_gflops']:7.1f}"
+            f" GFLOP/s  fraction {row['fraction_of_matmul']:.2f}"
+            f" (median {row['fraction_of_matmul_median']:.2f})",
+            flush=True,
+        )
+    gumbel = throughput(args.n, args.N, 256, args.device, args.repeats, eps=0.1)
+    print(f"eps>0 (Gumbel) d=256: fraction of matmul {gumbel['fraction_of_matmul']:.2f}", flush=True)
+    memory = []
+    if args.device == "cpu":
+        for n, eps in [(1024, 0.0), (65536, 0.0), (1024, 0.5)]:
+            extra = peak_extra_memory(n, 1_000_000, 64, eps)
+            memory.append({"n": n, "N": 1_000_000, "d": 64, "eps": eps, "peak_extra_bytes": extra})
+            print(f"peak extra memory N=1e6 d=64 n={n} eps={eps}: {extra / 2**20:.1f} MiB", flush=True)
+    path = save(
+        f"pairing_{args.device.split(':')[0]}",
+        {
+            "command": "python benchmarks/pairing.py " + " ".join(sys.argv[1:]),
+            "machine": machine(),
+            "throughput": rows,
+            "gumbel": gumbel,
+            "memory": memory,
+        },
+    )
+    print(json.dumps({"written": str(path)}))
+
+
+if __name__ == "__main__":
+    main()
