@@ -11,10 +11,21 @@ from sdfm.data import DATASETS, load_array, load_dataset
 def test_builtin_datasets(name):
     ds = load_dataset(name if name == "digits" else f"{name}:n=500")
     assert ds.x.ndim == 2 and np.isfinite(ds.x).all()
-    if name != "digits":
+    if name == "mnist1d":  # n signals generated, 80% of them in the train split
+        assert ds.x.shape == (400, 40) and ds.num_classes == 10
+    elif name != "digits":
         assert ds.x.shape[0] == 500
     again = load_dataset(name if name == "digits" else f"{name}:n=500")
     assert np.array_equal(ds.x, again.x)  # seeded
+
+
+def test_mnist1d_split_and_global_state():
+    state = np.random.get_state()[1].copy()
+    train = load_dataset("mnist1d:n=1000")
+    test = load_dataset("mnist1d:n=1000,split=test")
+    assert train.x.shape == (800, 40) and test.x.shape == (200, 40) and test.labels.shape == (200,)
+    assert np.array_equal(np.random.get_state()[1], state)  # the package's global seeding is undone
+    assert load_dataset("digits").image_shape == (1, 8, 8) and train.image_shape is None
 
 
 def test_dataset_parameters_and_errors():

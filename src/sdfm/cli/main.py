@@ -5,38 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXIT_BAD_INPUT = 2
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and exit code 2."""
-
-    def error(self, message: str):  # noqa: D102
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+from sdfm.cli.common import EXIT_BAD_INPUT, CliError, _nonneg_float, _Parser, _positive_int, device_from
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,23 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     solve.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    from sdfm.cli.train_cmd import add_train_parser
+
+    add_train_parser(sub, _positive_int, _nonneg_float)
+
     info = sub.add_parser("info", help="print the metadata of a potential file")
     info.add_argument("path", help="potential file (.safetensors)")
     return parser
-
-
-def _device(name: str | None):
-    import torch
-
-    if name is None:
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise CliError(f"--device: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device: {name} requested but CUDA is not available")
-    return device
 
 
 def cmd_solve(args) -> int:
@@ -126,7 +85,7 @@ def cmd_solve(args) -> int:
         raise CliError(f"--out: expected a .safetensors path, got {args.out}")
     if out.exists() and out.is_dir():
         raise CliError(f"--out: {args.out} is a directory")
-    device = _device(args.device)
+    device = device_from(args.device)
     dataset = load_dataset(args.data)
     data = np.ascontiguousarray(dataset.x)
     with warnings.catch_warnings():  # read-only (memory-mapped) arrays: sdfm never writes to them
@@ -177,7 +136,9 @@ def cmd_info(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"solve": cmd_solve, "info": cmd_info}
+    from sdfm.cli.train_cmd import cmd_sample, cmd_train
+
+    handlers = {"solve": cmd_solve, "info": cmd_info, "train": cmd_train, "sample": cmd_sample}
     try:
         return handlers[args.command](args)
     except (CliError, ValueError) as exc:

@@ -40,19 +40,9 @@ def _to_numpy(value, path: Path, what: str) -> np.ndarray:
     raise DataError(f"data: {path} holds a {type(value).__name__} as {what}, expected an array")
 
 
-def load_array(path: str | Path, *, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Reads data [N, ...] (and labels [N] if present) from a tensor file.
-
-    Returns the data flattened to [N, d] (memory-mapped for .npy when possible; values as
-    stored, no rescaling) and the labels or None. Raises ValueError with a one-line reason for a
-    missing, unreadable, empty, non-numeric or non-finite file.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"data: no such file: {path}")
+def _read(path: Path, *, mmap: bool = True):
+    """Raw (data, labels) as stored in a tensor file (labels None when absent)."""
     suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise DataError(f"data: unsupported file type {suffix!r} ({path}); use one of {SUFFIXES}")
     labels = None
     try:
         if suffix == ".npy":
@@ -79,6 +69,35 @@ def load_array(path: str | Path, *, mmap: bool = True) -> tuple[np.ndarray, np.n
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is an unreadable file
         raise DataError(f"data: cannot read {path}: {type(exc).__name__}: {exc}") from exc
+    return data, labels
+
+
+def stored_shape(path: str | Path) -> tuple[int, ...] | None:
+    """The shape of the data array as stored in a tensor file (before flattening), or None."""
+    try:
+        path = Path(path)
+        if path.suffix.lower() == ".npy":
+            return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+        data, _ = _read(path, mmap=True)
+        return tuple(data.shape)
+    except Exception:  # noqa: BLE001 - the shape is a hint; load_array reports read errors
+        return None
+
+
+def load_array(path: str | Path, *, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reads data [N, ...] (and labels [N] if present) from a tensor file.
+
+    Returns the data flattened to [N, d] (memory-mapped for .npy when possible; values as
+    stored, no rescaling) and the labels or None. Raises ValueError with a one-line reason for a
+    missing, unreadable, empty, non-numeric or non-finite file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data: no such file: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(f"data: unsupported file type {suffix!r} ({path}); use one of {SUFFIXES}")
+    data, labels = _read(path, mmap=mmap)
     data = _to_numpy(data, path, "data")
     if labels is not None:
         labels = _to_numpy(labels, path, "labels")

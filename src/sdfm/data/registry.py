@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from sdfm.data import bundled, toy
-from sdfm.data.files import SUFFIXES, check_data, load_array
+from sdfm.data.files import SUFFIXES, check_data, load_array, stored_shape
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,12 @@ class Dataset:
     labels: np.ndarray | None
     name: str
     params: dict = field(default_factory=dict)
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) when the rows are images
+
+    @property
+    def num_classes(self) -> int | None:
+        """1 + the largest label (labels are 0..K-1), or None without labels."""
+        return None if self.labels is None else int(self.labels.max()) + 1
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -41,6 +47,14 @@ def _digits():
     return bundled.digits()
 
 
+def _mnist1d(n: int = 5000, split: str = "train", seed: int = 42):
+    return bundled.mnist1d(int(n), split=split, seed=int(seed))
+
+
+#: built-in datasets whose rows are images: name -> (C, H, W)
+IMAGE_SHAPES = {"digits": (1, 8, 8)}
+
+
 #: name -> factory(**params) -> (x, labels)
 DATASETS: dict[str, Callable] = {
     "checkerboard": _toy(toy.checkerboard),
@@ -49,6 +63,7 @@ DATASETS: dict[str, Callable] = {
     "spirals": _toy(toy.spirals),
     "gmm": _gmm,
     "digits": _digits,
+    "mnist1d": _mnist1d,
 }
 
 
@@ -70,7 +85,7 @@ def load_dataset(spec: str) -> Dataset:
         raise ValueError(f"data: expected a dataset name or a file path, got {spec!r}")
     if Path(spec).suffix.lower() in SUFFIXES or Path(spec).exists():
         x, labels = load_array(spec)
-        return Dataset(x=x, labels=labels, name=str(spec), params={})
+        return Dataset(x=x, labels=labels, name=str(spec), params={}, image_shape=image_shape_of(spec))
     name, params = parse_spec(spec)
     if name not in DATASETS:
         raise ValueError(
@@ -80,4 +95,24 @@ def load_dataset(spec: str) -> Dataset:
         x, labels = DATASETS[name](**params)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"data: bad parameters {params} for {name!r}: {exc}") from exc
-    return Dataset(x=check_data(np.asarray(x), name), labels=labels, name=name, params=params)
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64)
+    return Dataset(
+        x=check_data(np.asarray(x), name),
+        labels=labels,
+        name=name,
+        params=params,
+        image_shape=IMAGE_SHAPES.get(name),
+    )
+
+
+def image_shape_of(path: str | Path) -> tuple[int, int, int] | None:
+    """(C, H, W) of a file's rows when it holds [N, H, W] or [N, C, H, W] (C <= 4), else None."""
+    shape = stored_shape(path)
+    if shape is None:
+        return None
+    if len(shape) == 3:
+        return (1, int(shape[1]), int(shape[2]))
+    if len(shape) == 4 and shape[1] <= 4:
+        return (int(shape[1]), int(shape[2]), int(shape[3]))
+    return None

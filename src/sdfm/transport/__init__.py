@@ -3,6 +3,7 @@
 - :func:`assign`: exact streamed argmax (eps = 0) or Gumbel-max sample (eps > 0) of the cell of
   each noise sample.
 - :class:`SemidiscreteSolver`: fits the dual potential; returns a :class:`SemidiscreteResult`.
+- minibatch OT (the OT-FM baseline): :func:`exact_assignment`, :func:`sinkhorn`.
 - diagnostics: chi2 with standard error, total variation and its sampling floor, usage, cost.
 """
 
@@ -19,6 +20,7 @@ from sdfm.transport.diagnostics import (
     usage_histogram,
 )
 from sdfm.transport.duplicates import DuplicateGroups, find_duplicates
+from sdfm.transport.minibatch import SinkhornResult, cost_matrix, exact_assignment, sample_plan_rows, sinkhorn
 from sdfm.transport.semidiscrete import HistoryEntry, SemidiscreteResult, SemidiscreteSolver
 from sdfm.transport.sources import standard_normal
 
@@ -29,13 +31,18 @@ __all__ = [
     "MarginalEstimate",
     "SemidiscreteResult",
     "SemidiscreteSolver",
+    "SinkhornResult",
     "assign",
     "c_transform",
     "chi2_from_counts",
     "chi2_from_sums",
+    "cost_matrix",
     "estimate_marginal",
+    "exact_assignment",
     "find_duplicates",
     "marginal",
+    "sample_plan_rows",
+    "sinkhorn",
     "standard_normal",
     "total_variation",
     "transport_cost",

@@ -1,0 +1,312 @@
+"""``sdfm train`` and ``sdfm sample``."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from sdfm.cli.common import CliError, device_from
+
+DEFAULT_LR = {"mlp": 1e-3, "unet": 2e-4}
+DEFAULT_SINKHORN_EPS = 0.05
+
+
+def add_train_parser(sub, positive_int, nonneg_float) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a flow-matching model with an independent, minibatch-OT or semidiscrete coupling",
+        description=(
+            "Train a velocity field by flow matching from N(0, I) to the data. The data are "
+            "normalised for training (per-feature mean, one global scale; stored in the run and "
+            "undone when sampling). With --coupling semidiscrete and no --potential, the potential "
+            "is solved first and saved in RUN_DIR/potential.safetensors."
+        ),
+    )
+    p.add_argument(
+        "--data", required=True, help="dataset name (checkerboard, gmm, digits, mnist1d, ...) or file"
+    )
+    p.add_argument(
+        "--coupling", required=True, choices=["independent", "minibatch-ot", "semidiscrete"], help="pairing"
+    )
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--potential", default=None, help="potential file solved for the normalised data")
+    p.add_argument(
+        "--eps",
+        type=nonneg_float,
+        default=None,
+        help="relative eps: of the semidiscrete potential to solve (default 0) or of Sinkhorn (default 0.05)",
+    )
+    p.add_argument("--ot-method", choices=["exact", "sinkhorn"], default="exact", help="minibatch OT solver")
+    p.add_argument(
+        "--ot-batch-size", type=positive_int, default=None, help="OT batch (default: --batch-size)"
+    )
+    p.add_argument("--model", choices=["mlp", "unet"], default="mlp", help="velocity network (default mlp)")
+    p.add_argument(
+        "--width", type=positive_int, default=None, help="MLP hidden width (256) / U-Net base channels (32)"
+    )
+    p.add_argument("--depth", type=positive_int, default=None, help="MLP residual blocks (default 4)")
+    p.add_argument("--steps", type=positive_int, default=2000, help="training steps (default 2000)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="pairs per step (default 256)")
+    p.add_argument(
+        "--lr", type=nonneg_float, default=None, help="learning rate (default 1e-3 mlp, 2e-4 unet)"
+    )
+    p.add_argument("--warmup", type=int, default=100, help="warm-up steps (default 100)")
+    p.add_argument("--ema-decay", type=nonneg_float, default=0.999, help="EMA decay (default 0.999)")
+    p.add_argument("--time-sampler", choices=["uniform", "logit-normal"], default="uniform")
+    p.add_argument("--normalize", choices=["standard", "none"], default="standard", help="data normalisation")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0 = end only)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("sample", help="sample from a trained run with an ODE solver")
+    s.add_argument("--run", required=True, help="run folder written by sdfm train")
+    s.add_argument("--num", type=positive_int, default=1000, help="number of samples (default 1000)")
+    s.add_argument("--solver", choices=["euler", "midpoint", "heun", "rk4", "dopri5"], default="euler")
+    s.add_argument(
+        "--steps", type=positive_int, default=8, help="solver steps (ignored by dopri5; default 8)"
+    )
+    s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    s.add_argument(
+        "--out", required=True, help="output .npy file (a .png of the samples is written beside it)"
+    )
+    s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    s.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
+
+
+def _tensor(x: np.ndarray):
+    import torch
+
+    with warnings.catch_warnings():  # read-only (memory-mapped) arrays: never written to
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _model_config(args, dataset, dim: int) -> dict:
+    if args.model == "mlp":
+        cfg = {"dim": dim}
+        if args.width:
+            cfg["hidden"] = args.width
+        if args.depth:
+            cfg["depth"] = args.depth
+        return cfg
+    if dataset.image_shape is None:
+        raise CliError(
+            f"--model: unet needs image data ([N, H, W] or [N, C, H, W] files, or digits); "
+            f"{dataset.name} is flat [N, {dim}]; use --model mlp"
+        )
+    cfg = {"image_shape": list(dataset.image_shape)}
+    if args.width:
+        cfg["base"] = args.width
+    if min(dataset.image_shape[1:]) < 8:
+        raise CliError(f"--model: unet needs images of at least 8x8, got {dataset.image_shape}")
+    return cfg
+
+
+def _semidiscrete(args, run_dir: Path, targets, fp_train: str, fp_raw: str, device):
+    """The coupling's potential: loaded from --potential (checked) or solved and saved in the run."""
+    import torch
+
+    from sdfm.artifacts import load_potential, save_potential
+    from sdfm.transport import SemidiscreteSolver
+
+    if args.potential:
+        pf = load_potential(args.potential)
+        if pf.fingerprint == fp_raw and fp_raw != fp_train:
+            raise CliError(
+                f"--potential: {args.potential} was solved for the raw data, but training uses normalised "
+                "data; pass --normalize none, or omit --potential to solve for the normalised data"
+            )
+        pf.check_targets(targets, fingerprint=fp_train)
+        if args.eps is not None and abs(float(pf.meta.get("eps_relative", pf.eps)) - args.eps) > 1e-12:
+            raise CliError(
+                f"--eps: {args.eps} differs from the potential's eps ({pf.meta.get('eps_relative')})"
+            )
+        return pf.potential, pf.eps, pf.weights, pf.duplicates, str(Path(args.potential).resolve())
+    out = run_dir / "potential.safetensors"
+    solver = SemidiscreteSolver(eps=args.eps or 0.0, device=str(device))
+    print(f"sdfm train: solving the semidiscrete potential for {args.data} -> {out}", file=sys.stderr)
+    res = solver.solve(
+        targets, generator=torch.Generator(device=device).manual_seed(args.seed), progress=not args.quiet
+    )
+    save_potential(
+        out, res, fingerprint=fp_train, targets=targets, data_name=args.data, extra={"seed": args.seed}
+    )
+    print(
+        f"sdfm train: potential chi2 {res.chi2:.4f} ± {res.chi2_stderr:.4f}, {res.seconds:.1f} s",
+        file=sys.stderr,
+    )
+    return res.potential, res.eps, res.weights, res.duplicates, "potential.safetensors"
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from sdfm.couplings import IndependentCoupling, MinibatchOTCoupling, SemidiscreteCoupling
+    from sdfm.data import fingerprint, load_dataset
+    from sdfm.data.normalize import Normalization
+    from sdfm.models import build_model
+    from sdfm.train import TrainConfig, read_run, train, write_run
+
+    run_dir = Path(args.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CliError(f"--out: {run_dir} exists and is not a folder")
+    existing = (run_dir / "run.json").exists()
+    if existing and not args.resume:
+        raise CliError(
+            f"--out: {run_dir} already holds a run; pass --resume to continue it or choose another folder"
+        )
+    if args.resume and not existing:
+        raise CliError(f"--resume: {run_dir} holds no run to resume")
+    if args.coupling != "semidiscrete" and args.potential:
+        raise CliError(f"--potential: only used with --coupling semidiscrete, not {args.coupling}")
+    if args.warmup < 0 or args.checkpoint_every < 0:
+        raise CliError("--warmup/--checkpoint-every: expected integers >= 0")
+    device = device_from(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the network's matmuls; pairing disables TF32 itself
+        torch.backends.cudnn.allow_tf32 = True
+    dataset = load_dataset(args.data)
+    fp_raw = fingerprint(np.ascontiguousarray(dataset.x))
+    if args.resume:
+        info = read_run(run_dir)
+        if info["data"]["fingerprint"] != fp_raw:
+            raise CliError(
+                f"--data: {args.data} is not the data of the run in {run_dir} (fingerprint differs)"
+            )
+        if info["coupling"]["name"] != args.coupling or info["model"]["name"] != args.model:
+            raise CliError(
+                f"--resume: the run was trained with --coupling {info['coupling']['name']} --model "
+                f"{info['model']['name']}, got {args.coupling} / {args.model}"
+            )
+        norm = Normalization.from_dict(info["normalization"])
+    else:
+        norm = Normalization.fit(dataset.x, args.normalize)
+    x_train = norm.apply(dataset.x)
+    fp_train = fingerprint(x_train)
+    targets = _tensor(x_train).to(device)
+    n, dim = x_train.shape
+    labels = None if dataset.labels is None else torch.from_numpy(dataset.labels)
+    lr = args.lr if args.lr else DEFAULT_LR[args.model]
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=lr,
+        warmup=args.warmup,
+        ema_decay=args.ema_decay,
+        time_sampler=args.time_sampler,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        bf16=args.bf16,
+        compile=args.compile,
+    )
+    if args.resume:
+        model_info, coupling_info = info["model"], info["coupling"]
+    else:
+        model_info = {"name": args.model, "config": _model_config(args, dataset, dim)}
+        coupling_info = {"name": args.coupling}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.coupling == "independent":
+        coupling = IndependentCoupling(targets, labels=labels)
+    elif args.coupling == "minibatch-ot":
+        eps = DEFAULT_SINKHORN_EPS if args.eps is None else args.eps
+        if not args.resume:
+            coupling_info.update(
+                method=args.ot_method, batch_size=args.ot_batch_size or args.batch_size, eps=eps
+            )
+        coupling = MinibatchOTCoupling(
+            targets,
+            method=coupling_info["method"],
+            batch_size=coupling_info["batch_size"],
+            eps=coupling_info["eps"],
+            labels=labels,
+        )
+    else:
+        if args.resume:
+            pot_path = coupling_info["potential"]
+            pot_path = pot_path if Path(pot_path).is_absolute() else str(run_dir / pot_path)
+            args.potential = pot_path
+            args.eps = None
+        g, eps_abs, weights, dups, pot_name = _semidiscrete(args, run_dir, targets, fp_train, fp_raw, device)
+        if not args.resume:
+            coupling_info.update(potential=pot_name, eps=eps_abs, eps_relative=args.eps or 0.0)
+        coupling = SemidiscreteCoupling(
+            targets, g, eps=eps_abs, weights=weights, duplicates=dups, labels=labels
+        )
+    info = {
+        "data": {
+            "spec": args.data,
+            "name": dataset.name,
+            "fingerprint": fp_raw,
+            "train_fingerprint": fp_train,
+            "shape": [n, dim],
+            "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
+            "num_classes": dataset.num_classes,
+        },
+        "normalization": norm.to_dict(),
+        "model": model_info,
+        "coupling": coupling_info,
+        "train": config.to_dict(),
+        "seed": args.seed,
+    }
+    torch.manual_seed(args.seed)  # the network's initial weights
+    model = build_model(model_info["name"], model_info["config"]).to(device)
+    write_run(run_dir, info)
+    print(
+        f"sdfm train: {args.coupling} on {dataset.name} [{n}, {dim}], {args.model}, -> {run_dir}",
+        file=sys.stderr,
+    )
+    result = train(
+        model,
+        coupling,
+        config,
+        run_dir,
+        resume=args.resume,
+        meta={"data_fingerprint": fp_raw, "coupling": args.coupling},
+        progress=not args.quiet,
+    )
+    last = result.metrics[-1] if result.metrics else {}
+    print(
+        f"trained {result.step} steps; loss {last.get('loss', float('nan')):.4f}, "
+        f"{last.get('pairs_per_s', 0):.0f} pairs/s -> {run_dir}"
+    )
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from sdfm.artifacts.atomic import atomic_write
+    from sdfm.cli.plots import plot_samples
+    from sdfm.samplers import integrate
+    from sdfm.train import load_run
+
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise CliError(f"--out: expected a .npy path, got {args.out}")
+    device = device_from(args.device)
+    run = load_run(args.run, device=device, ema=not args.no_ema)
+    dim = int(run.info["data"]["shape"][1])
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    x0 = torch.randn(args.num, dim, generator=generator, device=device)
+    res = integrate(run.model, x0, steps=args.steps, method=args.solver)
+    samples = run.normalization.undo(res.x)
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as fh:
+            np.save(fh, samples)
+
+    atomic_write(out, write)
+    image_shape = run.info["data"].get("image_shape")
+    label = f"{run.info['coupling']['name']}, {args.solver}, NFE {res.nfe}, step {run.step}"
+    png = plot_samples(samples, out.with_suffix(".png"), image_shape=image_shape, title=label)
+    print(f"{args.num} samples ({args.solver}, NFE {res.nfe}) -> {out}, {png}")
+    return 0

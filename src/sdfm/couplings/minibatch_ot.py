@@ -1,0 +1,74 @@
+"""Minibatch OT coupling (OT-FM): n noises and n data points re-paired by OT within the batch."""
+
+from __future__ import annotations
+
+import torch
+
+from sdfm.couplings._base import DataCoupling
+from sdfm.protocols import Pairs
+from sdfm.transport._checks import check_eps, check_positive_int
+from sdfm.transport.minibatch import exact_assignment, sample_plan_rows, sinkhorn
+from sdfm.transport.sources import standard_normal
+
+METHODS = ("exact", "sinkhorn")
+
+
+class MinibatchOTCoupling(DataCoupling):
+    """Draws n noises and n data points, then pairs them by OT within the batch.
+
+    Args:
+        data, labels, weights, noise: see :class:`~sdfm.couplings.DataCoupling`.
+        method: ``"exact"`` — the optimal permutation (scipy ``linear_sum_assignment``; every point
+            of the batch used once, cost O(n^3) on CPU); ``"sinkhorn"`` — the log-domain entropic
+            plan (torch, any device), one data point drawn per noise from its row of the plan.
+        batch_size: the OT batch size; a request for more pairs is split into independent OT
+            problems of this size (the last one smaller). None = one problem per request.
+        eps: Sinkhorn regularisation, relative to the batch cost std by default (``relative``).
+        max_iter, tol: Sinkhorn stopping rule.
+    """
+
+    name = "minibatch-ot"
+
+    def __init__(
+        self,
+        data,
+        *,
+        method: str = "exact",
+        batch_size: int | None = None,
+        eps: float = 0.05,
+        relative: bool = True,
+        max_iter: int = 2000,
+        tol: float = 1e-4,
+        labels=None,
+        weights=None,
+        noise=standard_normal,
+    ):
+        super().__init__(data, labels=labels, weights=weights, noise=noise)
+        if method not in METHODS:
+            raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+        self.method = method
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.eps = check_eps(eps)
+        if method == "sinkhorn" and self.eps == 0:
+            raise ValueError("eps: Sinkhorn needs eps > 0 (method='exact' is the eps = 0 coupling)")
+        self.relative = bool(relative)
+        self.max_iter = check_positive_int(max_iter, "max_iter", allow_none=False)
+        self.tol = float(tol)
+
+    def _pair(self, x0: torch.Tensor, x1: torch.Tensor, generator) -> torch.Tensor:
+        if self.method == "exact":
+            return exact_assignment(x0, x1)
+        plan = sinkhorn(x0, x1, self.eps, relative=self.relative, max_iter=self.max_iter, tol=self.tol)
+        return sample_plan_rows(plan.log_plan, generator)
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Pairs:
+        n = self._check_n(n)
+        index = self.draw_index(n, generator)
+        x0 = self.draw_noise(n, generator)
+        size = self.batch_size or n
+        out = torch.empty_like(index)
+        for start in range(0, n, size):
+            sl = slice(start, min(n, start + size))
+            local = self._pair(x0[sl], self.data[index[sl]], generator)
+            out[sl] = index[sl][local]
+        return self.pairs(x0, out)

@@ -1,0 +1,82 @@
+"""Semidiscrete coupling (SD-FM): each fresh noise is paired with its Laguerre cell's data point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sdfm.couplings._base import DataCoupling
+from sdfm.protocols import Pairs
+from sdfm.transport.assign import LaguerreCells
+from sdfm.transport.duplicates import DuplicateGroups
+from sdfm.transport.sources import standard_normal
+
+
+class SemidiscreteCoupling(DataCoupling):
+    """Pairs x0 ~ N(0, I) with ``argmax_j <x0, y_j> + g_j - |y_j|^2/2`` (eps = 0) or a Gumbel-max sample
+    of the soft cell (eps > 0), streamed over chunks of the data: no [n, N] matrix beyond one chunk.
+
+    Args:
+        data: data points [N, d] the potential was solved for.
+        potential: g [N] (1/2 |x - y|^2 convention).
+        eps: absolute regularisation of the pairing (use the solver's ``result.eps``).
+        weights: data weights [N] the potential was solved with (None = uniform).
+        duplicates: duplicate groups from the solver; the mass of a shared cell is split by weight.
+        labels, noise: see :class:`~sdfm.couplings.DataCoupling`.
+        chunk_size: data points per score block (default automatic, ~2M scores per block).
+
+    Build it from a solver result with :meth:`from_result` or from a potential file with
+    :meth:`from_file` (which refuses a potential solved for other data).
+    """
+
+    name = "semidiscrete"
+
+    def __init__(
+        self,
+        data,
+        potential,
+        *,
+        eps: float = 0.0,
+        weights=None,
+        duplicates: DuplicateGroups | None = None,
+        labels=None,
+        noise=standard_normal,
+        chunk_size: int | None = None,
+    ):
+        super().__init__(data, labels=labels, weights=weights, noise=noise)
+        self.cells = LaguerreCells(self.data, potential, eps=eps, weights=self.weights, chunk_size=chunk_size)
+        self.eps = self.cells.eps
+        if duplicates is not None and duplicates.inverse.shape[0] != self.num_data:
+            raise ValueError(
+                f"duplicates: groups for {duplicates.inverse.shape[0]} data points, data has {self.num_data}"
+            )
+        self.duplicates = duplicates
+
+    @classmethod
+    def from_result(cls, data, result, **kwargs) -> SemidiscreteCoupling:
+        """From a :class:`~sdfm.transport.SemidiscreteResult` of the same data."""
+        return cls(
+            data,
+            result.potential,
+            eps=result.eps,
+            weights=result.weights,
+            duplicates=result.duplicates,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path, data, **kwargs) -> SemidiscreteCoupling:
+        """From a potential file; ValueError if it was solved for other data (shape or fingerprint)."""
+        from sdfm.artifacts.potential import load_potential
+
+        pf = load_potential(path, targets=torch.as_tensor(data))
+        return cls(data, pf.potential, eps=pf.eps, weights=pf.weights, duplicates=pf.duplicates, **kwargs)
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Pairs:
+        n = self._check_n(n)
+        x0 = self.draw_noise(n, generator)
+        index = self.cells.assign(x0, generator=generator)
+        if self.duplicates is not None:
+            index = self.duplicates.spread(index, generator)
+        return self.pairs(x0, index)

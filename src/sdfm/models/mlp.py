@@ -1,0 +1,75 @@
+"""MLP velocity field for vector data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from sdfm.models.embeddings import LabelEmbedding, SinusoidalTimeEmbedding
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """Hyper-parameters of :class:`MLPVelocity`.
+
+    Attributes:
+        dim: data dimension d.
+        hidden: width of the hidden layers.
+        depth: number of hidden residual blocks.
+        time_dim: size of the sinusoidal time features.
+        num_classes: number of class labels (None = unconditional).
+    """
+
+    dim: int
+    hidden: int = 256
+    depth: int = 4
+    time_dim: int = 64
+    num_classes: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.lin1 = nn.Linear(width, width)
+        self.lin2 = nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        z = self.lin1(nn.functional.silu(self.norm(h) + emb))
+        return h + self.lin2(nn.functional.silu(z))
+
+
+class MLPVelocity(nn.Module):
+    """v(x [n, d], t [n], cond [n] | None) -> [n, d]: residual MLP; time (and label) embeddings are
+    added inside every block."""
+
+    def __init__(self, config: MLPConfig):
+        super().__init__()
+        self.config = config
+        w = config.hidden
+        self.time = nn.Sequential(
+            SinusoidalTimeEmbedding(config.time_dim),
+            nn.Linear(config.time_dim, w),
+            nn.SiLU(),
+            nn.Linear(w, w),
+        )
+        self.labels = LabelEmbedding(config.num_classes, w) if config.num_classes else None
+        self.inp = nn.Linear(config.dim, w)
+        self.blocks = nn.ModuleList(_Block(w) for _ in range(config.depth))
+        self.out = nn.Sequential(nn.LayerNorm(w), nn.SiLU(), nn.Linear(w, config.dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.config.dim:
+            raise ValueError(f"x: expected [n, {self.config.dim}], got {list(x.shape)}")
+        emb = self.time(t.reshape(-1).expand(x.shape[0]))
+        if self.labels is not None:
+            emb = emb + self.labels(cond, x.shape[0], x.device)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(h).to(x.dtype)

@@ -1,0 +1,135 @@
+"""Fixed-step ODE samplers with one signature: ``step(f, x, t, dt) -> x_next`` and an exact NFE.
+
+``f(x, t)`` is the velocity field with a scalar time; :func:`integrate` wraps a model
+``v(x [n, d], t [n], cond)`` and integrates from t0 = 0 (noise) to t1 = 1 (data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Field = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def euler(f: Field, x: torch.Tensor, t: float, dt: float) -> torch.Tensor:
+    """Forward Euler: 1 evaluation."""
+    return x + dt * f(x, t)
+
+
+def midpoint(f: Field, x: torch.Tensor, t: float, dt: float) -> torch.Tensor:
+    """Explicit midpoint (RK2): 2 evaluations."""
+    k1 = f(x, t)
+    return x + dt * f(x + 0.5 * dt * k1, t + 0.5 * dt)
+
+
+def heun(f: Field, x: torch.Tensor, t: float, dt: float) -> torch.Tensor:
+    """Heun's method (explicit trapezoid, RK2): 2 evaluations."""
+    k1 = f(x, t)
+    k2 = f(x + dt * k1, t + dt)
+    return x + 0.5 * dt * (k1 + k2)
+
+
+def rk4(f: Field, x: torch.Tensor, t: float, dt: float) -> torch.Tensor:
+    """Classical Runge-Kutta of order 4: 4 evaluations."""
+    k1 = f(x, t)
+    k2 = f(x + 0.5 * dt * k1, t + 0.5 * dt)
+    k3 = f(x + 0.5 * dt * k2, t + 0.5 * dt)
+    k4 = f(x + dt * k3, t + dt)
+    return x + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+#: name -> (step function, evaluations per step)
+SAMPLERS: dict[str, tuple[Callable, int]] = {
+    "euler": (euler, 1),
+    "midpoint": (midpoint, 2),
+    "heun": (heun, 2),
+    "rk4": (rk4, 4),
+}
+
+#: every sampler name accepted by :func:`integrate`, the adaptive one included
+SOLVERS = (*SAMPLERS, "dopri5")
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """Samples x1 [n, d], the number of field evaluations used, and optionally the trajectory.
+
+    ``trajectory`` is [K, n, d] at ``times`` [K] (K = steps + 1 for fixed steps, the requested
+    evaluation times for dopri5); None unless asked for.
+    """
+
+    x: torch.Tensor
+    nfe: int
+    trajectory: torch.Tensor | None = None
+    times: torch.Tensor | None = None
+
+
+class CountingField:
+    """Wraps ``model(x, t [n], cond)`` as ``f(x, t_scalar)`` and counts its evaluations."""
+
+    def __init__(self, model, cond: torch.Tensor | None = None):
+        self.model, self.cond, self.nfe = model, cond, 0
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        self.nfe += 1
+        tt = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+        return self.model(x, tt, self.cond)
+
+
+def _check(x0: torch.Tensor, steps: int, method: str) -> None:
+    if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
+        raise ValueError(f"x0: expected a tensor [n, d], got {getattr(x0, 'shape', type(x0).__name__)}")
+    if method not in SOLVERS:
+        raise ValueError(f"method: expected one of {list(SOLVERS)}, got {method!r}")
+    if method != "dopri5" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+
+
+@torch.no_grad()
+def integrate(
+    model,
+    x0: torch.Tensor,
+    *,
+    steps: int = 8,
+    method: str = "euler",
+    cond: torch.Tensor | None = None,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    trajectory: bool = False,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    trajectory_points: int = 33,
+) -> SampleResult:
+    """Integrates dx/dt = model(x, t, cond) from x0 at t0 to t1.
+
+    Args:
+        model: velocity field ``v(x [n, d], t [n], cond) -> [n, d]``.
+        x0: starting points [n, d] (noise for t0 = 0).
+        steps: number of uniform steps (fixed-step methods; ignored by dopri5).
+        method: ``euler`` (NFE = steps), ``midpoint``/``heun`` (2 steps), ``rk4`` (4 steps), or
+            ``dopri5`` (adaptive through torchdiffeq with ``rtol``/``atol``; NFE as counted).
+        cond: labels [n] passed to the model, or None.
+        trajectory: also return the states at each step ([steps + 1, n, d]; for dopri5 at
+            ``trajectory_points`` uniform times).
+    """
+    _check(x0, steps, method)
+    f = CountingField(model, cond)
+    if method == "dopri5":
+        from sdfm.samplers.adaptive import integrate_adaptive
+
+        return integrate_adaptive(
+            f, x0, t0=t0, t1=t1, rtol=rtol, atol=atol, trajectory=trajectory, points=trajectory_points
+        )
+    step, _ = SAMPLERS[method]
+    dt = (t1 - t0) / steps
+    x = x0
+    states = [x0] if trajectory else None
+    for k in range(steps):
+        x = step(f, x, t0 + k * dt, dt)
+        if states is not None:
+            states.append(x)
+    times = torch.linspace(t0, t1, steps + 1) if trajectory else None
+    return SampleResult(x=x, nfe=f.nfe, trajectory=torch.stack(states) if states else None, times=times)

@@ -1,0 +1,247 @@
+"""The training loop (layer L2): one loop for every coupling; only ``coupling.sample`` differs.
+
+pairs = coupling.sample(n, generator)      # Pairs(x0, x1, index, cond)
+t = time_sampler(n, generator)
+loss = |v(x_t, t, cond) - (x1 - x0)|^2
+AdamW step (warm-up, gradient clipping), EMA update
+every log_every: a JSONL line; every checkpoint_every and at the end: an atomic checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from sdfm.artifacts.atomic import atomic_write
+from sdfm.flow import flow_matching_loss, get_time_sampler
+from sdfm.models import make_ema
+from sdfm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+METRICS = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of :func:`train`.
+
+    Attributes:
+        steps: optimiser steps in total (a resumed run continues up to this number).
+        batch_size: pairs per step.
+        lr: AdamW learning rate after warm-up; weight_decay: AdamW weight decay.
+        warmup: linear learning-rate warm-up steps; schedule: ``constant`` or ``cosine`` (to 0 at ``steps``).
+        grad_clip: max global gradient norm (0 = no clipping).
+        ema_decay: decay of the EMA of the weights.
+        time_sampler: ``uniform`` or ``logit-normal``.
+        seed: seed of the one generator that draws all pairs and times.
+        log_every, checkpoint_every: in steps (checkpoint_every 0 = only at the end); keep: checkpoints kept.
+        bf16: bfloat16 autocast on CUDA (ignored on CPU); compile: ``torch.compile`` the model.
+    """
+
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup: int = 100
+    schedule: str = "constant"
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    time_sampler: str = "uniform"
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    keep: int = 2
+    bf16: bool = False
+    compile: bool = False
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "keep"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        for name in ("warmup", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+        for name in ("lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        if self.lr == 0:
+            raise ValueError("lr: expected a number > 0, got 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay: expected a number in [0, 1), got {self.ema_decay!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule: expected 'constant' or 'cosine', got {self.schedule!r}")
+        get_time_sampler(self.time_sampler)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """The trained model, its EMA copy (``ema.module`` is the model to sample from), the last step and
+    the logged metrics of this call."""
+
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    step: int
+    metrics: list[dict]
+
+
+def _lr_factor(config: TrainConfig):
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / config.warmup) if config.warmup else 1.0
+        if config.schedule == "cosine":
+            progress = min(1.0, step / max(1, config.steps))
+            return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warm
+
+    return factor
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drops metric lines logged after ``step`` (they belong to work lost in an interruption)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a torn last line
+    atomic_write(path, lambda p: p.write_text("".join(k + "\n" for k in kept)))
+
+
+def train(
+    model: torch.nn.Module,
+    coupling,
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    meta: dict | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Trains ``model`` (a velocity field) on pairs from ``coupling`` by flow matching.
+
+    Args:
+        model: ``v(x [n, d], t [n], cond) -> [n, d]``, on the coupling's device.
+        coupling: anything with ``sample(n, generator=) -> Pairs`` (:mod:`sdfm.couplings`).
+        config: :class:`TrainConfig`.
+        run_dir: where ``metrics.jsonl`` and ``checkpoints/`` go (None: nothing written).
+        resume: continue from the newest checkpoint in ``run_dir`` (model, EMA, optimiser, schedule
+            and generator state), so the result equals an uninterrupted run on CPU with the same seed.
+        meta: JSON-able run metadata stored in every checkpoint (data fingerprint, normalisation...).
+        progress: show a tqdm bar with the loss and pairs/s.
+    """
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    run_dir = Path(run_dir) if run_dir is not None else None
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    sample_t = get_time_sampler(config.time_sampler)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
+    ema = make_ema(model, config.ema_decay)
+    step = 0
+    if resume:
+        if run_dir is None:
+            raise ValueError("resume: needs a run_dir")
+        path = latest_checkpoint(run_dir / "checkpoints")
+        if path is None:
+            raise ValueError(f"resume: no checkpoint in {run_dir / 'checkpoints'}")
+        ckpt = load_checkpoint(path)
+        model.load_state_dict(ckpt.model)
+        ema.module.load_state_dict(ckpt.ema)
+        ema.n_averaged.copy_(ckpt.state["ema_n_averaged"])
+        optimizer.load_state_dict(ckpt.state["optimizer"])
+        scheduler.load_state_dict(ckpt.state["scheduler"])
+        generator.set_state(ckpt.state["generator"].to(generator.get_state().device))
+        step = ckpt.step
+        _truncate_metrics(run_dir / METRICS, step)
+    forward = torch.compile(model) if config.compile else model
+    autocast = torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda"
+    )
+
+    def checkpoint(at: int) -> None:
+        if run_dir is None:
+            return
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
+            "ema_n_averaged": ema.n_averaged.detach().cpu(),
+        }
+        save_checkpoint(
+            run_dir / "checkpoints",
+            at,
+            model=model.state_dict(),
+            ema=ema.module.state_dict(),
+            state=state,
+            meta={"train": config.to_dict(), **(meta or {})},
+            keep=config.keep,
+        )
+
+    log_path = run_dir / METRICS if run_dir is not None else None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics: list[dict] = []
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
+    window = {"loss": 0.0, "target": 0.0, "pairs": 0, "pair_s": 0.0, "t0": time.perf_counter(), "n": 0}
+    model.train()
+    while step < config.steps:
+        t_pair = time.perf_counter()
+        pairs = coupling.sample(config.batch_size, generator=generator)
+        pair_s = time.perf_counter() - t_pair
+        t = sample_t(config.batch_size, generator=generator, device=device, dtype=pairs.x0.dtype)
+        with autocast:
+            loss, stats = flow_matching_loss(forward, pairs.x0, pairs.x1, t, pairs.cond)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if config.grad_clip > 0
+            else None
+        )
+        optimizer.step()
+        scheduler.step()
+        ema.update_parameters(model)
+        step += 1
+        window["loss"] += stats.loss
+        window["target"] += stats.target_norm
+        window["pairs"] += len(pairs)
+        window["pair_s"] += pair_s
+        window["n"] += 1
+        if step % config.log_every == 0 or step == config.steps:
+            seconds = time.perf_counter() - window["t0"]
+            record = {
+                "step": step,
+                "loss": window["loss"] / window["n"],
+                "cost": window["target"] / window["n"],
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": None if grad_norm is None else float(grad_norm),
+                "pairs_per_s": window["pairs"] / max(seconds, 1e-9),
+                "pairing_fraction": window["pair_s"] / max(seconds, 1e-9),
+            }
+            metrics.append(record)
+            if log_path is not None:
+                with open(log_path, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{record['loss']:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}")
+            window.update(loss=0.0, target=0.0, pairs=0, pair_s=0.0, t0=time.perf_counter(), n=0)
+        bar.update(1)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+            checkpoint(step)
+    bar.close()
+    checkpoint(step)
+    model.eval()
+    ema.module.eval()
+    return TrainResult(model=model, ema=ema.module, step=step, metrics=metrics)

@@ -1,0 +1,201 @@
+"""sdfm train / sdfm sample: round trip, resume, one-line errors with exit code 2, nothing corrupted."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sdfm.artifacts import load_potential
+from sdfm.cli.main import main
+
+
+def _train(out, *extra):
+    return main(
+        [
+            "train",
+            "--data",
+            "checkerboard:n=500",
+            "--steps",
+            "30",
+            "--batch-size",
+            "64",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+        + list(extra)
+    )
+
+
+@pytest.mark.parametrize("coupling", ["independent", "minibatch-ot", "semidiscrete"])
+def test_train_sample_round_trip(tmp_path, coupling, capsys):
+    run = tmp_path / "run"
+    assert _train(run, "--coupling", coupling) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["coupling"]["name"] == coupling and info["data"]["shape"] == [500, 2]
+    assert (run / "metrics.jsonl").read_text().count("\n") >= 1
+    if coupling == "semidiscrete":
+        pf = load_potential(run / "potential.safetensors")
+        assert pf.chi2 <= 0.05 and pf.fingerprint == info["data"]["train_fingerprint"]
+    out = tmp_path / "s.npy"
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--num",
+                "200",
+                "--steps",
+                "2",
+                "--solver",
+                "midpoint",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    x = np.load(out)
+    assert x.shape == (200, 2) and np.isfinite(x).all()
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert "NFE 4" in capsys.readouterr().out
+    # samples are in data units (normalisation undone): the checkerboard spans about [-4, 4]
+    assert 0.5 < float(np.median(np.abs(x))) < 4.0
+
+
+def test_resume_continues_and_refuses_mismatch(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, "--coupling", "independent", "--checkpoint-every", "10") == 0
+    assert _train(run, "--coupling", "independent") == 2
+    assert "--resume" in capsys.readouterr().err
+    code = main(
+        [
+            "train",
+            "--data",
+            "checkerboard:n=500",
+            "--steps",
+            "40",
+            "--batch-size",
+            "64",
+            "--out",
+            str(run),
+            "--quiet",
+            "--coupling",
+            "independent",
+            "--resume",
+        ]
+    )
+    assert code == 0
+    steps = [json.loads(s)["step"] for s in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 40
+    code = main(
+        [
+            "train",
+            "--data",
+            "moons:n=500",
+            "--out",
+            str(run),
+            "--coupling",
+            "independent",
+            "--resume",
+            "--quiet",
+        ]
+    )
+    assert code == 2 and "fingerprint" in capsys.readouterr().err
+
+
+def test_potential_option_checks_data(tmp_path, capsys):
+    pot = tmp_path / "p.safetensors"
+    assert main(["solve", "--data", "moons:n=300", "--out", str(pot), "--quiet"]) == 0
+    # solved for raw data, but training normalises: refused with a hint
+    code = main(
+        [
+            "train",
+            "--data",
+            "moons:n=300",
+            "--coupling",
+            "semidiscrete",
+            "--potential",
+            str(pot),
+            "--out",
+            str(tmp_path / "r1"),
+            "--quiet",
+            "--steps",
+            "5",
+        ]
+    )
+    assert code == 2 and "--normalize none" in capsys.readouterr().err
+    code = main(
+        [
+            "train",
+            "--data",
+            "moons:n=300",
+            "--coupling",
+            "semidiscrete",
+            "--potential",
+            str(pot),
+            "--normalize",
+            "none",
+            "--out",
+            str(tmp_path / "r2"),
+            "--quiet",
+            "--steps",
+            "5",
+        ]
+    )
+    assert code == 0
+    code = main(
+        [
+            "train",
+            "--data",
+            "moons:n=301",
+            "--coupling",
+            "semidiscrete",
+            "--potential",
+            str(pot),
+            "--normalize",
+            "none",
+            "--out",
+            str(tmp_path / "r3"),
+            "--quiet",
+            "--steps",
+            "5",
+        ]
+    )
+    assert code == 2 and "shape" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["train", "--data", "nope", "--coupling", "independent", "--out", "R"], "unknown dataset"),
+        (["train", "--data", "moons", "--coupling", "greedy", "--out", "R"], "coupling"),
+        (["train", "--data", "moons", "--coupling", "independent", "--steps", "-3", "--out", "R"], "steps"),
+        (["train", "--data", "moons", "--coupling", "independent", "--lr", "nan", "--out", "R"], "lr"),
+        (["train", "--data", "moons", "--coupling", "independent", "--model", "unet", "--out", "R"], "unet"),
+        (
+            ["train", "--data", "moons", "--coupling", "independent", "--potential", "x", "--out", "R"],
+            "potential",
+        ),
+        (["sample", "--run", "missing", "--out", "s.npy"], "not an sdfm run"),
+        (["sample", "--run", "R", "--out", "s.txt"], "--out"),
+    ],
+)
+def test_bad_input_exit_2(tmp_path, monkeypatch, capsys, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+    assert not (tmp_path / "R" / "run.json").exists()
+
+
+def test_corrupt_run_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, "--coupling", "independent") == 0
+    (run / "run.json").write_text("{not json")
+    assert main(["sample", "--run", str(run), "--out", str(tmp_path / "s.npy")]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert not (tmp_path / "s.npy").exists()
