@@ -3,7 +3,8 @@
 flops = 2 n N d per call. The reference is torch.mm(x, y.T) into a preallocated [n, N] output
 (pure GEMM, no allocation), measured in the same process, interleaved with assign. Also measures the
 peak extra memory of assign for N = 1,000,000, d = 64 in a fresh subprocess (RSS high-water mark
-after the inputs are allocated).
+after the inputs are allocated: the kernel's peak-RSS mark VmHWM is reset through
+/proc/self/clear_refs just before the call, so earlier transients do not hide it).
 
     python benchmarks/pairing.py            # CPU (default), writes benchmarks/results/pairing.json
     python benchmarks/pairing.py --device cuda
@@ -49,17 +50,24 @@ def throughput(n: int, big_n: int, d: int, device: str, repeats: int, eps: float
 
 
 MEMORY_SCRIPT = r"""
-import resource, sys, torch
+import sys, torch
+from pathlib import Path
 torch.set_num_threads({threads})
 from sdfm.transport import assign
 n, N, d, eps = {n}, {N}, {d}, {eps}
 y = torch.randn(N, d); g = torch.zeros(N, dtype=torch.float64); x = torch.randn(n, d)
 gen = torch.Generator().manual_seed(0)
 assign(x[:8], y[:1000], g[:1000], eps=eps, generator=gen)   # warm up kernels on a small problem
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def status(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+Path("/proc/self/clear_refs").write_text("5")   # reset the peak-RSS mark (VmHWM) to the current RSS
+base = status("VmRSS")
 assign(x, y, g, eps=eps, generator=gen)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) * 1024)
+print(status("VmHWM") - base)
 """
 
 
@@ -76,10 +84,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1024)
     parser.add_argument("--N", type=int, default=50_000)
     parser.add_argument("--dims", default="2,16,64,256,512")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory measurement")
     args = parser.parse_args()
 
-    rows = []
-    for d in [int(v) for v in args.dims.split(",")]:
+    rows, gumbel = [], None
+    for d in [] if args.memory_only else [int(v) for v in args.dims.split(",")]:
         row = throughput(args.n, args.N, d, args.device, args.repeats)
         rows.append(row)
         print(
@@ -88,16 +97,18 @@ def main() -> None:
             f" (median {row['fraction_of_matmul_median']:.2f})",
             flush=True,
         )
-    gumbel = throughput(args.n, args.N, 256, args.device, args.repeats, eps=0.1)
-    print(f"eps>0 (Gumbel) d=256: fraction of matmul {gumbel['fraction_of_matmul']:.2f}", flush=True)
+    if not args.memory_only:
+        gumbel = throughput(args.n, args.N, 256, args.device, args.repeats, eps=0.1)
+        print(f"eps>0 (Gumbel) d=256: fraction of matmul {gumbel['fraction_of_matmul']:.2f}", flush=True)
     memory = []
     if args.device == "cpu":
         for n, eps in [(1024, 0.0), (65536, 0.0), (1024, 0.5)]:
             extra = peak_extra_memory(n, 1_000_000, 64, eps)
             memory.append({"n": n, "N": 1_000_000, "d": 64, "eps": eps, "peak_extra_bytes": extra})
             print(f"peak extra memory N=1e6 d=64 n={n} eps={eps}: {extra / 2**20:.1f} MiB", flush=True)
+    name = f"pairing_{args.device.split(':')[0]}" + ("_memory" if args.memory_only else "")
     path = save(
-        f"pairing_{args.device.split(':')[0]}",
+        name,
         {
             "command": "python benchmarks/pairing.py " + " ".join(sys.argv[1:]),
             "machine": machine(),

@@ -6,9 +6,11 @@ Every chi2 reported is measured independently on 2^20 fresh noise samples (bench
   tolerance stop, so budgets of 1000 * 2^k iterations are run from scratch until the result passes;
   the time of that passing run is reported. Configs: POT defaults (batch 32, lr0 = sqrt(N B), DRAG),
   and batch 256.
-- ott-jax 0.6.0 (SemidiscreteSolver, jit-compiled; time includes compilation): its own chi2
-  threshold 0.05 stops it; budgets of 500 * 2^k iterations, batch 1024, potential_ema=0.01 (a 0.99
-  average), optax.adam with lr in {0.01, 0.1, 1}.
+- ott-jax 0.6.0 (SemidiscreteSolver, jit-compiled; time includes compilation): batch 1024,
+  potential_ema=0.01 (a 0.99 average), optax.adam with lr in {0.01, 0.1, 1}; budgets of
+  500 * 1.5^k iterations run from scratch. Its own chi2 stop is switched off (threshold 0, one
+  error evaluation at the end): in a first run it stopped itself on gmm8-64d at an independent chi2
+  of 0.07, so every budget is now judged by the independent check only, like POT's.
 POT and ott-jax use the cost |x - y|^2, so their potentials are twice sdfm's (converted for checks).
 Each peer config stops once its runs exceed --cap seconds in total; the best config is reported.
 
@@ -88,7 +90,7 @@ def run_pot(y: np.ndarray, batch: int, cap: float, seed: int = 0) -> dict:
     return best
 
 
-def run_ott(y: np.ndarray, lr: float, cap: float, seed: int = 0) -> dict:
+def run_ott(y: np.ndarray, lr: float, cap: float, seed: int = 0, grow: float = 1.5) -> dict:
     import jax
     import jax.numpy as jnp
     import jax.random as jr
@@ -106,8 +108,8 @@ def run_ott(y: np.ndarray, lr: float, cap: float, seed: int = 0) -> dict:
             num_iterations=iters,
             batch_size=1024,
             optimizer=optax.adam(lr),
-            error_eval_every=100,
-            threshold=TOL,
+            error_eval_every=iters,
+            threshold=0.0,
             potential_ema=0.01,
         )
         t = time.perf_counter()
@@ -132,7 +134,7 @@ def run_ott(y: np.ndarray, lr: float, cap: float, seed: int = 0) -> dict:
         )
         if chi2 <= TOL or not np.isfinite(chi2):
             break
-        iters *= 2
+        iters = int(round(iters * grow))
     best["curve"] = curve
     return best
 
@@ -176,8 +178,19 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=300.0, help="seconds per peer config and problem")
     parser.add_argument("--problems", default=",".join(PROBLEMS))
     parser.add_argument("--skip-ott", action="store_true")
-    parser.add_argument("--skip-pot", action="store_true")
+    parser.add_argument("--ott-lrs", default="0.01,0.1,1.0", help="Adam learning rates tried for ott-jax")
+    parser.add_argument("--tag", default="solver", help="name of the results file (results/TAG.json)")
+    parser.add_argument(
+        "--skip-pot",
+        action="store_true",
+        help="do not run POT; reuse its runs from the existing results/solver.json (same machine)",
+    )
     args = parser.parse_args()
+    previous = {}
+    if args.skip_pot and (RESULTS / "solver.json").exists() and args.tag == "solver":
+        import json
+
+        previous = json.loads((RESULTS / "solver.json").read_text())["runs"]
     torch.set_num_threads(torch.get_num_threads())
 
     results, table = {}, []
@@ -188,8 +201,12 @@ def main() -> None:
         print(f"    sdfm: {runs['sdfm'][0]['seconds']:.1f}s chi2={runs['sdfm'][0]['chi2']:.4f}", flush=True)
         if not args.skip_pot:
             runs["POT"] = [run_pot(y, b, args.cap) for b in (32, 256)]
+        elif "POT" in previous.get(name, {}):
+            runs["POT"] = previous[name]["POT"]
+            for run in runs["POT"]:
+                run["reused"] = True
         if not args.skip_ott:
-            runs["ott-jax"] = [run_ott(y, lr, args.cap) for lr in (0.01, 0.1, 1.0)]
+            runs["ott-jax"] = [run_ott(y, float(lr), args.cap) for lr in args.ott_lrs.split(",")]
         results[name] = runs
         best = {k: pick(v) for k, v in runs.items()}
         ours = best["sdfm"]
@@ -199,7 +216,8 @@ def main() -> None:
         if fastest is not None:
             row["speedup_vs_fastest_peer"] = fastest / ours["seconds"]
         else:  # no peer reached the target: a lower bound from their total time budget
-            row["speedup_lower_bound"] = max(p["seconds"] for p in peers) / ours["seconds"] if peers else None
+            # each peer needs more than the time of its closest run, so the faster peer too
+            row["speedup_lower_bound"] = min(p["seconds"] for p in peers) / ours["seconds"] if peers else None
         table.append(row)
         print(f"    -> {row}", flush=True)
     payload = {
@@ -210,8 +228,8 @@ def main() -> None:
         "table": table,
         "runs": results,
     }
-    save("solver", payload)
-    plot(results, RESULTS / "solver_chi2.png")
+    save(args.tag, payload)
+    plot(results, RESULTS / f"{args.tag}_chi2.png")
 
 
 if __name__ == "__main__":

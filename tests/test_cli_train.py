@@ -108,62 +108,17 @@ def test_resume_continues_and_refuses_mismatch(tmp_path, capsys):
 def test_potential_option_checks_data(tmp_path, capsys):
     pot = tmp_path / "p.safetensors"
     assert main(["solve", "--data", "moons:n=300", "--out", str(pot), "--quiet"]) == 0
+
+    def train_with_potential(data: str, out: str, *extra: str) -> int:
+        argv = f"train --data {data} --coupling semidiscrete --potential {pot} --quiet --steps 5".split()
+        return main([*argv, "--out", str(tmp_path / out), *extra])
+
     # solved for raw data, but training normalises: refused with a hint
-    code = main(
-        [
-            "train",
-            "--data",
-            "moons:n=300",
-            "--coupling",
-            "semidiscrete",
-            "--potential",
-            str(pot),
-            "--out",
-            str(tmp_path / "r1"),
-            "--quiet",
-            "--steps",
-            "5",
-        ]
-    )
-    assert code == 2 and "--normalize none" in capsys.readouterr().err
-    code = main(
-        [
-            "train",
-            "--data",
-            "moons:n=300",
-            "--coupling",
-            "semidiscrete",
-            "--potential",
-            str(pot),
-            "--normalize",
-            "none",
-            "--out",
-            str(tmp_path / "r2"),
-            "--quiet",
-            "--steps",
-            "5",
-        ]
-    )
-    assert code == 0
-    code = main(
-        [
-            "train",
-            "--data",
-            "moons:n=301",
-            "--coupling",
-            "semidiscrete",
-            "--potential",
-            str(pot),
-            "--normalize",
-            "none",
-            "--out",
-            str(tmp_path / "r3"),
-            "--quiet",
-            "--steps",
-            "5",
-        ]
-    )
-    assert code == 2 and "shape" in capsys.readouterr().err
+    assert train_with_potential("moons:n=300", "r1") == 2
+    assert "--normalize none" in capsys.readouterr().err
+    assert train_with_potential("moons:n=300", "r2", "--normalize", "none") == 0
+    assert train_with_potential("moons:n=301", "r3", "--normalize", "none") == 2
+    assert "shape" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

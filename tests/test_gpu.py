@@ -37,3 +37,29 @@ def test_solver_on_cuda():
         y, res.potential, num_samples=200_000, generator=torch.Generator(device="cuda").manual_seed(1)
     )
     assert est.chi2 < 0.06
+
+
+def test_couplings_and_training_step_on_cuda(tmp_path):
+    from sdfm.couplings import IndependentCoupling, MinibatchOTCoupling, SemidiscreteCoupling
+    from sdfm.models import build_model
+    from sdfm.samplers import integrate
+    from sdfm.train import TrainConfig, train
+
+    y = torch.randn(500, 2, device="cuda")
+    res = SemidiscreteSolver(tol=0.1, device="cuda").solve(
+        y, generator=torch.Generator("cuda").manual_seed(0)
+    )
+    for coupling in (
+        IndependentCoupling(y),
+        MinibatchOTCoupling(y),
+        MinibatchOTCoupling(y, method="sinkhorn"),
+        SemidiscreteCoupling.from_result(y, res),
+        SemidiscreteCoupling(y, res.potential, eps=0.1),
+    ):
+        pairs = coupling.sample(64, generator=torch.Generator("cuda").manual_seed(1))
+        assert pairs.x1.is_cuda and pairs.index.is_cuda
+        torch.testing.assert_close(pairs.x1, y[pairs.index])
+    model = build_model("mlp", {"dim": 2, "hidden": 32, "depth": 2}).cuda()
+    out = train(model, coupling, TrainConfig(steps=20, batch_size=32, bf16=True), tmp_path, progress=False)
+    x = integrate(out.ema, torch.randn(16, 2, device="cuda"), steps=2, method="dopri5")
+    assert x.x.is_cuda and torch.isfinite(x.x).all()

@@ -21,7 +21,12 @@ from sdfm.transport.diagnostics import (
 )
 from sdfm.transport.duplicates import DuplicateGroups, find_duplicates
 from sdfm.transport.minibatch import SinkhornResult, cost_matrix, exact_assignment, sample_plan_rows, sinkhorn
-from sdfm.transport.semidiscrete import HistoryEntry, SemidiscreteResult, SemidiscreteSolver
+from sdfm.transport.semidiscrete import (
+    HistoryEntry,
+    SemidiscreteResult,
+    SemidiscreteSolver,
+    relative_eps_scale,
+)
 from sdfm.transport.sources import standard_normal
 
 __all__ = [
@@ -41,6 +46,7 @@ __all__ = [
     "exact_assignment",
     "find_duplicates",
     "marginal",
+    "relative_eps_scale",
     "sample_plan_rows",
     "sinkhorn",
     "standard_normal",

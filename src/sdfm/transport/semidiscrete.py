@@ -259,6 +259,14 @@ def _relative_eps_scale(targets, noise, *, device, n_ref=1024, max_targets=8192)
     return float(cost.std())
 
 
+def relative_eps_scale(targets, noise=None, *, device=None) -> float:
+    """The cost scale behind relative eps: std of 1/2 |x - y|^2 between 1024 fixed-seed noise samples
+    and (up to 8192 evenly strided) targets [N, d]. ``eps_abs = eps * relative_eps_scale(targets)``."""
+    targets = _checks.as_targets(targets)
+    device = torch.device(device) if device is not None else targets.device
+    return _relative_eps_scale(targets, standard_normal if noise is None else noise, device=device)
+
+
 class _Run:
     """The changing state of one solve (a local of the loop, not of the solver)."""
 
