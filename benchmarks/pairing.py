@@ -77,6 +77,44 @@ def peak_extra_memory(n: int, big_n: int, d: int, eps: float) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+def lowp_rows(repeats: int) -> list[dict]:
+    """assign with float32 scores against bf16 scores + exact float64 re-scoring (same results)."""
+    from sdfm.transport import LaguerreCells
+
+    rows = []
+    cases = [("gaussian", 1024, 50_000, 64), ("gaussian", 1024, 50_000, 256), ("gaussian", 256, 60_000, 784)]
+    cases.append(("clustered", 256, 60_000, 784))
+    for kind, n, big_n, d in cases:
+        gen = torch.Generator().manual_seed(0)
+        y = torch.randn(big_n, d, generator=gen)
+        if kind == "clustered":  # 10 clusters of std 0.5 (benchmarks/coupling_cost.py's data)
+            y = 0.5 * y + torch.randn(10, d, generator=gen)[torch.randint(10, (big_n,), generator=gen)]
+        g = 0.1 * torch.randn(big_n, dtype=torch.float64, generator=gen)
+        x = torch.randn(n, d, generator=torch.Generator().manual_seed(99))
+        exact, lowp = LaguerreCells(y, g), LaguerreCells(y, g, score_dtype=torch.bfloat16)
+        same = bool(torch.equal(exact.assign(x), lowp.assign(x)))
+        t32 = repeat(lambda c=exact, x=x: c.assign(x), repeats)
+        t16 = repeat(lambda c=lowp, x=x: c.assign(x), repeats)
+        rows.append(
+            {
+                "data": kind,
+                "n": n,
+                "N": big_n,
+                "d": d,
+                "fp32_s": t32,
+                "bf16_s": t16,
+                "same_result": same,
+                "speedup": t32["min"] / t16["min"],
+            }
+        )
+        print(
+            f"{kind:9s} n={n} N={big_n} d={d}: fp32 {t32['min']:.3f} s, bf16+rescore {t16['min']:.3f} s, "
+            f"speed-up {t32['min'] / t16['min']:.2f}, same result {same}",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -85,7 +123,15 @@ def main() -> None:
     parser.add_argument("--N", type=int, default=50_000)
     parser.add_argument("--dims", default="2,16,64,256,512")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory measurement")
+    parser.add_argument("--lowp-only", action="store_true", help="only float32 vs bf16 scores")
     args = parser.parse_args()
+    if args.lowp_only:
+        rows = lowp_rows(args.repeats)
+        save(
+            "pairing_lowp",
+            {"command": "python benchmarks/pairing.py --lowp-only", "machine": machine(), "rows": rows},
+        )
+        return
 
     rows, gumbel = [], None
     for d in [] if args.memory_only else [int(v) for v in args.dims.split(",")]:

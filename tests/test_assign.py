@@ -179,3 +179,41 @@ def test_laguerre_cells_prepared_once_matches_one_shot_functions():
     p = softmax_probs(x64, y, g, 2.0)
     torch.testing.assert_close(s, p.sum(0))
     torch.testing.assert_close(q, (p * p).sum(0))
+
+
+@pytest.mark.parametrize("score_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d,offset", [(3, 0.0), (64, 0.0), (200, 50.0)])
+def test_low_precision_scores_are_exact(score_dtype, d, offset):
+    # Near-ties on purpose: clusters of points 1e-3 apart, so bf16 scores alone would often pick
+    # the wrong member; the re-scoring must recover the float64 argmax exactly.
+    gen = torch.Generator().manual_seed(d)
+    base = torch.randn(40, d, generator=gen, dtype=torch.float64)
+    y = (
+        base.repeat_interleave(25, 0) + 1e-3 * torch.randn(1000, d, generator=gen, dtype=torch.float64)
+    ) + offset
+    g = 0.01 * torch.randn(1000, generator=gen, dtype=torch.float64)
+    x = torch.randn(700, d, generator=gen, dtype=torch.float64)
+    scores = x @ y.T + g - 0.5 * (y * y).sum(1)
+    ref = scores.argmax(1)
+    top2 = scores.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-9
+    for xx, yy in ((x, y), (x.float(), y.float())):
+        out = assign(xx, yy, g, score_dtype=score_dtype, chunk_size=97)
+        # reference: the float64 argmax of the data as given (float32 data promoted exactly)
+        s64 = xx.double() @ yy.double().T + g - 0.5 * (yy.double() ** 2).sum(1)
+        top2 = s64.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 1e-9
+        assert clear.float().mean() > 0.9
+        assert torch.equal(out[clear], s64.argmax(1)[clear])
+    # plain low-precision scores are wrong on some rows here: the test exercises the re-scoring
+    centred = (y - y.mean(0)).to(score_dtype)
+    naive = (x.to(score_dtype) @ centred.T).double() + g - 0.5 * (y * y).sum(1) + (x @ y.mean(0))[:, None]
+    assert (naive.argmax(1) != ref).any()
+
+
+def test_low_precision_argument_errors():
+    y, g = torch.randn(10, 2), torch.zeros(10, dtype=torch.float64)
+    with pytest.raises(ValueError, match="score_dtype"):
+        assign(torch.randn(3, 2), y, g, score_dtype=torch.int8)
+    with pytest.raises(ValueError, match="score_dtype"):
+        assign(torch.randn(3, 2), y, g, eps=0.1, score_dtype=torch.bfloat16)

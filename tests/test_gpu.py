@@ -63,3 +63,13 @@ def test_couplings_and_training_step_on_cuda(tmp_path):
     out = train(model, coupling, TrainConfig(steps=20, batch_size=32, bf16=True), tmp_path, progress=False)
     x = integrate(out.ema, torch.randn(16, 2, device="cuda"), steps=2, method="dopri5")
     assert x.x.is_cuda and torch.isfinite(x.x).all()
+
+
+def test_low_precision_scores_exact_on_cuda():
+    torch.manual_seed(0)
+    y = torch.randn(20000, 256, dtype=torch.float64)
+    g = 0.1 * torch.randn(20000, dtype=torch.float64)
+    x = torch.randn(1000, 256, dtype=torch.float64)
+    ref = (x @ y.T + g - 0.5 * (y * y).sum(1)).argmax(1)
+    out = assign(x.cuda(), y.cuda(), g.cuda(), score_dtype=torch.bfloat16)
+    assert torch.equal(out.cpu(), ref)

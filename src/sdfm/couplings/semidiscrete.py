@@ -25,6 +25,8 @@ class SemidiscreteCoupling(DataCoupling):
         duplicates: duplicate groups from the solver; the mass of a shared cell is split by weight.
         labels, noise: see :class:`~sdfm.couplings.DataCoupling`.
         chunk_size: data points per score block (default automatic, ~2M scores per block).
+        score_dtype: ``torch.bfloat16`` for faster exact pairing where bf16 matmuls are fast (eps = 0;
+            see :class:`~sdfm.transport.LaguerreCells`); None = float32 scores.
 
     Build it from a solver result with :meth:`from_result` or from a potential file with
     :meth:`from_file` (which refuses a potential solved for other data).
@@ -43,9 +45,17 @@ class SemidiscreteCoupling(DataCoupling):
         labels=None,
         noise=standard_normal,
         chunk_size: int | None = None,
+        score_dtype: torch.dtype | None = None,
     ):
         super().__init__(data, labels=labels, weights=weights, noise=noise)
-        self.cells = LaguerreCells(self.data, potential, eps=eps, weights=self.weights, chunk_size=chunk_size)
+        self.cells = LaguerreCells(
+            self.data,
+            potential,
+            eps=eps,
+            weights=self.weights,
+            chunk_size=chunk_size,
+            score_dtype=score_dtype,
+        )
         self.eps = self.cells.eps
         if duplicates is not None and duplicates.inverse.shape[0] != self.num_data:
             raise ValueError(

@@ -240,3 +240,91 @@ def stream_softmax_columns(
         if sq is not None:
             sq[start:stop] = p.square_().sum(0)
     return sums, sq, lse
+
+
+def lowp_error_coefficient(d: int, dtype: torch.dtype) -> float:
+    """c such that |score_lowp - score| <= c |x| |z| (+ a small absolute slack) for one inner product
+    of length d: operands rounded to ``dtype`` (unit roundoff u each), products exact in float32,
+    float32 accumulation (gamma_d), the result rounded to ``dtype`` once more (u). Generous by 10%."""
+    u = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}[dtype]
+    gamma = d * 2.0**-24 / max(1e-12, 1 - d * 2.0**-24)
+    return 1.1 * (3 * u + 3 * u * u + gamma * (1 + u) ** 3)
+
+
+def stream_argmax_lowp(
+    x: torch.Tensor,
+    keys_lowp: torch.Tensor,
+    key_norms: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    targets: torch.Tensor,
+    center64: torch.Tensor,
+    bias64: torch.Tensor,
+    chunk: int,
+) -> torch.Tensor:
+    """Exact argmax_j <x, y_j - center> + bias_j with low-precision scores and exact re-scoring.
+
+    The scores are computed with ``keys_lowp`` [N, d] (the centred targets already rounded to
+    bf16/fp16) and a rounded copy of x; every target whose low-precision score is within twice the
+    rounding bound of the row's best (``lowp_error_coefficient`` times |x| max_j |y_j - center|, plus
+    a slack for the float32 bias) is a candidate, and the candidates are re-scored in float64. The
+    true argmax is always a candidate (its low-precision score is at most one bound below its true
+    score, which is at least the true score of the low-precision winner, itself at most one bound
+    below that winner's low-precision score), so the result equals the float64 argmax (ties to the
+    smallest index).
+
+    Args:
+        x: queries [n, d] (float32 or float64); keys_lowp: [N, d] low precision; key_norms: [N]
+            float64 norms |y_j - center|; bias: [N] float32; targets: the original targets [N, d]
+            (candidates are gathered from them); center64 [d], bias64 [N]: float64 versions.
+    """
+    if x.shape[0] > ROW_BLOCK:
+        return torch.cat(
+            [
+                stream_argmax_lowp(
+                    xb,
+                    keys_lowp,
+                    key_norms,
+                    bias,
+                    targets=targets,
+                    center64=center64,
+                    bias64=bias64,
+                    chunk=chunk,
+                )
+                for xb in _row_blocks(x)
+            ]
+        )
+    n, d = x.shape
+    device = x.device
+    coef = lowp_error_coefficient(d, keys_lowp.dtype)
+    xq = x.to(keys_lowp.dtype)
+    xnorm = x.to(torch.float64).norm(dim=1) * 1.0001
+    zmax = float(key_norms.max())
+    bmax = float(bias64.abs().max())
+    # Absolute slack: float32 rounding of the bias and of the sum score + bias (with room to spare).
+    slack = (2.0**-21) * (xnorm * zmax + bmax)
+    # A target can only be the argmax if its score is within twice the worst-case error of the best.
+    margin = (2 * (coef * xnorm * zmax + slack)).to(torch.float32)
+    best = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
+    rows, cols, vals = [], [], []
+    for start in range(0, keys_lowp.shape[0], chunk):
+        stop = min(start + chunk, keys_lowp.shape[0])
+        s = torch.add(xq @ keys_lowp[start:stop].to(device).T, bias[start:stop])  # float32
+        best = torch.maximum(best, s.amax(dim=1))
+        r, c = (s >= (best - margin)[:, None]).nonzero(as_tuple=True)
+        rows.append(r)
+        cols.append(c + start)
+        vals.append(s[r, c])
+    rows, cols, vals = torch.cat(rows), torch.cat(cols), torch.cat(vals)
+    # candidates kept against an earlier (lower) best are dropped against the final one
+    final = vals >= (best - margin)[rows]
+    rows, cols = rows[final], cols[final]
+    picked = targets[cols.to(targets.device)].to(device=device, dtype=torch.float64)
+    exact = (x.to(torch.float64)[rows] * (picked - center64)).sum(1)
+    exact += bias64[cols]
+    row_max = torch.full((n,), float("-inf"), dtype=torch.float64, device=device)
+    row_max.scatter_reduce_(0, rows, exact, reduce="amax")
+    winner = exact == row_max[rows]
+    index = torch.full((n,), keys_lowp.shape[0], dtype=torch.long, device=device)
+    index.scatter_reduce_(0, rows[winner], cols[winner], reduce="amin")
+    return index

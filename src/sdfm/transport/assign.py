@@ -24,6 +24,7 @@ from sdfm.transport._stream import (
     chunk_size_for,
     full_precision,
     stream_argmax,
+    stream_argmax_lowp,
     stream_logsumexp,
     stream_softmax_columns,
     target_chunks,
@@ -56,6 +57,9 @@ class _Keys:
     center64: torch.Tensor  # [d] float64
     bias: torch.Tensor  # [N] compute dtype, shifted so that its max is 0
     shift: float  # the constant removed from the bias
+    bias64: torch.Tensor | None = None  # [N] float64 (low-precision scoring only)
+    keys_lowp: torch.Tensor | None = None  # [N, d] centred targets in score_dtype
+    key_norms: torch.Tensor | None = None  # [N] float64 |y_j - center|
 
 
 class LaguerreCells:
@@ -67,11 +71,18 @@ class LaguerreCells:
         eps: absolute entropic regularisation (>= 0), in cost units.
         weights: target weights b [N] (positive; normalised). Only enter when eps > 0.
         chunk_size: targets per score block (default: blocks of about 2M elements).
+        score_dtype: None (default: exact float32/float64 scores), or ``torch.bfloat16`` /
+            ``torch.float16`` for eps = 0: scores in low precision, then every target within the
+            rounding bound of the best is re-scored in float64, so the argmax stays exact (equal to
+            the float64 one). Faster where low-precision matmuls are (GPUs; CPUs with AVX512-BF16
+            or AMX); keeps a low-precision copy of the centred targets (N d 2 bytes per device).
 
     The targets and potential are validated here, once; do not modify them afterwards.
     """
 
-    def __init__(self, targets, potential, *, eps: float = 0.0, weights=None, chunk_size=None):
+    def __init__(
+        self, targets, potential, *, eps: float = 0.0, weights=None, chunk_size=None, score_dtype=None
+    ):
         self.targets = _checks.as_targets(targets)
         n_targets, d = self.targets.shape
         self.potential = _checks.as_potential(potential, n_targets)
@@ -79,6 +90,15 @@ class LaguerreCells:
         self.weights = _checks.as_weights(weights, n_targets)
         self.chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
         self.alpha = 1.0 if self.eps == 0 else 1.0 / self.eps
+        if score_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(
+                f"score_dtype: expected None, torch.bfloat16 or torch.float16, got {score_dtype!r}"
+            )
+        if score_dtype is not None and self.eps > 0:
+            raise ValueError(
+                "score_dtype: low-precision scoring is exact for eps = 0 only; use None for eps > 0"
+            )
+        self.score_dtype = score_dtype
         self._cache: dict[tuple, _Keys] = {}
 
     @property
@@ -100,8 +120,22 @@ class LaguerreCells:
                 scaled = scaled / self.eps + log_b.to(device)
             # Shift by a constant (argmax and softmax unchanged) so the cast keeps its precision.
             shift = scaled.max()
+            lowp = {}
+            if self.score_dtype is not None:
+                keys = torch.empty(n_targets, d, dtype=self.score_dtype, device=device)
+                norms = torch.empty(n_targets, dtype=torch.float64, device=device)
+                for start, stop, z in target_chunks(
+                    self.targets, chunk, device=device, dtype=torch.float64, center=center
+                ):
+                    keys[start:stop] = z.to(self.score_dtype)
+                    norms[start:stop] = z.norm(dim=1)
+                lowp = {"bias64": scaled - shift, "keys_lowp": keys, "key_norms": norms}
             self._cache[key] = _Keys(
-                center=center.to(dtype), center64=center, bias=(scaled - shift).to(dtype), shift=float(shift)
+                center=center.to(dtype),
+                center64=center,
+                bias=(scaled - shift).to(dtype),
+                shift=float(shift),
+                **lowp,
             )
         return self._cache[key]
 
@@ -120,6 +154,17 @@ class LaguerreCells:
         softmax by Gumbel-max, with randomness from ``generator`` (on ``x.device``).
         """
         x, keys, kw = self._query(x)
+        if self.score_dtype is not None:
+            return stream_argmax_lowp(
+                x,
+                keys.keys_lowp,
+                keys.key_norms,
+                keys.bias.to(torch.float32),
+                targets=self.targets,
+                center64=keys.center64,
+                bias64=keys.bias64,
+                chunk=kw["chunk"],
+            )
         with full_precision(x.device):
             index, _, _ = stream_argmax(
                 x, self.targets, keys.bias, **kw, gumbel=False if self.eps == 0 else generator
@@ -175,6 +220,7 @@ def assign(
     weights: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
+    score_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Pairs each noise sample with a target through the dual potential.
 
@@ -196,11 +242,16 @@ def assign(
         weights: target weights b [N] (positive; normalised). Only used when eps > 0.
         generator: randomness for eps > 0 (on ``x.device``).
         chunk_size: targets per chunk (default: a [rows, chunk] block of about 2M elements).
+        score_dtype: None (exact float32/float64 scores) or torch.bfloat16 / torch.float16 (eps = 0:
+            low-precision scores, then float64 re-scoring of every candidate within the rounding
+            bound; the result stays exact, see :class:`LaguerreCells`).
 
     Returns:
         int64 index [n] of the paired targets, on ``x.device``.
     """
-    cells = LaguerreCells(targets, potential, eps=eps, weights=weights, chunk_size=chunk_size)
+    cells = LaguerreCells(
+        targets, potential, eps=eps, weights=weights, chunk_size=chunk_size, score_dtype=score_dtype
+    )
     return cells.assign(x, generator=generator)
 
 
