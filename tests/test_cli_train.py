@@ -154,3 +154,9 @@ def test_corrupt_run_is_refused(tmp_path, capsys):
     assert main(["sample", "--run", str(run), "--out", str(tmp_path / "s.npy")]) == 2
     assert "corrupt" in capsys.readouterr().err
     assert not (tmp_path / "s.npy").exists()
+
+
+def test_bf16_pairing_flag(tmp_path, capsys):
+    assert _train(tmp_path / "a", "--coupling", "semidiscrete", "--pairing-precision", "bf16") == 0
+    code = _train(tmp_path / "b", "--coupling", "semidiscrete", "--pairing-precision", "bf16", "--eps", "0.1")
+    assert code == 2 and "eps = 0 only" in capsys.readouterr().err

@@ -136,3 +136,10 @@ def test_bad_arguments():
         SemidiscreteCoupling(y, torch.zeros(9))
     with pytest.raises(ValueError, match="noise"):
         IndependentCoupling(y, noise=lambda n, d, **kw: torch.zeros(n, d + 1)).sample(4)
+
+
+def test_semidiscrete_bf16_scores_give_the_same_pairs(data):
+    y, _, res = data
+    a = SemidiscreteCoupling.from_result(y, res).sample(400, generator=gen(9))
+    b = SemidiscreteCoupling.from_result(y, res, score_dtype=torch.bfloat16).sample(400, generator=gen(9))
+    assert torch.equal(a.index, b.index)

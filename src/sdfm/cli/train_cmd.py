@@ -41,6 +41,13 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
     )
     p.add_argument("--ot-method", choices=["exact", "sinkhorn"], default="exact", help="minibatch OT solver")
     p.add_argument(
+        "--pairing-precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="semidiscrete pairing scores: fp32, or bf16 with exact float64 re-scoring (same pairs; "
+        "faster at high d where bf16 matmuls are fast)",
+    )
+    p.add_argument(
         "--ot-batch-size", type=positive_int, default=None, help="OT batch (default: --batch-size)"
     )
     p.add_argument("--model", choices=["mlp", "unet"], default="mlp", help="velocity network (default mlp)")
@@ -238,8 +245,17 @@ def cmd_train(args) -> int:
         g, eps_abs, weights, dups, pot_name = _semidiscrete(args, run_dir, targets, fp_train, fp_raw, device)
         if not args.resume:
             coupling_info.update(potential=pot_name, eps=eps_abs, eps_relative=args.eps or 0.0)
+        lowp = args.pairing_precision == "bf16"
+        if lowp and eps_abs > 0:
+            raise CliError("--pairing-precision: bf16 scores are exact for eps = 0 only")
         coupling = SemidiscreteCoupling(
-            targets, g, eps=eps_abs, weights=weights, duplicates=dups, labels=labels
+            targets,
+            g,
+            eps=eps_abs,
+            weights=weights,
+            duplicates=dups,
+            labels=labels,
+            score_dtype=torch.bfloat16 if lowp else None,
         )
     info = {
         "data": {

@@ -69,6 +69,23 @@ def full_precision(device: torch.device):
             matmul.allow_tf32 = old
 
 
+@contextlib.contextmanager
+def full_accumulation(device: torch.device):
+    """Forbids reduced-precision (bf16/fp16) reductions in CUDA half-precision GEMMs while scoring:
+    the error bound of the low-precision path assumes float32 accumulation."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    old = (matmul.allow_bf16_reduced_precision_reduction, matmul.allow_fp16_reduced_precision_reduction)
+    matmul.allow_bf16_reduced_precision_reduction = False
+    matmul.allow_fp16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        matmul.allow_bf16_reduced_precision_reduction, matmul.allow_fp16_reduced_precision_reduction = old
+
+
 def target_chunks(
     targets: torch.Tensor,
     chunk: int,
@@ -242,13 +259,16 @@ def stream_softmax_columns(
     return sums, sq, lse
 
 
-def lowp_error_coefficient(d: int, dtype: torch.dtype) -> float:
-    """c such that |score_lowp - score| <= c |x| |z| (+ a small absolute slack) for one inner product
-    of length d: operands rounded to ``dtype`` (unit roundoff u each), products exact in float32,
-    float32 accumulation (gamma_d), the result rounded to ``dtype`` once more (u). Generous by 10%."""
+def lowp_error_coefficients(d: int, dtype: torch.dtype) -> tuple[float, float]:
+    """(c_in, c_out) bounding one low-precision inner product of length d:
+    |score_lowp - <x, z>| <= c_in |x| |z| + c_out |score_lowp|.
+
+    Operands rounded to ``dtype`` (unit roundoff u each: 2u + u^2), products exact in float32, float32
+    accumulation (gamma_d); the result rounded to ``dtype`` once more (u |acc| <= u |score| / (1 - u)).
+    Both with a 10% margin."""
     u = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}[dtype]
     gamma = d * 2.0**-24 / max(1e-12, 1 - d * 2.0**-24)
-    return 1.1 * (3 * u + 3 * u * u + gamma * (1 + u) ** 3)
+    return 1.1 * (2 * u + u * u + gamma * (1 + u) ** 2), 1.1 * u / (1 - u)
 
 
 def stream_argmax_lowp(
@@ -265,13 +285,12 @@ def stream_argmax_lowp(
     """Exact argmax_j <x, y_j - center> + bias_j with low-precision scores and exact re-scoring.
 
     The scores are computed with ``keys_lowp`` [N, d] (the centred targets already rounded to
-    bf16/fp16) and a rounded copy of x; every target whose low-precision score is within twice the
-    rounding bound of the row's best (``lowp_error_coefficient`` times |x| max_j |y_j - center|, plus
-    a slack for the float32 bias) is a candidate, and the candidates are re-scored in float64. The
-    true argmax is always a candidate (its low-precision score is at most one bound below its true
-    score, which is at least the true score of the low-precision winner, itself at most one bound
-    below that winner's low-precision score), so the result equals the float64 argmax (ties to the
-    smallest index).
+    bf16/fp16) and a rounded copy of x; each comes with a certified error bound
+    (``lowp_error_coefficients``: c_in |x| |y_j - center| + c_out |score|, plus a slack for the float32
+    bias). A target is a candidate when its upper bound reaches the best lower bound of the row; the
+    true argmax always is (its true score, below its upper bound, is at least every other true score,
+    above their lower bounds). Candidates are re-scored in float64, so the result equals the float64
+    argmax (ties to the smallest index).
 
     Args:
         x: queries [n, d] (float32 or float64); keys_lowp: [N, d] low precision; key_norms: [N]
@@ -296,28 +315,35 @@ def stream_argmax_lowp(
         )
     n, d = x.shape
     device = x.device
-    coef = lowp_error_coefficient(d, keys_lowp.dtype)
+    c_in, c_out = lowp_error_coefficients(d, keys_lowp.dtype)
     xq = x.to(keys_lowp.dtype)
     xnorm = x.to(torch.float64).norm(dim=1) * 1.0001
     zmax = float(key_norms.max())
     bmax = float(bias64.abs().max())
     # Absolute slack: float32 rounding of the bias and of the sum score + bias (with room to spare).
-    slack = (2.0**-21) * (xnorm * zmax + bmax)
-    # A target can only be the argmax if its score is within twice the worst-case error of the best.
-    margin = (2 * (coef * xnorm * zmax + slack)).to(torch.float32)
-    best = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
+    slack32 = ((2.0**-21) * (xnorm * zmax + bmax)).to(torch.float32)
+    xcoef32 = (c_in * xnorm).to(torch.float32)
+    norms32 = key_norms.to(device=device, dtype=torch.float32)
+    # Every score has a certified interval [s - err, s + err]. The true argmax's upper end is at least
+    # every lower end, so targets whose upper end is below the best lower end so far are dropped.
+    lower = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
     rows, cols, vals = [], [], []
     for start in range(0, keys_lowp.shape[0], chunk):
         stop = min(start + chunk, keys_lowp.shape[0])
-        s = torch.add(xq @ keys_lowp[start:stop].to(device).T, bias[start:stop])  # float32
-        best = torch.maximum(best, s.amax(dim=1))
-        r, c = (s >= (best - margin)[:, None]).nonzero(as_tuple=True)
+        with full_accumulation(device):
+            raw = xq @ keys_lowp[start:stop].to(device).T
+        s = torch.add(raw, bias[start:stop])  # float32
+        err = torch.addcmul(slack32[:, None], xcoef32[:, None], norms32[None, start:stop])
+        err.add_(raw.abs(), alpha=c_out)
+        lower = torch.maximum(lower, (s - err).amax(dim=1))
+        upper = s.add_(err)
+        r, c = (upper >= lower[:, None]).nonzero(as_tuple=True)
         rows.append(r)
         cols.append(c + start)
-        vals.append(s[r, c])
+        vals.append(upper[r, c])
     rows, cols, vals = torch.cat(rows), torch.cat(cols), torch.cat(vals)
     # candidates kept against an earlier (lower) best are dropped against the final one
-    final = vals >= (best - margin)[rows]
+    final = vals >= lower[rows]
     rows, cols = rows[final], cols[final]
     picked = targets[cols.to(targets.device)].to(device=device, dtype=torch.float64)
     exact = (x.to(torch.float64)[rows] * (picked - center64)).sum(1)
