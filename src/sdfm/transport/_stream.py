@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -271,69 +272,58 @@ def lowp_error_coefficients(d: int, dtype: torch.dtype) -> tuple[float, float]:
     return 1.1 * (2 * u + u * u + gamma * (1 + u) ** 2), 1.1 * u / (1 - u)
 
 
-def stream_argmax_lowp(
-    x: torch.Tensor,
-    keys_lowp: torch.Tensor,
-    key_norms: torch.Tensor,
-    bias: torch.Tensor,
-    *,
-    targets: torch.Tensor,
-    center64: torch.Tensor,
-    bias64: torch.Tensor,
-    chunk: int,
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class LowpKeys:
+    """What the low-precision argmax needs, prepared once per (targets, potential, device).
+
+    keys: centred targets [N, d] in bf16/fp16; norms: |y_j - center| [N] (float32, rounded up);
+    norm_max: max of the norms; bias32 / bias64: the shifted score bias [N]; bias_abs_max: max |bias|;
+    center64: the centre [d] (float64).
+    """
+
+    keys: torch.Tensor
+    norms: torch.Tensor
+    norm_max: float
+    bias32: torch.Tensor
+    bias64: torch.Tensor
+    bias_abs_max: float
+    center64: torch.Tensor
+
+
+def stream_argmax_lowp(x: torch.Tensor, lowp: LowpKeys, *, targets: torch.Tensor, chunk: int) -> torch.Tensor:
     """Exact argmax_j <x, y_j - center> + bias_j with low-precision scores and exact re-scoring.
 
-    The scores are computed with ``keys_lowp`` [N, d] (the centred targets already rounded to
+    The scores are computed with ``lowp.keys`` [N, d] (the centred targets already rounded to
     bf16/fp16) and a rounded copy of x; each comes with a certified error bound
     (``lowp_error_coefficients``: c_in |x| |y_j - center| + c_out |score|, plus a slack for the float32
     bias). A target is a candidate when its upper bound reaches the best lower bound of the row; the
     true argmax always is (its true score, below its upper bound, is at least every other true score,
-    above their lower bounds). Candidates are re-scored in float64, so the result equals the float64
-    argmax (ties to the smallest index).
-
-    Args:
-        x: queries [n, d] (float32 or float64); keys_lowp: [N, d] low precision; key_norms: [N]
-            float64 norms |y_j - center|; bias: [N] float32; targets: the original targets [N, d]
-            (candidates are gathered from them); center64 [d], bias64 [N]: float64 versions.
+    above their lower bounds). Candidates are re-scored in float64 from ``targets`` [N, d], so the
+    result equals the float64 argmax (ties to the smallest index).
     """
     if x.shape[0] > ROW_BLOCK:
         return torch.cat(
-            [
-                stream_argmax_lowp(
-                    xb,
-                    keys_lowp,
-                    key_norms,
-                    bias,
-                    targets=targets,
-                    center64=center64,
-                    bias64=bias64,
-                    chunk=chunk,
-                )
-                for xb in _row_blocks(x)
-            ]
+            [stream_argmax_lowp(xb, lowp, targets=targets, chunk=chunk) for xb in _row_blocks(x)]
         )
     n, d = x.shape
     device = x.device
-    c_in, c_out = lowp_error_coefficients(d, keys_lowp.dtype)
-    xq = x.to(keys_lowp.dtype)
+    c_in, c_out = lowp_error_coefficients(d, lowp.keys.dtype)
+    xq = x.to(lowp.keys.dtype)
     xnorm = x.to(torch.float64).norm(dim=1) * 1.0001
-    zmax = float(key_norms.max())
-    bmax = float(bias64.abs().max())
     # Absolute slack: float32 rounding of the bias and of the sum score + bias (with room to spare).
-    slack32 = ((2.0**-21) * (xnorm * zmax + bmax)).to(torch.float32)
+    slack32 = ((2.0**-21) * (xnorm * lowp.norm_max + lowp.bias_abs_max)).to(torch.float32)
     xcoef32 = (c_in * xnorm).to(torch.float32)
-    norms32 = key_norms.to(device=device, dtype=torch.float32)
     # Every score has a certified interval [s - err, s + err]. The true argmax's upper end is at least
     # every lower end, so targets whose upper end is below the best lower end so far are dropped.
     lower = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
     rows, cols, vals = [], [], []
-    for start in range(0, keys_lowp.shape[0], chunk):
-        stop = min(start + chunk, keys_lowp.shape[0])
+    num_targets = lowp.keys.shape[0]
+    for start in range(0, num_targets, chunk):
+        stop = min(start + chunk, num_targets)
         with full_accumulation(device):
-            raw = xq @ keys_lowp[start:stop].to(device).T
-        s = torch.add(raw, bias[start:stop])  # float32
-        err = torch.addcmul(slack32[:, None], xcoef32[:, None], norms32[None, start:stop])
+            raw = xq @ lowp.keys[start:stop].T
+        s = torch.add(raw, lowp.bias32[start:stop])  # float32
+        err = torch.addcmul(slack32[:, None], xcoef32[:, None], lowp.norms[None, start:stop])
         err.add_(raw.abs(), alpha=c_out)
         lower = torch.maximum(lower, (s - err).amax(dim=1))
         upper = s.add_(err)
@@ -346,11 +336,11 @@ def stream_argmax_lowp(
     final = vals >= lower[rows]
     rows, cols = rows[final], cols[final]
     picked = targets[cols.to(targets.device)].to(device=device, dtype=torch.float64)
-    exact = (x.to(torch.float64)[rows] * (picked - center64)).sum(1)
-    exact += bias64[cols]
+    exact = (x.to(torch.float64)[rows] * (picked - lowp.center64)).sum(1)
+    exact += lowp.bias64[cols]
     row_max = torch.full((n,), float("-inf"), dtype=torch.float64, device=device)
     row_max.scatter_reduce_(0, rows, exact, reduce="amax")
     winner = exact == row_max[rows]
-    index = torch.full((n,), keys_lowp.shape[0], dtype=torch.long, device=device)
+    index = torch.full((n,), num_targets, dtype=torch.long, device=device)
     index.scatter_reduce_(0, rows[winner], cols[winner], reduce="amin")
     return index

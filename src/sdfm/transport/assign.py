@@ -21,6 +21,7 @@ import torch
 
 from sdfm.transport import _checks
 from sdfm.transport._stream import (
+    LowpKeys,
     chunk_size_for,
     full_precision,
     stream_argmax,
@@ -57,9 +58,7 @@ class _Keys:
     center64: torch.Tensor  # [d] float64
     bias: torch.Tensor  # [N] compute dtype, shifted so that its max is 0
     shift: float  # the constant removed from the bias
-    bias64: torch.Tensor | None = None  # [N] float64 (low-precision scoring only)
-    keys_lowp: torch.Tensor | None = None  # [N, d] centred targets in score_dtype
-    key_norms: torch.Tensor | None = None  # [N] float64 |y_j - center|
+    lowp: LowpKeys | None = None  # low-precision scoring only
 
 
 class LaguerreCells:
@@ -120,24 +119,34 @@ class LaguerreCells:
                 scaled = scaled / self.eps + log_b.to(device)
             # Shift by a constant (argmax and softmax unchanged) so the cast keeps its precision.
             shift = scaled.max()
-            lowp = {}
-            if self.score_dtype is not None:
-                keys = torch.empty(n_targets, d, dtype=self.score_dtype, device=device)
-                norms = torch.empty(n_targets, dtype=torch.float64, device=device)
-                for start, stop, z in target_chunks(
-                    self.targets, chunk, device=device, dtype=torch.float64, center=center
-                ):
-                    keys[start:stop] = z.to(self.score_dtype)
-                    norms[start:stop] = z.norm(dim=1)
-                lowp = {"bias64": scaled - shift, "keys_lowp": keys, "key_norms": norms}
+            bias64 = scaled - shift
             self._cache[key] = _Keys(
                 center=center.to(dtype),
                 center64=center,
-                bias=(scaled - shift).to(dtype),
+                bias=bias64.to(dtype),
                 shift=float(shift),
-                **lowp,
+                lowp=None if self.score_dtype is None else self._lowp_keys(center, bias64, chunk, device),
             )
         return self._cache[key]
+
+    def _lowp_keys(self, center, bias64, chunk, device) -> LowpKeys:
+        n_targets, d = self.targets.shape
+        keys = torch.empty(n_targets, d, dtype=self.score_dtype, device=device)
+        norms = torch.empty(n_targets, dtype=torch.float64, device=device)
+        for start, stop, z in target_chunks(
+            self.targets, chunk, device=device, dtype=torch.float64, center=center
+        ):
+            keys[start:stop] = z.to(self.score_dtype)
+            norms[start:stop] = z.norm(dim=1)
+        return LowpKeys(
+            keys=keys,
+            norms=(norms * (1 + 2.0**-20)).to(torch.float32),  # rounded up: the bound stays a bound
+            norm_max=float(norms.max()),
+            bias32=bias64.to(torch.float32),
+            bias64=bias64,
+            bias_abs_max=float(bias64.abs().max()),
+            center64=center,
+        )
 
     def _query(self, x):
         x = _checks.as_queries(x, self.targets.shape[1])
@@ -155,16 +164,7 @@ class LaguerreCells:
         """
         x, keys, kw = self._query(x)
         if self.score_dtype is not None:
-            return stream_argmax_lowp(
-                x,
-                keys.keys_lowp,
-                keys.key_norms,
-                keys.bias.to(torch.float32),
-                targets=self.targets,
-                center64=keys.center64,
-                bias64=keys.bias64,
-                chunk=kw["chunk"],
-            )
+            return stream_argmax_lowp(x, keys.lowp, targets=self.targets, chunk=kw["chunk"])
         with full_precision(x.device):
             index, _, _ = stream_argmax(
                 x, self.targets, keys.bias, **kw, gumbel=False if self.eps == 0 else generator
