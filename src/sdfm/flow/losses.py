@@ -11,10 +11,11 @@ from sdfm.flow.paths import interpolate, target_velocity
 
 @dataclass(frozen=True)
 class LossStats:
-    """Detached statistics of one loss evaluation."""
+    """Detached statistics of one loss evaluation, as 0-d tensors on the batch's device (no host
+    sync per step: the trainer reads them only when it logs)."""
 
-    loss: float
-    target_norm: float  # mean |x1 - x0|^2 / d: the per-dimension transport cost of the batch
+    loss: torch.Tensor
+    target_norm: torch.Tensor  # mean |x1 - x0|^2 / d: the per-dimension transport cost of the batch
 
 
 def flow_matching_loss(
@@ -35,5 +36,5 @@ def flow_matching_loss(
     if v.shape != target.shape:
         raise ValueError(f"model: returned shape {list(v.shape)}, expected {list(target.shape)}")
     loss = (v.float() - target.float()).pow(2).mean()
-    stats = LossStats(loss=float(loss.detach()), target_norm=float(target.detach().float().pow(2).mean()))
+    stats = LossStats(loss=loss.detach(), target_norm=target.detach().float().pow(2).mean())
     return loss, stats

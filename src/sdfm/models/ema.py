@@ -12,11 +12,13 @@ def _ema_update(decay: float):
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
+        # The warm-up decay is computed on the device (no host sync per step).
+        n = torch.as_tensor(num_averaged, dtype=torch.float32)
+        weight = 1.0 - torch.clamp((1.0 + n) / (10.0 + n), max=decay)
         floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
         if floats:
-            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - d)
+            weights = [weight.to(device=a.device, dtype=a.dtype) for a, _ in floats]
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], weights)
         for a, c in zip(averaged, current, strict=True):
             if not a.is_floating_point():
                 a.copy_(c)

@@ -224,8 +224,8 @@ def train(
             seconds = time.perf_counter() - window["t0"]
             record = {
                 "step": step,
-                "loss": window["loss"] / window["n"],
-                "cost": window["target"] / window["n"],
+                "loss": float(window["loss"]) / window["n"],  # the window's one host sync
+                "cost": float(window["target"]) / window["n"],
                 "lr": scheduler.get_last_lr()[0],
                 "grad_norm": None if grad_norm is None else float(grad_norm),
                 "pairs_per_s": window["pairs"] / max(seconds, 1e-9),

@@ -9,7 +9,7 @@ splits each merged cell's mass among the copies in proportion to their weights
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,6 +27,7 @@ class DuplicateGroups:
     inverse: torch.Tensor
     representative: torch.Tensor
     weights: torch.Tensor
+    _layouts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def num_groups(self) -> int:
@@ -42,29 +43,36 @@ class DuplicateGroups:
         out = torch.zeros(self.num_groups, dtype=torch.float64, device=self.weights.device)
         return out.index_add_(0, self.inverse.to(self.weights.device), self.weights)
 
+    def _layout(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Copies grouped together (order), their cumulative weights, each group's first position,
+        size and total weight: derived once per device, reused by every :meth:`spread`."""
+        key = str(device)
+        if key not in self._layouts:
+            inverse = self.inverse.to(device)
+            w = self.weights.to(device)
+            order = torch.argsort(inverse, stable=True)
+            sorted_groups = inverse[order]
+            cum = torch.cumsum(w[order], 0)
+            starts = torch.searchsorted(sorted_groups, torch.arange(self.num_groups, device=device))
+            sizes = torch.bincount(sorted_groups, minlength=self.num_groups)
+            self._layouts[key] = (inverse, order, cum, starts, sizes, self.group_weights().to(device))
+        return self._layouts[key]
+
     def spread(self, index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Replaces each paired index by a copy of the same group drawn with probability ∝ weight.
 
-        Exact whatever copy ``assign`` returned for the tie. Runs in O(n log N); the randomness is
-        drawn on ``index.device`` from ``generator``.
+        Exact whatever copy ``assign`` returned for the tie. Runs in O(n log N) per call (the
+        grouping is prepared once per device); the randomness is drawn on ``index.device`` from
+        ``generator``.
         """
-        device = index.device
-        inverse = self.inverse.to(device)
-        w = self.weights.to(device)
-        order = torch.argsort(inverse, stable=True)  # copies grouped together
-        sorted_groups = inverse[order]
-        cum = torch.cumsum(w[order], 0)
-        starts = torch.searchsorted(sorted_groups, torch.arange(self.num_groups, device=device))
+        inverse, order, cum, starts, sizes, totals = self._layout(index.device)
         group = inverse[index]
         first = starts[group]
         before = torch.where(first > 0, cum[(first - 1).clamp_min(0)], torch.zeros_like(cum[first]))
-        total = self.group_weights().to(device)[group]
-        u = torch.rand(index.shape, generator=generator, dtype=torch.float64, device=device)
-        target = before + u * total
-        pos = torch.searchsorted(cum, target, right=True)
+        u = torch.rand(index.shape, generator=generator, dtype=torch.float64, device=index.device)
+        pos = torch.searchsorted(cum, before + u * totals[group], right=True)
         # Clamp to the group (guards against round-off at the group's upper edge).
-        last = first + torch.bincount(sorted_groups, minlength=self.num_groups).to(device)[group] - 1
-        pos = torch.minimum(torch.maximum(pos, first), last)
+        pos = torch.minimum(torch.maximum(pos, first), first + sizes[group] - 1)
         return order[pos]
 
 
