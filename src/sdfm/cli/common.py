@@ -50,3 +50,16 @@ def device_from(name: str | None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CliError(f"--device: {name} requested but CUDA is not available")
     return device
+
+
+def tensor_view(array):
+    """A torch view of a numpy array (copied only if not contiguous). Read-only (memory-mapped) arrays
+    are fine: sdfm never writes to the data, so torch's warning about them is silenced."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(array))

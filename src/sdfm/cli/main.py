@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sdfm.cli.common import EXIT_BAD_INPUT, CliError, _nonneg_float, _Parser, _positive_int, device_from
+from sdfm.cli.common import (
+    EXIT_BAD_INPUT,
+    CliError,
+    _nonneg_float,
+    _Parser,
+    _positive_int,
+    device_from,
+    tensor_view,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_solve(args) -> int:
-    import warnings
     from pathlib import Path
 
     import numpy as np
@@ -88,9 +95,7 @@ def cmd_solve(args) -> int:
     device = device_from(args.device)
     dataset = load_dataset(args.data)
     data = np.ascontiguousarray(dataset.x)
-    with warnings.catch_warnings():  # read-only (memory-mapped) arrays: sdfm never writes to them
-        warnings.simplefilter("ignore", UserWarning)
-        targets = torch.from_numpy(data)
+    targets = tensor_view(data)
     max_seconds = args.max_seconds if args.max_seconds else None
     solver = SemidiscreteSolver(
         eps=args.eps,

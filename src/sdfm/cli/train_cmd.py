@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from sdfm.cli.common import CliError, device_from
+from sdfm.cli.common import CliError, device_from, tensor_view
 
 DEFAULT_LR = {"mlp": 1e-3, "unet": 2e-4}
 DEFAULT_SINKHORN_EPS = 0.05
@@ -87,14 +86,6 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
     )
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
-
-
-def _tensor(x: np.ndarray):
-    import torch
-
-    with warnings.catch_warnings():  # read-only (memory-mapped) arrays: never written to
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(np.ascontiguousarray(x))
 
 
 def _model_config(args, dataset, dim: int) -> dict:
@@ -199,7 +190,7 @@ def cmd_train(args) -> int:
         norm = Normalization.fit(dataset.x, args.normalize)
     x_train = norm.apply(dataset.x)
     fp_train = fingerprint(x_train)
-    targets = _tensor(x_train).to(device)
+    targets = tensor_view(x_train).to(device)
     n, dim = x_train.shape
     labels = None if dataset.labels is None else torch.from_numpy(dataset.labels)
     lr = args.lr if args.lr else DEFAULT_LR[args.model]
