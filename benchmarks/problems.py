@@ -10,7 +10,7 @@ from sdfm.transport import estimate_marginal
 
 PROBLEMS = {
     "checkerboard-2d": "checkerboard:n=10000",  # (i) 10,000 points in d = 2
-    "digits-64d": "digits",  # (ii) scikit-learn digits, 1797 x 64, values 0..16
+    "digits-64d": "digits:split=all",  # (ii) scikit-learn digits, 1797 x 64, values 0..16
     "gmm8-64d": "gmm:d=64,k=8,n=10000",  # (iii) 10,000 points, 8-component mixture in d = 64
 }
 

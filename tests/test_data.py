@@ -82,3 +82,27 @@ def test_bad_files(tmp_path):
     np.savez(tmp_path / "two.npz", a=np.zeros((3, 2)), b=np.zeros((3, 2)))
     with pytest.raises(ValueError, match="name the data"):
         load_array(tmp_path / "two.npz")
+
+
+def test_heldout_splits():
+    from sdfm.data import heldout_spec, load_dataset
+
+    assert heldout_spec("checkerboard:n=500") == "checkerboard:n=500,split=test"
+    assert heldout_spec("digits") == "digits:split=test"
+    assert heldout_spec("digits:split=all") is None and heldout_spec("x.npy") is None
+    train, test = load_dataset("checkerboard:n=500"), load_dataset("checkerboard:n=500,split=test")
+    assert train.x.shape == test.x.shape and not np.allclose(train.x, test.x)
+    np.testing.assert_array_equal(train.x, load_dataset("checkerboard:n=500,split=train").x)
+    # digits: disjoint 80/20 split of the 1797 images
+    tr, te, al = load_dataset("digits"), load_dataset("digits:split=test"), load_dataset("digits:split=all")
+    assert tr.x.shape == (1438, 64) and te.x.shape == (359, 64) and al.x.shape == (1797, 64)
+    rows = {r.tobytes() for r in al.x}
+    assert len({r.tobytes() for r in tr.x} & {r.tobytes() for r in te.x}) <= len(al.x) - len(rows)
+    # gmm: fresh points of the same mixture (same means), labels included
+    a = load_dataset("gmm:d=4,n=20000")
+    b = load_dataset("gmm:d=4,n=20000,split=test")
+    assert not np.allclose(a.x[:10], b.x[:10])
+    for k in range(8):
+        np.testing.assert_allclose(a.x[a.labels == k].mean(0), b.x[b.labels == k].mean(0), atol=0.1)
+    with pytest.raises(ValueError, match="split"):
+        load_dataset("checkerboard:split=val")

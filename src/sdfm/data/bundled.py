@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import numpy as np
 
+SPLITS = ("train", "test", "all")
 
-def digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 8x8 handwritten digits: pixels [1797, 64] float32 in [0, 16], labels [1797].
 
-    The values are returned as given (0..16), without rescaling.
+def digits(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 handwritten digits: pixels float32 in [0, 16] (as given, no rescaling), labels.
+
+    The 1797 images are split 80/20 by a fixed permutation (numpy seed 0): ``"train"`` [1438, 64]
+    (the default, so that ``sdfm eval`` has held-out data), ``"test"`` [359, 64], ``"all"`` [1797, 64].
     """
     from sklearn.datasets import load_digits
 
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
     bunch = load_digits()
-    return bunch.data.astype(np.float32), bunch.target.astype(np.int64)
+    x, y = bunch.data.astype(np.float32), bunch.target.astype(np.int64)
+    if split == "all":
+        return x, y
+    perm = np.random.default_rng(0).permutation(x.shape[0])
+    cut = int(round(0.8 * x.shape[0]))
+    keep = np.sort(perm[:cut] if split == "train" else perm[cut:])
+    return x[keep], y[keep]
 
 
 def mnist1d(n: int = 5000, split: str = "train", seed: int = 42) -> tuple[np.ndarray, np.ndarray]:

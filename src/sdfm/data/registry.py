@@ -32,19 +32,37 @@ class Dataset:
         return tuple(self.x.shape)
 
 
+#: second seed word of the held-out draws of generated datasets (split=test)
+_TEST_STREAM = 0x7E57
+
+
+def _split_seed(seed, split: str):
+    """The train split keeps the plain seed (so ``NAME`` and ``NAME:split=train`` are the same data);
+    the test split draws from an independent numpy stream."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    return int(seed) if split == "train" else [int(seed), _TEST_STREAM]
+
+
 def _toy(fn: Callable, default_n: int = 10_000):
-    def make(n: int = default_n, seed: int = 0):
-        return fn(int(n), seed=int(seed)), None
+    def make(n: int = default_n, seed: int = 0, split: str = "train"):
+        return fn(int(n), seed=_split_seed(seed, split)), None
 
     return make
 
 
-def _gmm(n: int = 10_000, d: int = 16, k: int = 8, seed: int = 0, separation: float = 3.0):
-    return toy.gaussian_mixture(int(n), d=int(d), k=int(k), seed=int(seed), separation=float(separation))
+def _gmm(
+    n: int = 10_000, d: int = 16, k: int = 8, seed: int = 0, separation: float = 3.0, split: str = "train"
+):
+    drawn = _split_seed(seed, split)
+    sample_seed = None if split == "train" else drawn
+    return toy.gaussian_mixture(
+        int(n), d=int(d), k=int(k), seed=int(seed), separation=float(separation), sample_seed=sample_seed
+    )
 
 
-def _digits():
-    return bundled.digits()
+def _digits(split: str = "train"):
+    return bundled.digits(split)
 
 
 def _mnist1d(n: int = 5000, split: str = "train", seed: int = 42):
@@ -53,6 +71,8 @@ def _mnist1d(n: int = 5000, split: str = "train", seed: int = 42):
 
 #: built-in datasets whose rows are images: name -> (C, H, W)
 IMAGE_SHAPES = {"digits": (1, 8, 8)}
+#: built-in datasets whose rows are 1-D signals (scored by a 1-D convolutional classifier)
+SIGNALS = frozenset({"mnist1d"})
 
 
 #: name -> factory(**params) -> (x, labels)
@@ -77,6 +97,19 @@ def parse_spec(spec: str) -> tuple[str, dict]:
             raise ValueError(f"data: cannot parse {item!r} in {spec!r}; expected key=value")
         params[key.strip()] = value.strip()
     return name.strip(), params
+
+
+def heldout_spec(spec: str) -> str | None:
+    """The spec of held-out data for a built-in dataset spec (``split=test``, same other parameters;
+    fresh draws for generated sets, the test part for digits and MNIST-1D); None for files and for
+    ``digits:split=all``, which leave nothing held out."""
+    if not isinstance(spec, str) or Path(spec).suffix.lower() in SUFFIXES or Path(spec).exists():
+        return None
+    name, params = parse_spec(spec)
+    if name not in DATASETS or params.get("split", "train") != "train":
+        return None
+    params = {**params, "split": "test"}
+    return name + ":" + ",".join(f"{k}={v}" for k, v in params.items())
 
 
 def load_dataset(spec: str) -> Dataset:

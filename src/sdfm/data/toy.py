@@ -51,11 +51,23 @@ def spirals(n: int, *, seed: int = 0, noise: float = 0.1) -> np.ndarray:
 
 
 def gaussian_mixture(
-    n: int, *, d: int = 16, k: int = 8, seed: int = 0, separation: float = 3.0, std: float = 1.0
+    n: int,
+    *,
+    d: int = 16,
+    k: int = 8,
+    seed: int = 0,
+    separation: float = 3.0,
+    std: float = 1.0,
+    sample_seed=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """k isotropic Gaussians in R^d with means ~ N(0, separation^2 I): points [n, d], labels [n]."""
+    """k isotropic Gaussians in R^d with means ~ N(0, separation^2 I): points [n, d], labels [n].
+
+    The means come from ``seed``; the points from the same stream, or from ``sample_seed`` when given
+    (fresh draws from the same mixture, e.g. held-out data)."""
     rng = _rng(seed)
     means = separation * rng.normal(size=(k, d))
+    if sample_seed is not None:
+        rng = _rng(sample_seed)
     labels = rng.integers(0, k, size=n)
     x = means[labels] + std * rng.normal(size=(n, d))
     return x.astype(np.float32), labels.astype(np.int64)
