@@ -69,3 +69,80 @@ def test_curvature_of_straight_and_curved_fields():
     chord2 = 2 - 2 * math.cos(1.0)
     expected = float((r2 * (1 + chord2 - 2 * inner)).mean())
     assert curved.curvature == pytest.approx(expected, rel=1e-6)
+
+
+# --- classifier feature space and Frechet distance -------------------------------------------------
+
+
+def test_frechet_from_moments_matches_gaussian_w2_closed_form():
+    import numpy as np
+
+    from sdfm.metrics import frechet_from_moments
+
+    # commuting covariances: W2^2 = |m1 - m2|^2 + sum (sqrt(a_i) - sqrt(b_i))^2
+    a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 0.25])
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, -1.0])
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_from_moments(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    # a rotated pair (non-diagonal, still commuting): invariant under the common rotation
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
+    got = frechet_from_moments(q @ mu1, q @ np.diag(a) @ q.T, q @ mu2, q @ np.diag(b) @ q.T)
+    assert got == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_distance_of_feature_sets():
+    from sdfm.metrics import frechet_distance
+
+    x = torch.randn(500, 4, generator=gen(6), dtype=torch.float64)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
+    # a pure shift by s adds |s|^2 exactly (same covariance)
+    s = torch.tensor([1.0, 2.0, 0.0, -1.0], dtype=torch.float64)
+    assert frechet_distance(x, x + s) == pytest.approx(float(s.square().sum()), rel=1e-6)
+    with pytest.raises(ValueError, match="features"):
+        frechet_distance(x, torch.randn(10, 3))
+
+
+def test_classifier_learns_separable_classes_and_scores_samples():
+    from sdfm.metrics import accuracy, classifier_features, fit_classifier, label_tv
+
+    g = gen(7)
+    labels = torch.randint(0, 3, (600,), generator=g)
+    centers = torch.tensor([[4.0, 0.0], [-4.0, 0.0], [0.0, 4.0]])
+    x = centers[labels] + 0.5 * torch.randn(600, 2, generator=g)
+    clf = fit_classifier(x, labels, steps=300, seed=0)
+    assert accuracy(clf, x, labels) > 0.98
+    assert accuracy(clf, x, (labels + 1) % 3) < 0.05
+    assert classifier_features(clf, x).shape == (600, clf.config.features)
+    freq = torch.bincount(labels).double() / 600
+    assert label_tv(clf, x, freq) < 0.02
+    only_first = centers[0] + 0.5 * torch.randn(200, 2, generator=g)  # mode collapse onto class 0
+    assert label_tv(clf, only_first, freq) == pytest.approx(1 - float(freq[0]), abs=0.02)
+    # deterministic for a seed
+    again = fit_classifier(x, labels, steps=300, seed=0)
+    torch.testing.assert_close(classifier_features(again, x), classifier_features(clf, x))
+
+
+def test_image_classifier_reshapes_and_checks_shapes():
+    from sdfm.metrics import ClassifierConfig, FeatureClassifier
+
+    clf = FeatureClassifier(ClassifierConfig(dim=64, num_classes=10, image_shape=(1, 8, 8)))
+    assert clf(torch.randn(5, 64)).shape == (5, 10)
+    with pytest.raises(ValueError, match="x: expected"):
+        clf(torch.randn(5, 63))
+    with pytest.raises(ValueError, match="image_shape"):
+        ClassifierConfig(dim=63, num_classes=10, image_shape=(1, 8, 8))
+
+
+def test_fid_hook_clear_errors(tmp_path):
+    from sdfm.metrics import inception_fid
+
+    x = torch.rand(4, 64)
+    with pytest.raises(ValueError, match="not a file"):
+        inception_fid(x, x, image_shape=(1, 8, 8), weights=tmp_path / "missing.pth")
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    try:
+        import torchmetrics.image.fid  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match=r"sdfm\[fid\]"):
+            inception_fid(x, x, image_shape=(1, 8, 8), weights=weights)

@@ -1,7 +1,36 @@
-"""Metrics (layer L1): sample distances (exact W2 through POT, energy distance, MMD) and properties of
-learned flows (path curvature, transport cost)."""
+"""Metrics (layer L1): sample distances (exact W2 through POT, energy distance, MMD), properties of
+learned flows (path curvature, transport cost), scores in the feature space of a small classifier
+trained on real data, and a hook for real FID (optional extra)."""
 
+from sdfm.metrics.classifier import (
+    ClassifierConfig,
+    FeatureClassifier,
+    accuracy,
+    classifier_features,
+    classifier_predict,
+    fit_classifier,
+    frechet_distance,
+    frechet_from_moments,
+    label_tv,
+)
 from sdfm.metrics.distances import energy_distance, mmd_rbf, wasserstein2
+from sdfm.metrics.fid import inception_fid
 from sdfm.metrics.flows import PathStats, path_stats
 
-__all__ = ["PathStats", "energy_distance", "mmd_rbf", "path_stats", "wasserstein2"]
+__all__ = [
+    "ClassifierConfig",
+    "FeatureClassifier",
+    "PathStats",
+    "accuracy",
+    "classifier_features",
+    "classifier_predict",
+    "energy_distance",
+    "fit_classifier",
+    "frechet_distance",
+    "frechet_from_moments",
+    "inception_fid",
+    "label_tv",
+    "mmd_rbf",
+    "path_stats",
+    "wasserstein2",
+]
