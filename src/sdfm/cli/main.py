@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sdfm.cli.train_cmd import add_train_parser
 
     add_train_parser(sub, _positive_int, _nonneg_float)
+    from sdfm.cli.eval_cmd import add_eval_parser
+
+    add_eval_parser(sub, _positive_int)
 
     info = sub.add_parser("info", help="print the metadata of a potential file")
     info.add_argument("path", help="potential file (.safetensors)")
@@ -141,9 +144,17 @@ def cmd_info(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from sdfm.cli.eval_cmd import cmd_demo, cmd_eval
     from sdfm.cli.train_cmd import cmd_sample, cmd_train
 
-    handlers = {"solve": cmd_solve, "info": cmd_info, "train": cmd_train, "sample": cmd_sample}
+    handlers = {
+        "solve": cmd_solve,
+        "info": cmd_info,
+        "train": cmd_train,
+        "sample": cmd_sample,
+        "eval": cmd_eval,
+        "demo": cmd_demo,
+    }
     try:
         return handlers[args.command](args)
     except (CliError, ValueError) as exc:

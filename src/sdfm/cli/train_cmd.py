@@ -152,7 +152,7 @@ def cmd_train(args) -> int:
     from sdfm.data import fingerprint, load_dataset
     from sdfm.data.normalize import Normalization
     from sdfm.models import build_model
-    from sdfm.train import TrainConfig, read_run, train, write_run
+    from sdfm.train import TrainConfig, read_run, run_info, train, write_run
 
     run_dir = Path(args.out)
     if run_dir.exists() and not run_dir.is_dir():
@@ -248,22 +248,17 @@ def cmd_train(args) -> int:
             labels=labels,
             score_dtype=torch.bfloat16 if lowp else None,
         )
-    info = {
-        "data": {
-            "spec": args.data,
-            "name": dataset.name,
-            "fingerprint": fp_raw,
-            "train_fingerprint": fp_train,
-            "shape": [n, dim],
-            "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
-            "num_classes": dataset.num_classes,
-        },
-        "normalization": norm.to_dict(),
-        "model": model_info,
-        "coupling": coupling_info,
-        "train": config.to_dict(),
-        "seed": args.seed,
-    }
+    info = run_info(
+        spec=args.data,
+        dataset=dataset,
+        fingerprint_raw=fp_raw,
+        fingerprint_train=fp_train,
+        normalization=norm,
+        model=model_info,
+        coupling=coupling_info,
+        train=config.to_dict(),
+        seed=args.seed,
+    )
     torch.manual_seed(args.seed)  # the network's initial weights
     model = build_model(model_info["name"], model_info["config"]).to(device)
     write_run(run_dir, info)
@@ -292,7 +287,7 @@ def cmd_sample(args) -> int:
     import torch
 
     from sdfm.artifacts.atomic import atomic_write
-    from sdfm.cli.plots import plot_samples
+    from sdfm.evaluation.plots import plot_samples
     from sdfm.samplers import integrate
     from sdfm.train import load_run
 

@@ -59,3 +59,150 @@ def plot_samples(
     atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
     return path
+
+
+def _projection(reference: np.ndarray):
+    """x [n, d] -> [n, 2]: identity in 2-D, else the reference's top two principal components."""
+    if reference.shape[1] == 2:
+        return lambda x: np.asarray(x)[..., :2]
+    mean = reference.mean(0)
+    _, _, vt = np.linalg.svd(reference - mean, full_matrices=False)
+    basis = vt[:2].T
+    return lambda x: (np.asarray(x) - mean) @ basis
+
+
+def _mosaic(x: np.ndarray, image_shape, k: int = 16) -> np.ndarray:
+    c, h, w = image_shape
+    k = min(k, x.shape[0])
+    cols = int(math.ceil(math.sqrt(k)))
+    rows = int(math.ceil(k / cols))
+    imgs = x[:k].reshape(k, c, h, w)[:, 0]
+    out = np.full((rows * (h + 1), cols * (w + 1)), np.nan)
+    for i in range(k):
+        r, q = divmod(i, cols)
+        out[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = imgs[i]
+    return out
+
+
+def _save(fig, path: Path) -> Path:
+    from sdfm.artifacts.atomic import atomic_write
+
+    plt = _figure()
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=100, format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_sample_grid(
+    samples: dict, path, *, reference: np.ndarray, image_shape=None, display=None, max_points: int = 2000
+) -> Path:
+    """One panel per (method, setting): ``samples[method][setting]`` = x [n, d]. 2-D data as scatter
+    over the reference (grey), images as a mosaic of 16 (after ``display``, e.g. undoing the
+    normalisation), other data projected on the reference's top two principal components."""
+    plt = _figure()
+    methods = list(samples)
+    settings = list(dict.fromkeys(s for m in methods for s in samples[m]))
+    fig, axes = plt.subplots(
+        len(methods), len(settings), figsize=(2.0 * len(settings), 2.0 * len(methods)), squeeze=False
+    )
+    proj = _projection(reference) if image_shape is None else None
+    ref2 = proj(reference[:max_points]) if proj else None
+    show = display or (lambda x: x)
+    if image_shape is not None:
+        lo, hi = np.percentile(show(reference), 0.5), np.percentile(show(reference), 99.5)
+    for i, m in enumerate(methods):
+        for j, s in enumerate(settings):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if s not in samples[m]:
+                ax.axis("off")
+                continue
+            x = samples[m][s]
+            if image_shape is not None:
+                ax.imshow(
+                    np.clip((_mosaic(show(x), image_shape) - lo) / max(hi - lo, 1e-12), 0, 1), cmap="gray"
+                )
+            else:
+                p = proj(x[:max_points])
+                ax.scatter(ref2[:, 0], ref2[:, 1], s=0.5, c="0.85")
+                ax.scatter(p[:, 0], p[:, 1], s=0.5, c="C0", alpha=0.5)
+                lim = np.percentile(np.abs(ref2), 99.5) * 1.3
+                ax.set_xlim(-lim + ref2[:, 0].mean(), lim + ref2[:, 0].mean())
+                ax.set_ylim(-lim + ref2[:, 1].mean(), lim + ref2[:, 1].mean())
+            if i == 0:
+                ax.set_title(s, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(m, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_metric_curves(rows: dict, path, *, metrics: dict) -> Path:
+    """Metric against NFE (log scale), one line per method; ``rows[method]`` are evaluation rows
+    (fixed-step settings joined by a line, dopri5 as a star at its NFE, the data floor dashed)."""
+    plt = _figure()
+    keys = [k for k in metrics if any(k in r for rs in rows.values() for r in rs)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=False):
+        for c, (m, rs) in enumerate(rows.items()):
+            fixed = [r for r in rs if r.get("steps") and key in r]
+            ax.plot([r["nfe"] for r in fixed], [r[key] for r in fixed], "o-", color=f"C{c}", label=m, ms=3)
+            for r in rs:
+                if r["setting"] == "dopri5" and key in r:
+                    ax.plot([r["nfe"]], [r[key]], "*", color=f"C{c}", ms=9)
+                if r["setting"] == "data" and key in r and c == 0:
+                    ax.axhline(r[key], color="0.5", ls="--", lw=1, label="data floor")
+        ax.set_xscale("log", base=2)
+        label, lower = metrics[key]
+        ax.set_yscale("log") if key != "accuracy" else None
+        ax.set_title(f"{label} ({'lower' if lower else 'higher'} is better)", fontsize=9)
+        ax.set_xlabel("NFE (star: dopri5)")
+    axes[0][0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_trajectories(trajectories: dict, path, *, reference: np.ndarray, max_paths: int = 100) -> Path:
+    """ODE paths x_t (``trajectories[method]`` [T+1, k, d]) from noise (black dot) to sample (colour),
+    in 2-D or on the reference's top two principal components."""
+    plt = _figure()
+    proj = _projection(reference)
+    fig, axes = plt.subplots(1, len(trajectories), figsize=(3.3 * len(trajectories), 3.3), squeeze=False)
+    ref2 = proj(reference[:2000])
+    for c, (ax, (m, traj)) in enumerate(zip(axes[0], trajectories.items(), strict=False)):
+        p = proj(traj[:, :max_paths])
+        ax.scatter(ref2[:, 0], ref2[:, 1], s=0.5, c="0.85")
+        for k in range(p.shape[1]):
+            ax.plot(p[:, k, 0], p[:, k, 1], color=f"C{c}", lw=0.6, alpha=0.7)
+        ax.scatter(p[0, :, 0], p[0, :, 1], s=3, c="k")
+        ax.scatter(p[-1, :, 0], p[-1, :, 1], s=3, c=f"C{c}")
+        ax.set_title(m, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _save(fig, path)
+
+
+def plot_chi2(history, path, *, tol: float | None = None) -> Path:
+    """The semidiscrete solver's measured chi2 (with +- 1 standard error) against noise samples seen."""
+    plt = _figure()
+    pts = [(h.samples, h.chi2, h.chi2_stderr or 0.0) for h in history if h.chi2 is not None]
+    it = [(h.samples, h.chi2_iterate) for h in history if h.chi2_iterate is not None]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    if it:
+        ax.plot(
+            [p[0] for p in it], [max(p[1], 1e-6) for p in it], color="0.7", lw=1, label="running (batches)"
+        )
+    if pts:
+        s, c, e = map(np.asarray, zip(*pts, strict=False))
+        ax.errorbar(
+            s, np.maximum(c, 1e-6), yerr=e, fmt="o-", color="C3", ms=3, label="measured (fresh noise)"
+        )
+    if tol:
+        ax.axhline(tol, color="k", ls="--", lw=1, label=f"tol {tol}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("noise samples")
+    ax.set_ylabel("chi2(marginal || b)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

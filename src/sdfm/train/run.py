@@ -31,6 +31,39 @@ def write_run(run_dir: str | Path, info: dict) -> Path:
     return atomic_write(Path(run_dir) / RUN_FILE, lambda p: p.write_text(json.dumps(payload, indent=2)))
 
 
+def run_info(
+    *,
+    spec: str,
+    dataset,
+    fingerprint_raw: str,
+    fingerprint_train: str,
+    normalization: Normalization,
+    model: dict,
+    coupling: dict,
+    train: dict,
+    seed: int,
+) -> dict:
+    """The ``run.json`` payload (without format tags) of a run trained on ``dataset`` (a
+    :class:`sdfm.data.Dataset` loaded from ``spec``) with the given model / coupling / train configs."""
+    n, dim = dataset.x.shape
+    return {
+        "data": {
+            "spec": spec,
+            "name": dataset.name,
+            "fingerprint": fingerprint_raw,
+            "train_fingerprint": fingerprint_train,
+            "shape": [int(n), int(dim)],
+            "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
+            "num_classes": dataset.num_classes,
+        },
+        "normalization": normalization.to_dict(),
+        "model": model,
+        "coupling": coupling,
+        "train": train,
+        "seed": seed,
+    }
+
+
 def read_run(run_dir: str | Path) -> dict:
     """Reads ``run.json``; ValueError with the reason when the folder is not an sdfm run."""
     path = Path(run_dir) / RUN_FILE

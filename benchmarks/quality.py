@@ -1,0 +1,142 @@
+"""Sample quality across step budgets: I-FM, OT-FM (exact, n = 256), SD-FM (eps = 0 and 0.1 relative).
+
+A small-scale version of the paper's Table 2 (../shared/PAPER.md section 6). For each problem and
+seed, every method trains the same MLP (same initial weights, steps, batch 256, lr 1e-3, EMA 0.999)
+through sdfm.evaluation.compare, and is evaluated with the same noise at 1, 2, 4, 8, 16 Euler steps
+and dopri5 (rtol = atol = 1e-5, NFE reported) against held-out data: exact W2 (POT), energy
+distance, and for labelled data the Frechet distance in the features of one classifier per problem
+trained on the real training data (not FID). Mean and standard deviation over the seeds.
+
+    python benchmarks/quality.py [--problems checkerboard,gmm16,digits,mnist1d] [--seeds 0,1,2]
+                                 [--steps 3000] [--num 2000] [--tag quality]
+
+Writes benchmarks/results/TAG.json (every row) and TAG.md (tables) and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, machine, save  # noqa: E402
+from sdfm.evaluation.compare import BUDGETS, Method, compare, prepare, scorer_for  # noqa: E402
+
+PROBLEMS = {
+    "checkerboard": "checkerboard",  # 10,000 x 2
+    "gmm16": "gmm:d=16,k=8",  # 10,000 x 16, 8 components
+    "digits": "digits",  # 1,438 x 64 (train split)
+    "mnist1d": "mnist1d",  # 4,000 x 40 (train split)
+}
+METHODS = (
+    Method("I-FM", "independent"),
+    Method("OT-FM", "minibatch-ot", ot_batch_size=256),
+    Method("SD-FM eps=0", "semidiscrete", eps=0.0),
+    Method("SD-FM eps=0.1", "semidiscrete", eps=0.1),
+)
+
+
+def _cell(values) -> str:
+    if not values:
+        return "–"
+    m = statistics.fmean(values)
+    s = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{m:.4g} ± {s:.2g}"
+
+
+def tables(payload: dict) -> list[str]:
+    lines = []
+    for prob, runs in payload["problems"].items():
+        keys = ["w2", "energy"] + (
+            ["fd_classifier"] if any("fd_classifier" in r for r in runs["rows"]) else []
+        )
+        settings = list(dict.fromkeys(r["setting"] for r in runs["rows"] if r["setting"] != "data"))
+        for key in keys:
+            lines += [f"**{prob}: {key}** (mean ± sd over seeds {payload['seeds']}; lower is better)", ""]
+            nfe = {
+                m: _cell([r["nfe"] for r in runs["rows"] if r["setting"] == "dopri5" and r["method"] == m])
+                for m in payload["methods"]
+            }
+            lines.append("| method | " + " | ".join(settings) + " | dopri5 NFE |")
+            lines.append("|---|" + "---|" * (len(settings) + 1))
+            for m in payload["methods"]:
+                cells = [
+                    _cell([r[key] for r in runs["rows"] if r["setting"] == s and r["method"] == m])
+                    for s in settings
+                ]
+                lines.append(f"| {m} | " + " | ".join(cells) + f" | {nfe[m]} |")
+            floor = [r[key] for r in runs["rows"] if r["setting"] == "data"]
+            lines += [f"| *real training data* | {_cell(floor)} |" + " |" * len(settings), ""]
+        curv = "; ".join(
+            f"{m}: {_cell([p['curvature'] for p in runs['paths'] if p['method'] == m])}"
+            for m in payload["methods"]
+        )
+        chi2 = "; ".join(f"eps={e}: {_cell(v)}" for e, v in runs["chi2"].items())
+        lines += [f"{prob}: path curvature (rk4-32) {curv}.", "", f"{prob}: potential chi2 {chi2}.", ""]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--problems", default=",".join(PROBLEMS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=BUDGETS["quick"].steps)
+    parser.add_argument("--num", type=int, default=2000)
+    parser.add_argument("--tag", default="quality")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    budget = BUDGETS["quick"]
+    budget = type(budget)(**{**budget.__dict__, "steps": args.steps, "num": args.num})
+    payload = {
+        "machine": machine(),
+        "budget": budget.__dict__,
+        "seeds": seeds,
+        "methods": [m.name for m in METHODS],
+        "problems": {},
+    }
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for prob in args.problems.split(","):
+            spec = PROBLEMS[prob]
+            prep = prepare(spec)
+            scorer = scorer_for(prep, None, seed=0)  # one classifier per problem: comparable distances
+            runs = {
+                "spec": spec,
+                "rows": [],
+                "paths": [],
+                "chi2": {},
+                "timings": [],
+                "classifier_test_accuracy": None if scorer is None else scorer.test_accuracy,
+            }
+            for seed in seeds:
+                print(f"{prob} seed {seed}", flush=True)
+                cmp = compare(
+                    prep,
+                    Path(tmp) / prob / str(seed),
+                    methods=METHODS,
+                    budget=budget,
+                    seed=seed,
+                    scorer=scorer,
+                    log=lambda msg: print(msg, flush=True),
+                )
+                for m, res in cmp.results.items():
+                    runs["rows"] += [{**r, "method": m, "seed": seed} for r in res.rows]
+                    runs["paths"].append({**res.path, "method": m, "seed": seed})
+                    runs["timings"].append({**cmp.timings[m], "method": m, "seed": seed})
+                for eps, pot in cmp.potentials.items():
+                    runs["chi2"].setdefault(str(eps), []).append(pot.chi2)
+            payload["problems"][prob] = runs
+            payload["seconds"] = time.perf_counter() - t_all
+            save(args.tag, payload)  # after every problem: partial results survive an interruption
+    lines = tables(payload)
+    (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"total {payload['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""sdfm eval / sdfm demo and the evaluation layer: every promised file, held-out data, errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sdfm.cli.main import main
+from sdfm.evaluation import EvalConfig, evaluate_model
+from sdfm.evaluation.compare import BUDGETS, DEMO_METHODS
+from sdfm.evaluation.report import FILES
+
+DEMO_FILES = (*FILES, "chi2.png")
+
+
+class _Shift(torch.nn.Module):
+    """v(x, t) = c: the straight flow x1 = x0 + c (exact for every solver)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = torch.nn.Parameter(torch.as_tensor(c, dtype=torch.float32))
+
+    def forward(self, x, t, cond=None):
+        return self.c.expand_as(x)
+
+
+def test_evaluate_model_on_an_exact_flow():
+    # noise shifted by c against a reference that is N(c, I): every solver is exact, curvature 0,
+    # transport cost |c|^2, and the distances equal those of fresh N(c, I) samples
+    c = torch.tensor([3.0, -1.0])
+    ref = torch.randn(3000, 2, generator=torch.Generator().manual_seed(1)) + c
+    res = evaluate_model(
+        _Shift(c), ref, config=EvalConfig(steps=(1, 4), adaptive=True, num=1000, path_num=200)
+    )
+    settings = [r["setting"] for r in res.rows]
+    assert settings == ["euler-1", "euler-4", "dopri5"]
+    w2 = [r["w2"] for r in res.rows]
+    assert max(w2) - min(w2) < 1e-4 and max(w2) < 0.3  # finite-sample W2 of equal laws
+    assert res.rows[0]["nfe"] == 1 and res.rows[1]["nfe"] == 4 and res.rows[2]["nfe"] > 4
+    assert res.path["curvature"] == pytest.approx(0.0, abs=1e-10)
+    assert res.path["transport_cost"] == pytest.approx(10.0, rel=1e-6)
+    # a wrong flow is scored worse
+    bad = evaluate_model(_Shift(c * 0.5), ref, config=EvalConfig(steps=(1,), num=1000, path_num=10))
+    assert bad.rows[0]["w2"] > 1.0 and bad.rows[0]["energy"] > 10 * res.rows[0]["energy"]
+
+
+def test_eval_config_errors():
+    with pytest.raises(ValueError, match="steps"):
+        EvalConfig(steps=(0,))
+    with pytest.raises(ValueError, match="solver"):
+        EvalConfig(solver="dopri8")
+
+
+def test_demo_tiny_writes_every_promised_file_and_eval_reads_its_runs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert (
+        main(["demo", "--data", "gmm:d=3,k=3,n=600", "--budget", "tiny", "--out", str(out), "--quiet"]) == 0
+    )
+    for name in DEMO_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "classifier.safetensors").is_file()  # gmm has labels: classifier scores
+    report = (out / "report.md").read_text()
+    for method in DEMO_METHODS:
+        assert f"| {method.name} |" in report
+        assert (out / "runs" / method.slug / "run.json").is_file()
+    for name in DEMO_FILES:
+        if name.endswith(".png"):
+            assert f"({name})" in report, name
+    data = json.loads((out / "metrics.json").read_text())
+    rows = data["results"]["SD-FM"]["rows"]
+    assert [r["setting"] for r in rows] == ["data", "euler-1", "euler-2", "dopri5"]
+    for r in rows:
+        assert all(np.isfinite(r[k]) for k in ("w2", "energy", "mmd", "fd_classifier", "label_tv"))
+    assert data["potential"]["chi2"] > 0 and data["budget"] == "tiny"
+    # a second demo into the same folder is refused unless --overwrite
+    assert (
+        main(["demo", "--data", "gmm:d=3,k=3,n=600", "--budget", "tiny", "--out", str(out), "--quiet"]) == 2
+    )
+    assert "--overwrite" in capsys.readouterr().err
+
+    # sdfm eval on one of the demo's runs: held-out reference, classifier cached in the run
+    run = out / "runs" / "sd-fm"
+    assert main(["eval", "--run", str(run), "--steps", "1,3", "--num", "200", "--quiet"]) == 0
+    for name in FILES:
+        assert (run / "eval" / name).is_file(), name
+    assert (run / "eval" / "classifier.safetensors").is_file()
+    ev = json.loads((run / "eval" / "metrics.json").read_text())
+    res = next(iter(ev["results"].values()))
+    assert res["info"]["reference"] == "gmm:d=3,k=3,n=600,split=test" and res["info"]["heldout"]
+    assert [r["setting"] for r in res["rows"]] == ["data", "euler-1", "euler-3"]
+    assert "euler-3" in capsys.readouterr().out
+    # cached classifier is reused (same features -> same classifier Frechet distance)
+    assert main(["eval", "--run", str(run), "--steps", "1,3", "--num", "200", "--quiet"]) == 0
+    again = json.loads((run / "eval" / "metrics.json").read_text())
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(next(iter(again["results"].values()))["rows"]) == strip(res["rows"])
+
+
+def test_eval_and_demo_errors(tmp_path, capsys):
+    assert main(["eval", "--run", str(tmp_path / "nope")]) == 2
+    assert "not an sdfm run" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--run", str(tmp_path), "--steps", "1,x"])
+    assert exc.value.code == 2
+    assert "--steps" in capsys.readouterr().err
+    assert main(["eval", "--run", str(tmp_path), "--fid-weights", str(tmp_path / "w.pth")]) == 2
+    assert "not a file" in capsys.readouterr().err
+    np.save(tmp_path / "x.npy", np.zeros((10, 2), np.float32))
+    assert main(["demo", "--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "d"), "--quiet"]) == 2
+    assert "no held-out split" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "runs").exists()
+
+
+def test_eval_on_a_file_run_says_nothing_is_held_out(tmp_path):
+    x = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "x.npy"),
+                "--coupling",
+                "independent",
+                "--steps",
+                "10",
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert main(["eval", "--run", str(run), "--steps", "1", "--num", "100", "--quiet"]) == 0
+    assert "No held-out data" in (run / "eval" / "report.md").read_text()
+
+
+def test_budgets_are_sane():
+    assert BUDGETS["quick"].steps >= 1000 and BUDGETS["full"].steps > BUDGETS["quick"].steps
+    assert BUDGETS["quick"].eval_steps == (1, 2, 4, 8, 16) and BUDGETS["quick"].adaptive
