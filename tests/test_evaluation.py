@@ -45,6 +45,37 @@ def test_evaluate_model_on_an_exact_flow():
     assert bad.rows[0]["w2"] > 1.0 and bad.rows[0]["energy"] > 10 * res.rows[0]["energy"]
 
 
+class _ClassShift(torch.nn.Module):
+    """Conditional flow v(x, t, c) = centers[c]: x1 = x0 + centers[c]."""
+
+    def __init__(self, centers):
+        super().__init__()
+        self.centers = torch.nn.Parameter(centers)
+
+    def forward(self, x, t, cond=None):
+        return self.centers[cond]
+
+
+def test_conditional_accuracy_and_label_histogram():
+    from sdfm.evaluation.evaluate import fit_scorer
+
+    g = torch.Generator().manual_seed(2)
+    centers = torch.tensor([[6.0, 0.0], [-6.0, 0.0], [0.0, 6.0]])
+    labels = torch.tensor([0] * 600 + [1] * 300 + [2] * 300)
+    x = centers[labels] + torch.randn(1200, 2, generator=g)
+    scorer = fit_scorer(x, labels, layout=None, reference=x, ref_labels=labels)
+    assert scorer.test_accuracy > 0.98
+    torch.testing.assert_close(scorer.class_freq, torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64))
+    cfg = EvalConfig(steps=(1,), num=600, path_num=20)
+    good = evaluate_model(_ClassShift(centers), x, config=cfg, scorer=scorer, num_classes=3)
+    row = good.rows[0]
+    assert row["accuracy"] > 0.97 and row["label_tv"] < 0.06
+    # labels mapped to the wrong clusters: wrong classes, wrong class weights, larger feature distance
+    swapped = evaluate_model(_ClassShift(centers[[1, 2, 0]]), x, config=cfg, scorer=scorer, num_classes=3)
+    bad = swapped.rows[0]
+    assert bad["accuracy"] < 0.05 and bad["label_tv"] > 0.2 and bad["fd_classifier"] > row["fd_classifier"]
+
+
 def test_eval_config_errors():
     with pytest.raises(ValueError, match="steps"):
         EvalConfig(steps=(0,))

@@ -202,6 +202,9 @@ def plot_chi2(history, path, *, tol: float | None = None) -> Path:
         ax.axhline(tol, color="k", ls="--", lw=1, label=f"tol {tol}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("noise samples")
     ax.set_ylabel("chi2(marginal || b)")
     ax.legend(fontsize=8)

@@ -31,12 +31,7 @@ def metric_tables(results: dict[str, EvalResult]) -> list[str]:
     for key, (label, lower) in METRICS.items():
         if not any(key in r for res in results.values() for r in res.rows):
             continue
-        heads = []
-        for s in settings:
-            nfes = {r["nfe"] for res in results.values() for r in res.rows if r["setting"] == s}
-            heads.append(
-                s if not s.startswith("dopri5") else f"dopri5 (NFE {'/'.join(map(str, sorted(nfes)))})"
-            )
+        heads = [s if s != "dopri5" else "dopri5 (NFE)" for s in settings]
         ref = (
             f"; real training data against the reference: {_fmt(floor[key])}"
             if floor and key in floor
@@ -56,7 +51,10 @@ def metric_tables(results: dict[str, EvalResult]) -> list[str]:
             for s in settings:
                 v = by.get(s, {}).get(key)
                 cell = _fmt(v)
-                cells.append(f"**{cell}**" if v is not None and best.get(s) == v else cell)
+                cell = f"**{cell}**" if v is not None and best.get(s) == v else cell
+                if s == "dopri5" and v is not None:
+                    cell += f" ({by[s]['nfe']})"
+                cells.append(cell)
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [
