@@ -354,7 +354,8 @@ def run_demo(
     total = time.perf_counter() - t0
     notes = [
         f"Data `{data}` ({prep.train.shape[0]} training points, d = {prep.train.shape[1]}); "
-        f"held-out reference `{prep.reference_name}` ({prep.reference.shape[0]} points). "
+        f"held-out reference `{prep.reference_name}` ({prep.reference.shape[0]} points; metrics use a "
+        f"fixed subset of {min(budget.num, prep.reference.shape[0])}). "
         f"Budget `{name}`: MLP (width {budget.hidden}, {budget.depth} residual blocks), "
         f"{budget.steps} steps of batch {budget.batch_size}, lr {budget.lr}, "
         f"seed {seed}, the same for every method; EMA weights evaluated. {budget.num} samples per setting "
