@@ -166,6 +166,8 @@ def test_eval_on_a_file_run_says_nothing_is_held_out(tmp_path):
     )
     assert main(["eval", "--run", str(run), "--steps", "1", "--num", "100", "--quiet"]) == 0
     assert "No held-out data" in (run / "eval" / "report.md").read_text()
+    rows = next(iter(json.loads((run / "eval" / "metrics.json").read_text())["results"].values()))["rows"]
+    assert rows[0]["setting"] == "data" and rows[0]["w2"] > 0.05  # not the reference compared with itself
 
 
 def test_budgets_are_sane():
