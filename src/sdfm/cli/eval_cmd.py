@@ -69,7 +69,7 @@ def add_eval_parser(sub, positive_int) -> None:
         "--budget",
         choices=["tiny", "quick", "full"],
         default="quick",
-        help="quick: 3000 steps per method, ~2.5 min on 2 CPU cores in 2-D; full: 30000 steps; "
+        help="quick: 3000 steps per method, ~2.5 min on 2 CPU cores in 2-D; full: 30000 steps, ~21 min; "
         "tiny: a smoke test (default quick)",
     )
     d.add_argument("--out", default="demo", help="output folder (default ./demo)")
