@@ -217,3 +217,72 @@ def test_low_precision_argument_errors():
         assign(torch.randn(3, 2), y, g, score_dtype=torch.int8)
     with pytest.raises(ValueError, match="score_dtype"):
         assign(torch.randn(3, 2), y, g, eps=0.1, score_dtype=torch.bfloat16)
+
+
+# --- class-conditional pairing (masked argmax) ------------------------------------------------------
+
+
+def _masked_brute(x, y, g, xc, yc):
+    scores = x.double() @ y.double().T + g.double() - 0.5 * y.double().square().sum(1)
+    scores[xc[:, None] != yc[None, :]] = float("-inf")
+    return scores.argmax(1)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_class_conditional_assign_equals_masked_brute_force(chunk_size):
+    from sdfm.transport import LaguerreCells, assign
+
+    g = torch.Generator().manual_seed(11)
+    y = torch.randn(300, 5, generator=g, dtype=torch.float64)
+    pot = torch.randn(300, generator=g, dtype=torch.float64)
+    yc = torch.randint(0, 4, (300,), generator=g)
+    x = torch.randn(5000, 5, generator=g, dtype=torch.float64)  # > one row block of 2048
+    xc = torch.randint(0, 4, (5000,), generator=g)
+    idx = assign(x, y, pot, classes=xc, target_classes=yc, chunk_size=chunk_size)
+    torch.testing.assert_close(idx, _masked_brute(x, y, pot, xc, yc))
+    assert bool((yc[idx] == xc).all())
+    # unconditional pairing is unchanged, and differs (classes matter)
+    cells = LaguerreCells(y, pot, chunk_size=chunk_size)
+    plain = cells.assign(x)
+    torch.testing.assert_close(plain, _masked_brute(x, y, pot, torch.zeros_like(xc), torch.zeros_like(yc)))
+    assert bool((plain != idx).any())
+
+
+def test_class_conditional_gumbel_matches_masked_softmax():
+    from sdfm.transport import LaguerreCells
+
+    g = torch.Generator().manual_seed(12)
+    y = torch.randn(6, 2, generator=g, dtype=torch.float64)
+    pot = torch.randn(6, generator=g, dtype=torch.float64)
+    yc = torch.tensor([0, 1, 0, 1, 0, 1])
+    x = torch.tensor([[0.3, -0.2]], dtype=torch.float64).expand(40000, 2).contiguous()
+    xc = torch.ones(40000, dtype=torch.long)
+    eps = 0.7
+    cells = LaguerreCells(y, pot, eps=eps, classes=yc)
+    idx = cells.assign(x, generator=torch.Generator().manual_seed(3), classes=xc)
+    freq = torch.bincount(idx, minlength=6).double() / idx.numel()
+    logits = (pot - 0.5 * (x[0] - y).square().sum(1)) / eps
+    logits[yc != 1] = float("-inf")
+    prob = torch.softmax(logits, 0)
+    assert float(freq[yc != 1].sum()) == 0.0
+    torch.testing.assert_close(freq, prob, atol=0.01, rtol=0)
+
+
+def test_class_conditional_errors():
+    from sdfm.transport import LaguerreCells, assign
+
+    y, pot = torch.randn(10, 2), torch.zeros(10)
+    yc = torch.tensor([0] * 5 + [2] * 5)
+    x = torch.randn(4, 2)
+    with pytest.raises(ValueError, match=r"no target has class \[1\]"):
+        assign(x, y, pot, classes=torch.tensor([0, 1, 2, 1]), target_classes=yc)
+    with pytest.raises(ValueError, match="need the class of every noise"):
+        LaguerreCells(y, pot, classes=yc).assign(x)
+    with pytest.raises(ValueError, match="no target classes"):
+        LaguerreCells(y, pot).assign(x, classes=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"classes: expected shape \[4\]"):
+        assign(x, y, pot, classes=torch.zeros(3, dtype=torch.long), target_classes=yc)
+    with pytest.raises(ValueError, match="integer class labels"):
+        assign(x, y, pot, classes=torch.zeros(4), target_classes=yc)
+    with pytest.raises(ValueError, match="low-precision"):
+        LaguerreCells(y, pot, classes=yc, score_dtype=torch.bfloat16)

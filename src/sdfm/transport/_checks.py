@@ -110,3 +110,16 @@ def check_positive_int(value, name: str, allow_none: bool = True) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     return int(value)
+
+
+def as_labels(labels, n: int, name: str) -> torch.Tensor:
+    """Integer class labels [n] >= 0 as int64."""
+    t = as_tensor(labels, name)
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"{name}: expected shape [{n}] (one class per row), got {tuple(t.shape)}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name}: expected integer class labels, got dtype {t.dtype}")
+    t = t.to(torch.int64)
+    if t.numel() and int(t.min()) < 0:
+        raise ValueError(f"{name}: class labels must be >= 0, got {int(t.min())}")
+    return t

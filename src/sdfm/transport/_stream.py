@@ -137,6 +137,7 @@ def stream_argmax(
     alpha: float = 1.0,
     top2: bool = False,
     gumbel: torch.Generator | None | bool = False,
+    classes: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Row-wise argmax of the scores over all targets, streamed.
 
@@ -144,6 +145,9 @@ def stream_argmax(
         gumbel: False for a plain argmax; otherwise a generator (or None for the global one) that
             draws i.i.d. standard Gumbel noise added to every score (Gumbel-max sampling).
         top2: also return the second-best score (for the gap statistics of the solver).
+        classes: (query classes [n], target classes [N]) on ``x.device``: each row's argmax is
+            taken over the targets of its own class only (the other scores are masked to -inf in
+            each block; no per-class copy of the targets). Every query class must have targets.
 
     Returns:
         index [n] (int64), best score [n], second-best score [n] or None.
@@ -151,9 +155,17 @@ def stream_argmax(
     if x.shape[0] > ROW_BLOCK:
         parts = [
             stream_argmax(
-                xb, targets, bias, chunk=chunk, center=center, alpha=alpha, top2=top2, gumbel=gumbel
+                x[r : r + ROW_BLOCK],
+                targets,
+                bias,
+                chunk=chunk,
+                center=center,
+                alpha=alpha,
+                top2=top2,
+                gumbel=gumbel,
+                classes=None if classes is None else (classes[0][r : r + ROW_BLOCK], classes[1]),
             )
-            for xb in _row_blocks(x)
+            for r in range(0, x.shape[0], ROW_BLOCK)
         ]
         second = torch.cat([p[2] for p in parts]) if top2 else None
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), second
@@ -171,6 +183,9 @@ def stream_argmax(
             torch.rand(g.shape, generator=gumbel, dtype=x.dtype, device=x.device, out=g)
             g.log_().neg_().log_().neg_()
             block.add_(g)
+        if classes is not None:
+            other = classes[0][:, None] != classes[1][None, start : start + block.shape[1]]
+            block.masked_fill_(other, float("-inf"))
         if top2 and block.shape[1] >= 2:
             vals, idx = block.topk(2, dim=1)
             v1, i1, v2 = vals[:, 0], idx[:, 0], vals[:, 1]

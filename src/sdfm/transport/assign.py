@@ -75,12 +75,25 @@ class LaguerreCells:
             rounding bound of the best is re-scored in float64, so the argmax stays exact (equal to
             the float64 one). Faster where low-precision matmuls are (GPUs; CPUs with AVX512-BF16
             or AMX); keeps a low-precision copy of the centred targets (N d 2 bytes per device).
+        classes: class labels of the targets [N] (integers) for class-conditional pairing: then
+            :meth:`assign` takes the class of every noise sample and pairs it within that class
+            only (the argmax, or the Gumbel-max sample, over the targets of its class; the other
+            scores are masked, so no per-class copy of the data is made). The potential then holds
+            one sub-problem per class (see the solver for fitting it).
 
     The targets and potential are validated here, once; do not modify them afterwards.
     """
 
     def __init__(
-        self, targets, potential, *, eps: float = 0.0, weights=None, chunk_size=None, score_dtype=None
+        self,
+        targets,
+        potential,
+        *,
+        eps: float = 0.0,
+        weights=None,
+        chunk_size=None,
+        score_dtype=None,
+        classes=None,
     ):
         self.targets = _checks.as_targets(targets)
         n_targets, d = self.targets.shape
@@ -98,6 +111,10 @@ class LaguerreCells:
                 "score_dtype: low-precision scoring is exact for eps = 0 only; use None for eps > 0"
             )
         self.score_dtype = score_dtype
+        self.classes = None if classes is None else _checks.as_labels(classes, n_targets, "classes")
+        if self.classes is not None and score_dtype is not None:
+            raise ValueError("score_dtype: low-precision scoring does not support class-conditional pairing")
+        self._class_cache: dict[str, torch.Tensor] = {}
         self._cache: dict[tuple, _Keys] = {}
 
     @property
@@ -156,18 +173,45 @@ class LaguerreCells:
         kwargs = {"chunk": chunk, "center": keys.center, "alpha": self.alpha}
         return x, keys, kwargs
 
-    def assign(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _class_pair(self, classes, x: torch.Tensor):
+        """(query classes, target classes) on x's device, checked; None without classes."""
+        if self.classes is None:
+            if classes is not None:
+                raise ValueError(
+                    "classes: these cells have no target classes (pass classes= when building them)"
+                )
+            return None
+        if classes is None:
+            raise ValueError("classes: class-conditional cells need the class of every noise sample")
+        query = _checks.as_labels(classes, x.shape[0], "classes").to(x.device)
+        key = str(x.device)
+        if key not in self._class_cache:
+            self._class_cache[key] = self.classes.to(x.device)
+        present = torch.bincount(self.classes, minlength=int(query.max()) + 1 if query.numel() else 1) > 0
+        present = present.to(x.device)
+        if query.numel() and not bool(present[query].all()):
+            missing = sorted(set(query[~present[query]].tolist()))
+            raise ValueError(
+                f"classes: no target has class {missing[:5]} (noise samples of a class need targets)"
+            )
+        return query, self._class_cache[key]
+
+    def assign(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, classes: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Cell of each noise sample x [n, d]: int64 index [n] on ``x.device``.
 
         eps = 0: the exact argmax (equal to brute force up to ties). eps > 0: an exact sample from the
-        softmax by Gumbel-max, with randomness from ``generator`` (on ``x.device``).
+        softmax by Gumbel-max, with randomness from ``generator`` (on ``x.device``). With target
+        classes, ``classes`` [n] gives each sample's class and the pairing stays within it.
         """
         x, keys, kw = self._query(x)
+        pair = self._class_pair(classes, x)
         if self.score_dtype is not None:
             return stream_argmax_lowp(x, keys.lowp, targets=self.targets, chunk=kw["chunk"])
         with full_precision(x.device):
             index, _, _ = stream_argmax(
-                x, self.targets, keys.bias, **kw, gumbel=False if self.eps == 0 else generator
+                x, self.targets, keys.bias, **kw, gumbel=False if self.eps == 0 else generator, classes=pair
             )
         return index
 
@@ -221,6 +265,8 @@ def assign(
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
     score_dtype: torch.dtype | None = None,
+    classes: torch.Tensor | None = None,
+    target_classes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pairs each noise sample with a target through the dual potential.
 
@@ -245,14 +291,23 @@ def assign(
         score_dtype: None (exact float32/float64 scores) or torch.bfloat16 / torch.float16 (eps = 0:
             low-precision scores, then float64 re-scoring of every candidate within the rounding
             bound; the result stays exact, see :class:`LaguerreCells`).
+        classes, target_classes: class-conditional pairing: the class of each noise sample [n] and
+            of each target [N]; every sample is paired within its class (scores of other classes
+            masked, no per-class copies).
 
     Returns:
         int64 index [n] of the paired targets, on ``x.device``.
     """
     cells = LaguerreCells(
-        targets, potential, eps=eps, weights=weights, chunk_size=chunk_size, score_dtype=score_dtype
+        targets,
+        potential,
+        eps=eps,
+        weights=weights,
+        chunk_size=chunk_size,
+        score_dtype=score_dtype,
+        classes=target_classes,
     )
-    return cells.assign(x, generator=generator)
+    return cells.assign(x, generator=generator, classes=classes)
 
 
 def marginal(x, targets, potential, *, eps=0.0, weights=None, chunk_size=None) -> torch.Tensor:
