@@ -214,3 +214,68 @@ def test_bad_noise_sampler():
 
     with pytest.raises(ValueError, match="noise"):
         SemidiscreteSolver(max_steps=3).solve(torch.randn(5, 2), noise=bad, progress=False)
+
+
+# --- class-conditional potentials -------------------------------------------------------------------
+
+
+def test_per_class_1d_closed_form():
+    """Within each class the 1-D cells are the Gaussian quantiles of that class's weights."""
+    from sdfm.transport import solve_per_class
+
+    g = gen(21)
+    y = torch.randn(30, 1, generator=g, dtype=torch.float64) * 2
+    classes = torch.tensor([0] * 12 + [2] * 18)
+    w = torch.rand(30, generator=g, dtype=torch.float64) + 0.5
+    res = solve_per_class(SemidiscreteSolver(tol=3e-4), y, classes, w, generator=gen(22), progress=False)
+    assert res.converged and set(res.chi2_per_class) == {0, 2}
+    b = w / w.sum()
+    torch.testing.assert_close(
+        res.class_probs, torch.tensor([float(b[:12].sum()), 0.0, float(b[12:].sum())], dtype=torch.float64)
+    )
+    for sl in (slice(0, 12), slice(12, 30)):
+        yc, gc, bc = y[sl], res.potential[sl], b[sl] / b[sl].sum()
+        order, bnd = boundaries_1d(yc, gc)
+        cum = torch.cumsum(bc[order], 0)[:-1]
+        assert float((normal_cdf(bnd) - cum).abs().max()) < 0.2 / yc.shape[0]
+    assert res.chi2 == pytest.approx(
+        sum(float(res.class_probs[c]) * v for c, v in res.chi2_per_class.items())
+    )
+
+
+def test_per_class_marginals_checked_with_masked_pairing():
+    from sdfm.data.toy import checkerboard
+    from sdfm.transport import assign, solve_per_class
+
+    y = torch.from_numpy(checkerboard(600, seed=4))
+    classes = (y[:, 0] > 0).long() + 2 * (y[:, 1] > 0).long()  # four quadrant classes
+    res = solve_per_class(SemidiscreteSolver(), y, classes, generator=gen(5), progress=False)
+    assert res.converged and res.chi2 + 2 * res.chi2_stderr <= 0.05 + 1e-12
+    # independent check: noise classes drawn from p(c), paired within the class by the masked argmax
+    m = 400_000
+    xc = torch.multinomial(res.class_probs, m, replacement=True, generator=gen(6))
+    idx = assign(torch.randn(m, 2, generator=gen(7)), y, res.potential, classes=xc, target_classes=classes)
+    assert bool((classes[idx] == xc).all())
+    counts = torch.bincount(idx, minlength=600).double()
+    for c in range(4):
+        sel = classes == c
+        mc = counts[sel] / counts[sel].sum()
+        bc = torch.full((int(sel.sum()),), 1.0 / float(sel.sum()), dtype=torch.float64)
+        chi2 = float((mc**2 / bc).sum() - 1) - (bc.numel() - 1) / float(counts[sel].sum())  # debiased
+        assert chi2 < 0.07, (c, chi2)
+
+
+def test_per_class_shared_eps_and_duplicates():
+    from sdfm.transport import relative_eps_scale, solve_per_class
+
+    y = torch.randn(40, 2, generator=gen(8))
+    y[5] = y[3]  # a duplicate inside class 0
+    classes = torch.tensor([0] * 20 + [1] * 20)
+    res = solve_per_class(SemidiscreteSolver(eps=0.1), y, classes, generator=gen(9), progress=False)
+    assert res.eps == pytest.approx(0.1 * relative_eps_scale(y))
+    assert all(r.eps == res.eps for r in res.per_class.values())
+    assert res.duplicates is not None and res.duplicates.num_duplicates == 1
+    assert int(res.duplicates.inverse[3]) == int(res.duplicates.inverse[5])
+    assert int(res.duplicates.representative[res.duplicates.inverse[25]]) == 25
+    with pytest.raises(ValueError, match="classes"):
+        solve_per_class(SemidiscreteSolver(), y, classes[:5], progress=False)

@@ -8,6 +8,7 @@
 """
 
 from sdfm.transport.assign import LaguerreCells, assign, c_transform, marginal
+from sdfm.transport.conditional import ClassConditionalResult, solve_per_class
 from sdfm.transport.diagnostics import (
     MarginalEstimate,
     chi2_from_counts,
@@ -30,6 +31,7 @@ from sdfm.transport.semidiscrete import (
 from sdfm.transport.sources import standard_normal
 
 __all__ = [
+    "ClassConditionalResult",
     "DuplicateGroups",
     "HistoryEntry",
     "LaguerreCells",
@@ -49,6 +51,7 @@ __all__ = [
     "relative_eps_scale",
     "sample_plan_rows",
     "sinkhorn",
+    "solve_per_class",
     "standard_normal",
     "total_variation",
     "transport_cost",
