@@ -143,3 +143,30 @@ def test_semidiscrete_bf16_scores_give_the_same_pairs(data):
     a = SemidiscreteCoupling.from_result(y, res).sample(400, generator=gen(9))
     b = SemidiscreteCoupling.from_result(y, res, score_dtype=torch.bfloat16).sample(400, generator=gen(9))
     assert torch.equal(a.index, b.index)
+
+
+def test_class_conditional_semidiscrete_coupling():
+    from sdfm.transport import solve_per_class
+
+    g = gen(30)
+    labels = torch.tensor([0] * 150 + [1] * 50 + [2] * 100)
+    y = torch.randn(300, 3, generator=g) + 3 * labels[:, None].float()
+    w = torch.rand(300, generator=g, dtype=torch.float64) + 0.5
+    res = solve_per_class(SemidiscreteSolver(), y, labels, w, generator=gen(31), progress=False)
+    coupling = SemidiscreteCoupling.from_result(y, res)
+    assert coupling.conditional
+    b = w / w.sum()
+    expected_p = torch.stack([b[labels == c].sum() for c in range(3)])
+    torch.testing.assert_close(coupling.class_probs, expected_p)
+    pairs = coupling.sample(20000, generator=gen(32))
+    # every pair stays in its class, cond is that class, and the classes follow p(c)
+    assert bool((labels[pairs.index] == pairs.cond).all())
+    freq = torch.bincount(pairs.cond, minlength=3).double() / 20000
+    torch.testing.assert_close(freq, expected_p, atol=0.015, rtol=0)
+    # within a class the pairs are the masked argmax of the noise (brute force)
+    x0, idx, c = pairs.x0.double(), pairs.index, pairs.cond
+    scores = x0 @ y.double().T + res.potential - 0.5 * y.double().square().sum(1)
+    scores[c[:, None] != labels[None, :]] = float("-inf")
+    torch.testing.assert_close(idx, scores.argmax(1))
+    with pytest.raises(ValueError, match="needs labels"):
+        SemidiscreteCoupling(y, res.potential, conditional=True)

@@ -27,6 +27,9 @@ class SemidiscreteCoupling(DataCoupling):
         chunk_size: data points per score block (default automatic, ~2M scores per block).
         score_dtype: ``torch.bfloat16`` for faster exact pairing where bf16 matmuls are fast (eps = 0;
             see :class:`~sdfm.transport.LaguerreCells`); None = float32 scores.
+        conditional: class-conditional pairing (needs ``labels`` and a potential from
+            :func:`~sdfm.transport.solve_per_class`): each noise gets a class c drawn from the data's
+            class masses p(c) and is paired within class c only; ``cond`` is c.
 
     Build it from a solver result with :meth:`from_result` or from a potential file with
     :meth:`from_file` (which refuses a potential solved for other data).
@@ -46,8 +49,12 @@ class SemidiscreteCoupling(DataCoupling):
         noise=standard_normal,
         chunk_size: int | None = None,
         score_dtype: torch.dtype | None = None,
+        conditional: bool = False,
     ):
         super().__init__(data, labels=labels, weights=weights, noise=noise)
+        if conditional and self.labels is None:
+            raise ValueError("conditional: class-conditional pairing needs labels")
+        self.conditional = bool(conditional)
         self.cells = LaguerreCells(
             self.data,
             potential,
@@ -55,7 +62,13 @@ class SemidiscreteCoupling(DataCoupling):
             weights=self.weights,
             chunk_size=chunk_size,
             score_dtype=score_dtype,
+            classes=self.labels if self.conditional else None,
         )
+        if self.conditional:
+            b = self.weights if self.weights is not None else torch.ones(self.num_data, dtype=torch.float64)
+            mass = torch.zeros(int(self.labels.max()) + 1, dtype=torch.float64, device=b.device)
+            self.class_probs = mass.index_add_(0, self.labels.to(b.device), b.to(torch.float64))
+            self.class_probs = self.class_probs / self.class_probs.sum()
         self.eps = self.cells.eps
         if duplicates is not None and duplicates.inverse.shape[0] != self.num_data:
             raise ValueError(
@@ -65,7 +78,13 @@ class SemidiscreteCoupling(DataCoupling):
 
     @classmethod
     def from_result(cls, data, result, **kwargs) -> SemidiscreteCoupling:
-        """From a :class:`~sdfm.transport.SemidiscreteResult` of the same data."""
+        """From a :class:`~sdfm.transport.SemidiscreteResult` of the same data, or a
+        :class:`~sdfm.transport.ClassConditionalResult` (then conditional, with its classes as labels)."""
+        from sdfm.transport.conditional import ClassConditionalResult
+
+        if isinstance(result, ClassConditionalResult):
+            kwargs.setdefault("labels", result.classes)
+            kwargs.setdefault("conditional", True)
         return cls(
             data,
             result.potential,
@@ -86,7 +105,11 @@ class SemidiscreteCoupling(DataCoupling):
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Pairs:
         n = self._check_n(n)
         x0 = self.draw_noise(n, generator)
-        index = self.cells.assign(x0, generator=generator)
+        classes = None
+        if self.conditional:
+            probs = self.class_probs.to(x0.device)
+            classes = torch.multinomial(probs, n, replacement=True, generator=generator)
+        index = self.cells.assign(x0, generator=generator, classes=classes)
         if self.duplicates is not None:
             index = self.duplicates.spread(index, generator)
         return self.pairs(x0, index)
