@@ -55,3 +55,12 @@ def test_ema_tracks_the_average():
     torch.testing.assert_close(ema.module.weight, torch.full((1, 2), 2.0), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="decay"):
         make_ema(m, decay=1.0)
+
+
+def test_null_label_minus_one_is_the_no_label_token():
+    from sdfm.models import LabelEmbedding
+
+    emb = LabelEmbedding(5, 8)
+    torch.testing.assert_close(emb(torch.tensor([-1, 2]), 2, "cpu")[0], emb(None, 1, "cpu")[0])
+    with pytest.raises(ValueError, match="labels must lie"):
+        emb(torch.tensor([-2]), 1, "cpu")

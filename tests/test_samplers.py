@@ -73,3 +73,33 @@ def test_cond_is_passed_and_bad_arguments():
         integrate(field, torch.zeros(3, 2), method="rk45")
     with pytest.raises(ValueError, match="steps"):
         integrate(field, torch.zeros(3, 2), steps=0)
+
+
+class _LabelField(torch.nn.Module):
+    """v(x, t, c) = c + 1 for labels c >= 0 and 0 for the null label -1."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t, cond=None):
+        v = (cond.to(x.dtype) + 1.0) * (cond >= 0).to(x.dtype)
+        return v[:, None].expand_as(x) + self.w
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4", "dopri5"])
+def test_classifier_free_guidance(method):
+    from sdfm.samplers import integrate
+
+    x0 = torch.zeros(6, 2)
+    cond = torch.tensor([0, 1, 2, 0, 1, 2])
+    plain = integrate(_LabelField(), x0, steps=2, method=method, cond=cond)
+    torch.testing.assert_close(plain.x, (cond + 1.0)[:, None].expand(6, 2))
+    guided = integrate(_LabelField(), x0, steps=2, method=method, cond=cond, guidance=2.5)
+    # v_null + w (v_cond - v_null) = 2.5 (c + 1): constant field, exact for every solver
+    torch.testing.assert_close(guided.x, 2.5 * (cond + 1.0)[:, None].expand(6, 2))
+    assert guided.nfe == 2 * plain.nfe
+    same = integrate(_LabelField(), x0, steps=2, method=method, cond=cond, guidance=1.0)
+    assert same.nfe == plain.nfe
+    with pytest.raises(ValueError, match="guidance"):
+        integrate(_LabelField(), x0, steps=2, method=method, guidance=2.0)

@@ -88,3 +88,32 @@ def test_train_config_errors():
         TrainConfig(time_sampler="beta")
     with pytest.raises(ValueError, match="resume"):
         train(_model(), IndependentCoupling(torch.randn(4, 2)), TrainConfig(steps=1), None, resume=True)
+
+
+def test_label_dropout_replaces_labels_by_the_null_label():
+    from sdfm.couplings import IndependentCoupling
+    from sdfm.train import TrainConfig, train
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+        def forward(self, x, t, cond=None):
+            seen.append(cond.clone())
+            return self.lin(x)
+
+    y = torch.randn(100, 2)
+    labels = torch.randint(0, 3, (100,))
+    coupling = IndependentCoupling(y, labels=labels)
+    train(Spy(), coupling, TrainConfig(steps=20, batch_size=200, label_dropout=0.3, warmup=0), progress=False)
+    cond = torch.cat(seen)
+    frac = float((cond == -1).double().mean())
+    assert 0.25 < frac < 0.35 and bool((cond >= -1).all())
+    seen.clear()
+    train(Spy(), coupling, TrainConfig(steps=2, batch_size=50, warmup=0), progress=False)
+    assert not bool((torch.cat(seen) == -1).any())
+    with pytest.raises(ValueError, match="label_dropout"):
+        TrainConfig(label_dropout=1.0)

@@ -28,7 +28,8 @@ class SinusoidalTimeEmbedding(nn.Module):
 
 class LabelEmbedding(nn.Module):
     """Class labels [n] -> [n, dim]; index ``num_classes`` is the "no label" token (for label dropout
-    and classifier-free guidance). ``None`` labels embed as the no-label token."""
+    and classifier-free guidance). ``None`` labels and the label -1 (``sdfm.samplers.NULL_LABEL``)
+    embed as the no-label token."""
 
     def __init__(self, num_classes: int, dim: int):
         super().__init__()
@@ -39,6 +40,7 @@ class LabelEmbedding(nn.Module):
         if labels is None:
             labels = torch.full((n,), self.num_classes, dtype=torch.long, device=device)
         labels = labels.to(device=device, dtype=torch.long)
+        labels = torch.where(labels == -1, self.num_classes, labels)
         if bool(((labels < 0) | (labels > self.num_classes)).any()):
             raise ValueError(
                 f"cond: labels must lie in [0, {self.num_classes}), got {labels.min()}..{labels.max()}"

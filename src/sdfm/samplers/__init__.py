@@ -1,6 +1,26 @@
 """ODE samplers (layer L1): euler, midpoint, heun, rk4 with one signature and exact NFE counts, and
 adaptive dopri5 through torchdiffeq. ``SAMPLERS`` is the registry of fixed-step methods."""
 
-from sdfm.samplers.fixed import SAMPLERS, SOLVERS, SampleResult, euler, heun, integrate, midpoint, rk4
+from sdfm.samplers.fixed import (
+    NULL_LABEL,
+    SAMPLERS,
+    SOLVERS,
+    SampleResult,
+    euler,
+    heun,
+    integrate,
+    midpoint,
+    rk4,
+)
 
-__all__ = ["SAMPLERS", "SOLVERS", "SampleResult", "euler", "heun", "integrate", "midpoint", "rk4"]
+__all__ = [
+    "NULL_LABEL",
+    "SAMPLERS",
+    "SOLVERS",
+    "SampleResult",
+    "euler",
+    "heun",
+    "integrate",
+    "midpoint",
+    "rk4",
+]

@@ -67,16 +67,35 @@ class SampleResult:
     times: torch.Tensor | None = None
 
 
-class CountingField:
-    """Wraps ``model(x, t [n], cond)`` as ``f(x, t_scalar)`` and counts its evaluations."""
+#: the label that means "no label" (label dropout, the unconditional branch of guidance)
+NULL_LABEL = -1
 
-    def __init__(self, model, cond: torch.Tensor | None = None):
+
+class CountingField:
+    """Wraps ``model(x, t [n], cond)`` as ``f(x, t_scalar)`` and counts network evaluations per sample.
+
+    With ``guidance`` w (classifier-free guidance) the field is v(x, t, null) + w (v(x, t, c) -
+    v(x, t, null)), the null label being :data:`NULL_LABEL`: both branches run as one batch of 2n
+    and count as 2 evaluations; w = 1 is the plain conditional field (1 evaluation).
+    """
+
+    def __init__(self, model, cond: torch.Tensor | None = None, guidance: float | None = None):
+        if guidance is not None and cond is None:
+            raise ValueError("guidance: classifier-free guidance needs labels (cond)")
         self.model, self.cond, self.nfe = model, cond, 0
+        self.guidance = None if guidance is None or float(guidance) == 1.0 else float(guidance)
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
-        self.nfe += 1
         tt = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
-        return self.model(x, tt, self.cond)
+        if self.guidance is None:
+            self.nfe += 1
+            return self.model(x, tt, self.cond)
+        self.nfe += 2
+        n = x.shape[0]
+        labels = torch.cat([self.cond, torch.full_like(self.cond, NULL_LABEL)])
+        v = self.model(torch.cat([x, x]), torch.cat([tt, tt]), labels)
+        v_cond, v_null = v[:n], v[n:]
+        return v_null + self.guidance * (v_cond - v_null)
 
 
 def _check(x0: torch.Tensor, steps: int, method: str) -> None:
@@ -102,6 +121,7 @@ def integrate(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     trajectory_points: int = 33,
+    guidance: float | None = None,
 ) -> SampleResult:
     """Integrates dx/dt = model(x, t, cond) from x0 at t0 to t1.
 
@@ -114,9 +134,12 @@ def integrate(
         cond: labels [n] passed to the model, or None.
         trajectory: also return the states at each step ([steps + 1, n, d]; for dopri5 at
             ``trajectory_points`` uniform times).
+        guidance: classifier-free guidance scale w (needs ``cond`` and a model trained with label
+            dropout): v_null + w (v_cond - v_null); None or 1 = no guidance. NFE then counts the
+            two branches.
     """
     _check(x0, steps, method)
-    f = CountingField(model, cond)
+    f = CountingField(model, cond, guidance)
     if method == "dopri5":
         from sdfm.samplers.adaptive import integrate_adaptive
 

@@ -40,6 +40,8 @@ class TrainConfig:
         seed: seed of the one generator that draws all pairs and times.
         log_every, checkpoint_every: in steps (checkpoint_every 0 = only at the end); keep: checkpoints kept.
         bf16: bfloat16 autocast on CUDA (ignored on CPU); compile: ``torch.compile`` the model.
+        label_dropout: probability that a pair's label is replaced by the null label -1 (for
+            classifier-free guidance of conditional models; 0 = never).
     """
 
     steps: int = 2000
@@ -57,8 +59,11 @@ class TrainConfig:
     keep: int = 2
     bf16: bool = False
     compile: bool = False
+    label_dropout: float = 0.0
 
     def __post_init__(self):
+        if not (isinstance(self.label_dropout, (int, float)) and 0.0 <= self.label_dropout < 1.0):
+            raise ValueError(f"label_dropout: expected a number in [0, 1), got {self.label_dropout!r}")
         for name in ("steps", "batch_size", "log_every", "keep"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -202,8 +207,12 @@ def train(
         pairs = coupling.sample(config.batch_size, generator=generator)
         pair_s = time.perf_counter() - t_pair
         t = sample_t(config.batch_size, generator=generator, device=device, dtype=pairs.x0.dtype)
+        cond = pairs.cond
+        if cond is not None and config.label_dropout > 0:  # (no extra draws otherwise: runs unchanged)
+            drop = torch.rand(cond.shape[0], generator=generator, device=device) < config.label_dropout
+            cond = torch.where(drop, torch.full_like(cond, -1), cond)
         with autocast:
-            loss, stats = flow_matching_loss(forward, pairs.x0, pairs.x1, t, pairs.cond)
+            loss, stats = flow_matching_loss(forward, pairs.x0, pairs.x1, t, cond)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = (
