@@ -160,3 +160,72 @@ def test_bf16_pairing_flag(tmp_path, capsys):
     assert _train(tmp_path / "a", "--coupling", "semidiscrete", "--pairing-precision", "bf16") == 0
     code = _train(tmp_path / "b", "--coupling", "semidiscrete", "--pairing-precision", "bf16", "--eps", "0.1")
     assert code == 2 and "eps = 0 only" in capsys.readouterr().err
+
+
+def test_conditional_train_sample_eval(tmp_path, capsys):
+    from sdfm.artifacts import load_potential
+
+    run = tmp_path / "cond"
+    args = [
+        "train",
+        "--data",
+        "gmm:d=3,k=3,n=600",
+        "--coupling",
+        "semidiscrete",
+        "--conditional",
+        "--steps",
+        "30",
+        "--batch-size",
+        "64",
+        "--out",
+        str(run),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["coupling"]["conditional"] and info["model"]["config"]["num_classes"] == 3
+    assert info["train"]["label_dropout"] == 0.1
+    pf = load_potential(run / "potential.safetensors")
+    assert pf.meta["conditional"] and pf.classes is not None and pf.classes.shape == (600,)
+    assert set(pf.meta["chi2_per_class"]) == {"0", "1", "2"}
+    out = tmp_path / "s.npy"
+    assert main(f"sample --run {run} --label 2 --guidance 3 --steps 2 --num 20 --out {out}".split()) == 0
+    assert np.load(out).shape == (20, 3) and "NFE 4" in capsys.readouterr().out  # 2 steps x 2 branches
+    assert main(["sample", "--run", str(run), "--label", "3", "--num", "5", "--out", str(out)]) == 2
+    assert "--label" in capsys.readouterr().err
+    # resuming needs the same flags
+    assert main(args[:5] + args[6:] + ["--resume"]) == 2
+    assert "--conditional" in capsys.readouterr().err
+    # the potential of a conditional run is refused for an unconditional one, and vice versa
+    other = [
+        "train",
+        "--data",
+        "gmm:d=3,k=3,n=600",
+        "--coupling",
+        "semidiscrete",
+        "--steps",
+        "5",
+        "--potential",
+        str(run / "potential.safetensors"),
+        "--quiet",
+    ]
+    assert main(other + ["--out", str(tmp_path / "u")]) == 2
+    assert "class-conditional" in capsys.readouterr().err
+
+
+def test_conditional_errors(tmp_path, capsys):
+    def train(data, *extra):
+        return main(["train", "--data", data, "--steps", "5", "--quiet", *extra])
+
+    def refused(message, data, *extra):
+        assert train(data, "--out", str(tmp_path / "x"), *extra) == 2
+        assert message in capsys.readouterr().err
+
+    refused("no class labels", "checkerboard:n=200", "--coupling", "independent", "--conditional")
+    refused("minibatch OT", "gmm:d=2,n=200", "--coupling", "minibatch-ot", "--conditional")
+    refused("--label-dropout", "gmm:d=2,n=200", "--coupling", "independent", "--label-dropout", "0.2")
+    run = tmp_path / "d"
+    assert train("gmm:d=2,n=200", "--coupling", "independent", "--out", str(run)) == 0
+    capsys.readouterr()
+    assert main(["sample", "--run", str(run), "--guidance", "2", "--out", str(tmp_path / "x.npy")]) == 2
+    assert "unconditional" in capsys.readouterr().err

@@ -32,12 +32,14 @@ CONVENTION = "cell(x) = argmax_j <x, y_j> + g_j - |y_j|^2 / 2"
 
 @dataclass(frozen=True)
 class PotentialFile:
-    """A loaded potential: g [N] float64, optional weights and duplicate groups, and metadata."""
+    """A loaded potential: g [N] float64, optional weights and duplicate groups, and metadata;
+    ``classes`` [N] for a class-conditional potential (:func:`sdfm.transport.solve_per_class`)."""
 
     potential: torch.Tensor
     weights: torch.Tensor | None
     duplicates: DuplicateGroups | None
     meta: dict = field(repr=False)
+    classes: torch.Tensor | None = None
 
     @property
     def eps(self) -> float:
@@ -102,6 +104,9 @@ def save_potential(
         tensors["weights"] = result.weights.detach().to(torch.float64).cpu().contiguous()
     if result.duplicates is not None:
         tensors["groups"] = result.duplicates.inverse.to(torch.int64).cpu().contiguous()
+    classes = getattr(result, "classes", None)  # class-conditional result
+    if classes is not None:
+        tensors["classes"] = classes.to(torch.int64).cpu().contiguous()
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -125,6 +130,9 @@ def save_potential(
         "sdfm_version": sdfm.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if classes is not None:
+        meta["conditional"] = True
+        meta["chi2_per_class"] = {str(c): v for c, v in result.chi2_per_class.items()}
     if extra:
         meta.update(extra)
     text = json.dumps(meta, sort_keys=True, default=_json_default)
@@ -174,7 +182,12 @@ def load_potential(path: str | Path, *, targets=None, fingerprint: str | None = 
         first.scatter_reduce_(0, inverse, torch.arange(n), reduce="amin")
         w = torch.full((n,), 1.0 / n, dtype=torch.float64) if weights is None else weights
         duplicates = DuplicateGroups(inverse=inverse, representative=first, weights=w / w.sum())
-    out = PotentialFile(potential=g.to(torch.float64), weights=weights, duplicates=duplicates, meta=meta)
+    classes = tensors.get("classes")
+    if classes is not None and (classes.dim() != 1 or classes.shape[0] != n):
+        raise ValueError(f"potential: {path}: classes have shape {list(classes.shape)}, expected [{n}]")
+    out = PotentialFile(
+        potential=g.to(torch.float64), weights=weights, duplicates=duplicates, meta=meta, classes=classes
+    )
     if targets is not None or fingerprint is not None:
         out.check_targets(targets, fingerprint=fingerprint)
     return out

@@ -49,6 +49,19 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
     p.add_argument(
         "--ot-batch-size", type=positive_int, default=None, help="OT batch (default: --batch-size)"
     )
+    p.add_argument(
+        "--conditional",
+        action="store_true",
+        help="class-conditional model (needs labels): the network takes the label; semidiscrete pairs "
+        "each noise within its class (one potential per class)",
+    )
+    p.add_argument(
+        "--label-dropout",
+        type=nonneg_float,
+        default=None,
+        help="probability of dropping the label, for classifier-free guidance "
+        "(default 0.1 with --conditional)",
+    )
     p.add_argument("--model", choices=["mlp", "unet"], default="mlp", help="velocity network (default mlp)")
     p.add_argument(
         "--width", type=positive_int, default=None, help="MLP hidden width (256) / U-Net base channels (32)"
@@ -84,11 +97,30 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
     s.add_argument(
         "--out", required=True, help="output .npy file (a .png of the samples is written beside it)"
     )
+    s.add_argument(
+        "--label",
+        type=int,
+        default=None,
+        help="class of every sample (conditional runs; default: classes in turn)",
+    )
+    s.add_argument(
+        "--guidance",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance scale (conditional runs; default 1)",
+    )
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
 
 
 def _model_config(args, dataset, dim: int) -> dict:
+    cfg = _model_shape(args, dataset, dim)
+    if args.conditional:
+        cfg["num_classes"] = int(dataset.num_classes)
+    return cfg
+
+
+def _model_shape(args, dataset, dim: int) -> dict:
     if args.model == "mlp":
         cfg = {"dim": dim}
         if args.width:
@@ -109,8 +141,9 @@ def _model_config(args, dataset, dim: int) -> dict:
     return cfg
 
 
-def _semidiscrete(args, run_dir: Path, targets, fp_train: str, fp_raw: str, device):
-    """The coupling's potential: loaded from --potential (checked) or solved and saved in the run."""
+def _semidiscrete(args, run_dir: Path, targets, fp_train: str, fp_raw: str, device, labels=None):
+    """The coupling's potential: loaded from --potential (checked) or solved and saved in the run
+    (per class when ``labels`` are given: class-conditional pairing)."""
     import torch
 
     from sdfm.artifacts import load_potential, save_potential
@@ -124,6 +157,13 @@ def _semidiscrete(args, run_dir: Path, targets, fp_train: str, fp_raw: str, devi
                 "data; pass --normalize none, or omit --potential to solve for the normalised data"
             )
         pf.check_targets(targets, fingerprint=fp_train)
+        if labels is not None and (pf.classes is None or not torch.equal(pf.classes, labels.cpu())):
+            raise CliError(
+                f"--potential: {args.potential} is not a class-conditional potential for these labels "
+                "(omit --potential to solve one per class)"
+            )
+        if labels is None and pf.classes is not None:
+            raise CliError(f"--potential: {args.potential} is class-conditional; pass --conditional")
         if args.eps is not None and abs(float(pf.meta.get("eps_relative", pf.eps)) - args.eps) > 1e-12:
             raise CliError(
                 f"--eps: {args.eps} differs from the potential's eps ({pf.meta.get('eps_relative')})"
@@ -132,9 +172,13 @@ def _semidiscrete(args, run_dir: Path, targets, fp_train: str, fp_raw: str, devi
     out = run_dir / "potential.safetensors"
     solver = SemidiscreteSolver(eps=args.eps or 0.0, device=str(device))
     print(f"sdfm train: solving the semidiscrete potential for {args.data} -> {out}", file=sys.stderr)
-    res = solver.solve(
-        targets, generator=torch.Generator(device=device).manual_seed(args.seed), progress=not args.quiet
-    )
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    if labels is not None:  # class-conditional: one sub-problem per class
+        from sdfm.transport import solve_per_class
+
+        res = solve_per_class(solver, targets, labels, generator=gen, progress=not args.quiet)
+    else:
+        res = solver.solve(targets, generator=gen, progress=not args.quiet)
     save_potential(
         out, res, fingerprint=fp_train, targets=targets, data_name=args.data, extra={"seed": args.seed}
     )
@@ -185,9 +229,29 @@ def cmd_train(args) -> int:
                 f"--resume: the run was trained with --coupling {info['coupling']['name']} --model "
                 f"{info['model']['name']}, got {args.coupling} / {args.model}"
             )
+        if bool(info["coupling"].get("conditional", False)) != args.conditional:
+            raise CliError(
+                f"--resume: the run was trained {'with' if args.conditional is False else 'without'} "
+                "--conditional; pass the same flags"
+            )
         norm = Normalization.from_dict(info["normalization"])
     else:
         norm = Normalization.fit(dataset.x, args.normalize)
+    if args.conditional:
+        if dataset.labels is None or (dataset.num_classes or 0) < 2:
+            raise CliError(f"--conditional: {args.data} has no class labels (or a single class)")
+        if args.coupling == "minibatch-ot":
+            raise CliError(
+                "--conditional: minibatch OT across classes would break the conditioning; "
+                "use --coupling semidiscrete or independent"
+            )
+    elif args.label_dropout:
+        raise CliError("--label-dropout: only used with --conditional")
+    label_dropout = (
+        args.label_dropout if args.label_dropout is not None else (0.1 if args.conditional else 0.0)
+    )
+    if label_dropout >= 1:
+        raise CliError(f"--label-dropout: expected a number in [0, 1), got {label_dropout}")
     x_train = norm.apply(dataset.x)
     fp_train = fingerprint(x_train)
     targets = tensor_view(x_train).to(device)
@@ -205,12 +269,13 @@ def cmd_train(args) -> int:
         checkpoint_every=args.checkpoint_every,
         bf16=args.bf16,
         compile=args.compile,
+        label_dropout=label_dropout,
     )
     if args.resume:
         model_info, coupling_info = info["model"], info["coupling"]
     else:
         model_info = {"name": args.model, "config": _model_config(args, dataset, dim)}
-        coupling_info = {"name": args.coupling}
+        coupling_info = {"name": args.coupling, "conditional": bool(args.conditional)}
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.coupling == "independent":
         coupling = IndependentCoupling(targets, labels=labels)
@@ -233,12 +298,16 @@ def cmd_train(args) -> int:
             pot_path = pot_path if Path(pot_path).is_absolute() else str(run_dir / pot_path)
             args.potential = pot_path
             args.eps = None
-        g, eps_abs, weights, dups, pot_name = _semidiscrete(args, run_dir, targets, fp_train, fp_raw, device)
+        g, eps_abs, weights, dups, pot_name = _semidiscrete(
+            args, run_dir, targets, fp_train, fp_raw, device, labels=labels if args.conditional else None
+        )
         if not args.resume:
             coupling_info.update(potential=pot_name, eps=eps_abs, eps_relative=args.eps or 0.0)
         lowp = args.pairing_precision == "bf16"
         if lowp and eps_abs > 0:
             raise CliError("--pairing-precision: bf16 scores are exact for eps = 0 only")
+        if lowp and args.conditional:
+            raise CliError("--pairing-precision: bf16 scores do not support --conditional pairing yet")
         coupling = SemidiscreteCoupling(
             targets,
             g,
@@ -247,6 +316,7 @@ def cmd_train(args) -> int:
             duplicates=dups,
             labels=labels,
             score_dtype=torch.bfloat16 if lowp else None,
+            conditional=args.conditional,
         )
     info = run_info(
         spec=args.data,
@@ -299,7 +369,19 @@ def cmd_sample(args) -> int:
     dim = int(run.info["data"]["shape"][1])
     generator = torch.Generator(device=device).manual_seed(args.seed)
     x0 = torch.randn(args.num, dim, generator=generator, device=device)
-    res = integrate(run.model, x0, steps=args.steps, method=args.solver)
+    num_classes = run.info["model"]["config"].get("num_classes")
+    cond = None
+    if num_classes:
+        if args.label is not None and not 0 <= args.label < num_classes:
+            raise CliError(f"--label: expected a class in [0, {num_classes}), got {args.label}")
+        cond = (
+            torch.full((args.num,), args.label, device=device)
+            if args.label is not None
+            else torch.arange(args.num, device=device) % num_classes
+        )
+    elif args.label is not None or args.guidance != 1.0:
+        raise CliError("--label/--guidance: the run's model is unconditional (train with --conditional)")
+    res = integrate(run.model, x0, steps=args.steps, method=args.solver, cond=cond, guidance=args.guidance)
     samples = run.normalization.undo(res.x)
 
     def write(p: Path) -> None:

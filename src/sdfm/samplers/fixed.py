@@ -80,10 +80,10 @@ class CountingField:
     """
 
     def __init__(self, model, cond: torch.Tensor | None = None, guidance: float | None = None):
-        if guidance is not None and cond is None:
+        self.guidance = None if guidance is None or float(guidance) == 1.0 else float(guidance)
+        if self.guidance is not None and cond is None:
             raise ValueError("guidance: classifier-free guidance needs labels (cond)")
         self.model, self.cond, self.nfe = model, cond, 0
-        self.guidance = None if guidance is None or float(guidance) == 1.0 else float(guidance)
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         tt = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])

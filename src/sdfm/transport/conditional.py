@@ -37,6 +37,7 @@ class ClassConditionalResult:
         weights: normalised target weights [N] (None = uniform).
         duplicates: identical targets within a class, as global groups (None if none).
         per_class: {class: the solver's result on that class's targets}.
+        steps, samples, chi2_samples, seconds: summed over the classes; settings: the solver's.
     """
 
     potential: torch.Tensor
@@ -49,6 +50,9 @@ class ClassConditionalResult:
     converged: bool
     seconds: float
     samples: int
+    steps: int = 0
+    chi2_samples: int = 0
+    settings: dict = field(default_factory=dict, repr=False)
     weights: torch.Tensor | None = field(default=None, repr=False)
     duplicates: DuplicateGroups | None = field(default=None, repr=False)
     per_class: dict[int, SemidiscreteResult] = field(default_factory=dict, repr=False)
@@ -120,6 +124,9 @@ def solve_per_class(
         converged=all(r.converged for r in per_class.values()),
         seconds=time.perf_counter() - t0,
         samples=sum(r.samples for r in per_class.values()),
+        steps=sum(r.steps for r in per_class.values()),
+        chi2_samples=sum(r.chi2_samples for r in per_class.values()),
+        settings={**solver.settings(), "per_class": True, "eps_abs": next(iter(per_class.values())).eps},
         weights=None if weights is None else b,
         duplicates=duplicates,
         per_class=per_class,
