@@ -20,11 +20,8 @@ from sdfm.evaluation.evaluate import (
     ClassifierScorer,
     EvalConfig,
     EvalResult,
-    classifier_layout,
+    cached_scorer,
     evaluate_model,
-    fit_scorer,
-    load_classifier,
-    save_classifier,
 )
 
 
@@ -216,25 +213,17 @@ def train_method(
 
 def scorer_for(prep: Prepared, cache: Path | None, *, seed: int = 0) -> ClassifierScorer | None:
     """The classifier for labelled data, trained once on the normalised training data (cached)."""
-    labels = prep.dataset.labels
-    if labels is None or int(labels.max()) < 1:
-        return None
-    if cache is not None:
-        scorer = load_classifier(cache, prep.fingerprint_train)
-        if scorer is not None:
-            return scorer
-    layout = classifier_layout(prep.dataset.name, prep.dataset.image_shape, prep.train.shape[1])
-    scorer = fit_scorer(
-        prep.train,
-        labels,
-        layout=layout,
+    return cached_scorer(
+        cache,
+        prep.fingerprint_train,
+        train=prep.train,
+        labels=prep.dataset.labels,
+        name=prep.dataset.name,
+        image_shape=prep.dataset.image_shape,
         reference=prep.reference,
         ref_labels=prep.reference_labels,
         seed=seed,
     )
-    if cache is not None:
-        save_classifier(cache, scorer, prep.fingerprint_train)
-    return scorer
 
 
 @dataclass

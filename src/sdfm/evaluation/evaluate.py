@@ -378,26 +378,47 @@ def run_data(info: dict, reference: str | None = None) -> RunData:
     )
 
 
-def run_scorer(run_dir: Path, info: dict, data: RunData, *, seed: int = 0) -> ClassifierScorer | None:
-    """The run's cached classifier (``eval/classifier.safetensors``), trained and cached on first use;
-    None for unlabelled data."""
-    if data.labels is None or int(data.labels.max()) < 1:
+def cached_scorer(
+    cache: Path | None,
+    fingerprint: str,
+    *,
+    train,
+    labels,
+    name: str,
+    image_shape=None,
+    reference=None,
+    ref_labels=None,
+    seed: int = 0,
+) -> ClassifierScorer | None:
+    """The classifier of normalised training data ``train`` [N, d] with ``labels``: read from ``cache``
+    when it was trained on data with this ``fingerprint``, else trained (held-out accuracy measured
+    on ``reference`` when given) and written there. None for unlabelled data."""
+    if labels is None or int(labels.max()) < 1:
         return None
-    path = Path(run_dir) / EVAL_DIR / CLASSIFIER_FILE
-    fp = info["data"]["train_fingerprint"]
-    scorer = load_classifier(path, fp)
+    scorer = load_classifier(cache, fingerprint) if cache is not None else None
     if scorer is None:
-        layout = classifier_layout(data.name, data.image_shape, data.train.shape[1])
+        layout = classifier_layout(name, image_shape, train.shape[1])
         scorer = fit_scorer(
-            data.train,
-            data.labels,
-            layout=layout,
-            reference=data.reference if data.heldout else None,
-            ref_labels=data.reference_labels,
-            seed=seed,
+            train, labels, layout=layout, reference=reference, ref_labels=ref_labels, seed=seed
         )
-        save_classifier(path, scorer, fp)
+        if cache is not None:
+            save_classifier(cache, scorer, fingerprint)
     return scorer
+
+
+def run_scorer(run_dir: Path, info: dict, data: RunData, *, seed: int = 0) -> ClassifierScorer | None:
+    """The run's classifier, cached in ``eval/classifier.safetensors``; None for unlabelled data."""
+    return cached_scorer(
+        Path(run_dir) / EVAL_DIR / CLASSIFIER_FILE,
+        info["data"]["train_fingerprint"],
+        train=data.train,
+        labels=data.labels,
+        name=data.name,
+        image_shape=data.image_shape,
+        reference=data.reference if data.heldout else None,
+        ref_labels=data.reference_labels,
+        seed=seed,
+    )
 
 
 def evaluate_run(
