@@ -114,7 +114,7 @@ class LaguerreCells:
         self.classes = None if classes is None else _checks.as_labels(classes, n_targets, "classes")
         if self.classes is not None and score_dtype is not None:
             raise ValueError("score_dtype: low-precision scoring does not support class-conditional pairing")
-        self._class_cache: dict[str, torch.Tensor] = {}
+        self._class_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._cache: dict[tuple, _Keys] = {}
 
     @property
@@ -185,16 +185,21 @@ class LaguerreCells:
             raise ValueError("classes: class-conditional cells need the class of every noise sample")
         query = _checks.as_labels(classes, x.shape[0], "classes").to(x.device)
         key = str(x.device)
-        if key not in self._class_cache:
-            self._class_cache[key] = self.classes.to(x.device)
-        present = torch.bincount(self.classes, minlength=int(query.max()) + 1 if query.numel() else 1) > 0
-        present = present.to(x.device)
-        if query.numel() and not bool(present[query].all()):
-            missing = sorted(set(query[~present[query]].tolist()))
+        if key not in self._class_cache:  # once per device: target classes, and which classes exist
+            present = torch.bincount(self.classes) > 0
+            self._class_cache[key] = (
+                self.classes.to(x.device),
+                torch.cat([present, present.new_zeros(1)]).to(x.device),
+            )
+        target_classes, present = self._class_cache[key]
+        # classes beyond the largest target class map to the trailing False
+        ok = present[query.clamp(max=present.shape[0] - 1)]
+        if not bool(ok.all()):
+            missing = sorted(set(query[~ok].tolist()))
             raise ValueError(
                 f"classes: no target has class {missing[:5]} (noise samples of a class need targets)"
             )
-        return query, self._class_cache[key]
+        return query, target_classes
 
     def assign(
         self, x: torch.Tensor, generator: torch.Generator | None = None, classes: torch.Tensor | None = None
