@@ -222,10 +222,46 @@ def test_conditional_errors(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
     refused("no class labels", "checkerboard:n=200", "--coupling", "independent", "--conditional")
-    refused("minibatch OT", "gmm:d=2,n=200", "--coupling", "minibatch-ot", "--conditional")
     refused("--label-dropout", "gmm:d=2,n=200", "--coupling", "independent", "--label-dropout", "0.2")
     run = tmp_path / "d"
     assert train("gmm:d=2,n=200", "--coupling", "independent", "--out", str(run)) == 0
     capsys.readouterr()
     assert main(["sample", "--run", str(run), "--guidance", "2", "--out", str(tmp_path / "x.npy")]) == 2
     assert "unconditional" in capsys.readouterr().err
+
+
+def test_conditional_minibatch_ot_pairs_within_classes(tmp_path):
+    run = tmp_path / "ot"
+    code = main(
+        "train --data gmm:d=2,k=3,n=300 --coupling minibatch-ot --conditional --steps 5 --batch-size 32 "
+        f"--out {run} --quiet".split()
+    )
+    assert code == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["coupling"]["conditional"] and info["model"]["config"]["num_classes"] == 3
+
+
+def test_meanflow_train_sample_eval(tmp_path, capsys):
+    run = tmp_path / "mf"
+    assert _train(run, "--coupling", "semidiscrete", "--objective", "meanflow") == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["train"]["objective"] == "meanflow" and info["model"]["config"]["mean_flow"] is True
+    out = tmp_path / "s.npy"
+    assert main(["sample", "--run", str(run), "--num", "16", "--out", str(out)]) == 0
+    assert "meanflow, NFE 1" in capsys.readouterr().out  # the default sampler: one mean-flow jump
+    assert np.load(out).shape == (16, 2)
+    assert main(["sample", "--run", str(run), "--solver", "euler", "--num", "4", "--out", str(out)]) == 0
+    assert "euler, NFE 8" in capsys.readouterr().out  # u(x, t, t) integrated as a velocity field
+    assert main(["eval", "--run", str(run), "--steps", "1,2", "--num", "64", "--quiet"]) == 0
+    assert "meanflow-1" in capsys.readouterr().out
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    rows = next(iter(metrics["results"].values()))["rows"]
+    assert [r["setting"] for r in rows][1:] == ["meanflow-1", "meanflow-2"]
+    # resuming as a flow run is refused; the meanflow sampler on a flow run is refused
+    assert _train(run, "--coupling", "semidiscrete", "--resume") == 2
+    assert "--objective meanflow" in capsys.readouterr().err
+    flow = tmp_path / "flow"
+    assert _train(flow, "--coupling", "independent") == 0
+    capsys.readouterr()
+    assert main(["sample", "--run", str(flow), "--solver", "meanflow", "--out", str(out)]) == 2
+    assert "mean-flow run" in capsys.readouterr().err

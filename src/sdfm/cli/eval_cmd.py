@@ -39,7 +39,12 @@ def add_eval_parser(sub, positive_int) -> None:
     e.add_argument(
         "--steps", type=_step_list, default=(1, 2, 4, 8, 16), help="step counts (default 1,2,4,8,16)"
     )
-    e.add_argument("--solver", choices=["euler", "midpoint", "heun", "rk4"], default="euler")
+    e.add_argument(
+        "--solver",
+        choices=["euler", "midpoint", "heun", "rk4", "meanflow"],
+        default=None,
+        help="fixed-step sampler (default: meanflow for mean-flow runs, euler otherwise)",
+    )
     e.add_argument("--adaptive", action="store_true", help="also evaluate dopri5 (rtol = atol = 1e-5)")
     e.add_argument("--num", type=positive_int, default=2000, help="samples per setting (default 2000)")
     e.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
@@ -71,6 +76,17 @@ def add_eval_parser(sub, positive_int) -> None:
         default="quick",
         help="quick: 3000 steps per method, ~2.5 min on 2 CPU cores in 2-D; full: 30000 steps, ~21 min; "
         "tiny: a smoke test (default quick)",
+    )
+    d.add_argument(
+        "--objective",
+        choices=["flow", "meanflow"],
+        default="flow",
+        help="flow (I-FM / OT-FM / SD-FM, default) or meanflow (I-MF / OT-MF / SD-MF one-step models)",
+    )
+    d.add_argument(
+        "--conditional",
+        action="store_true",
+        help="class-conditional models (labelled data: digits, mnist1d, gmm), paired within classes",
     )
     d.add_argument("--out", default="demo", help="output folder (default ./demo)")
     d.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
@@ -136,8 +152,21 @@ def cmd_demo(args) -> int:
         )
     device = device_from(args.device)
     log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    report = run_demo(
-        args.data, args.budget, out, seed=args.seed, device=device, progress=not args.quiet, log=log
-    )
+    try:
+        report = run_demo(
+            args.data,
+            args.budget,
+            out,
+            seed=args.seed,
+            device=device,
+            progress=not args.quiet,
+            log=log,
+            objective=args.objective,
+            conditional=args.conditional,
+        )
+    except ValueError as exc:
+        if str(exc).startswith("conditional:"):
+            raise CliError(f"--{exc}") from None
+        raise
     print(f"report -> {report}")
     return 0

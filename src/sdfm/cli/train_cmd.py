@@ -53,7 +53,8 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
         "--conditional",
         action="store_true",
         help="class-conditional model (needs labels): the network takes the label; semidiscrete pairs "
-        "each noise within its class (one potential per class)",
+        "each noise within its class (one potential per class), minibatch-ot solves OT within each "
+        "class of the batch",
     )
     p.add_argument(
         "--label-dropout",
@@ -61,6 +62,14 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
         default=None,
         help="probability of dropping the label, for classifier-free guidance "
         "(default 0.1 with --conditional)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=["flow", "meanflow"],
+        default="flow",
+        help="flow: flow matching of a velocity field (default); meanflow: MeanFlow (Geng et al. 2025), "
+        "a model of the average velocity u(x, t, r) for one- and few-step sampling (sdfm sample "
+        "--solver meanflow)",
     )
     p.add_argument("--model", choices=["mlp", "unet"], default="mlp", help="velocity network (default mlp)")
     p.add_argument(
@@ -89,9 +98,18 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
     s = sub.add_parser("sample", help="sample from a trained run with an ODE solver")
     s.add_argument("--run", required=True, help="run folder written by sdfm train")
     s.add_argument("--num", type=positive_int, default=1000, help="number of samples (default 1000)")
-    s.add_argument("--solver", choices=["euler", "midpoint", "heun", "rk4", "dopri5"], default="euler")
     s.add_argument(
-        "--steps", type=positive_int, default=8, help="solver steps (ignored by dopri5; default 8)"
+        "--solver",
+        choices=["euler", "midpoint", "heun", "rk4", "meanflow", "dopri5"],
+        default=None,
+        help="ODE solver, or meanflow (jumps of a mean-flow model); default meanflow for mean-flow "
+        "runs, euler otherwise",
+    )
+    s.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="solver steps (ignored by dopri5; default 8, or 1 for the meanflow sampler)",
     )
     s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     s.add_argument(
@@ -117,6 +135,8 @@ def _model_config(args, dataset, dim: int) -> dict:
     cfg = _model_shape(args, dataset, dim)
     if args.conditional:
         cfg["num_classes"] = int(dataset.num_classes)
+    if args.objective == "meanflow":
+        cfg["mean_flow"] = True
     return cfg
 
 
@@ -229,6 +249,11 @@ def cmd_train(args) -> int:
                 f"--resume: the run was trained with --coupling {info['coupling']['name']} --model "
                 f"{info['model']['name']}, got {args.coupling} / {args.model}"
             )
+        if info["train"].get("objective", "flow") != args.objective:
+            raise CliError(
+                f"--resume: the run was trained with --objective {info['train'].get('objective', 'flow')}"
+                f", got {args.objective}"
+            )
         if bool(info["coupling"].get("conditional", False)) != args.conditional:
             raise CliError(
                 f"--resume: the run was trained {'with' if args.conditional is False else 'without'} "
@@ -240,11 +265,6 @@ def cmd_train(args) -> int:
     if args.conditional:
         if dataset.labels is None or (dataset.num_classes or 0) < 2:
             raise CliError(f"--conditional: {args.data} has no class labels (or a single class)")
-        if args.coupling == "minibatch-ot":
-            raise CliError(
-                "--conditional: minibatch OT across classes would break the conditioning; "
-                "use --coupling semidiscrete or independent"
-            )
     elif args.label_dropout:
         raise CliError("--label-dropout: only used with --conditional")
     label_dropout = (
@@ -270,6 +290,7 @@ def cmd_train(args) -> int:
         bf16=args.bf16,
         compile=args.compile,
         label_dropout=label_dropout,
+        objective=args.objective,
     )
     if args.resume:
         model_info, coupling_info = info["model"], info["coupling"]
@@ -291,6 +312,7 @@ def cmd_train(args) -> int:
             batch_size=coupling_info["batch_size"],
             eps=coupling_info["eps"],
             labels=labels,
+            conditional=args.conditional,
         )
     else:
         if args.resume:
@@ -381,7 +403,12 @@ def cmd_sample(args) -> int:
         )
     elif args.label is not None or args.guidance != 1.0:
         raise CliError("--label/--guidance: the run's model is unconditional (train with --conditional)")
-    res = integrate(run.model, x0, steps=args.steps, method=args.solver, cond=cond, guidance=args.guidance)
+    mean_flow = bool(run.info["model"]["config"].get("mean_flow", False))
+    solver = args.solver or ("meanflow" if mean_flow else "euler")
+    if solver == "meanflow" and not mean_flow:
+        raise CliError("--solver: meanflow needs a mean-flow run (sdfm train --objective meanflow)")
+    steps = args.steps or (1 if solver == "meanflow" else 8)
+    res = integrate(run.model, x0, steps=steps, method=solver, cond=cond, guidance=args.guidance)
     samples = run.normalization.undo(res.x)
 
     def write(p: Path) -> None:
@@ -390,7 +417,7 @@ def cmd_sample(args) -> int:
 
     atomic_write(out, write)
     image_shape = run.info["data"].get("image_shape")
-    label = f"{run.info['coupling']['name']}, {args.solver}, NFE {res.nfe}, step {run.step}"
+    label = f"{run.info['coupling']['name']}, {solver}, NFE {res.nfe}, step {run.step}"
     png = plot_samples(samples, out.with_suffix(".png"), image_shape=image_shape, title=label)
-    print(f"{args.num} samples ({args.solver}, NFE {res.nfe}) -> {out}, {png}")
+    print(f"{args.num} samples ({solver}, NFE {res.nfe}) -> {out}, {png}")
     return 0

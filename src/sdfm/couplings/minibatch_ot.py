@@ -1,4 +1,5 @@
-"""Minibatch OT coupling (OT-FM): n noises and n data points re-paired by OT within the batch."""
+"""Minibatch OT coupling (OT-FM): n noises and n data points re-paired by OT within the batch (and,
+for class-conditional models, within each class of the batch)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ class MinibatchOTCoupling(DataCoupling):
             problems of this size (the last one smaller). None = one problem per request.
         eps: Sinkhorn regularisation, relative to the batch cost std by default (``relative``).
         max_iter, tol: Sinkhorn stopping rule.
+        conditional: pair only within classes (needs ``labels``): each OT batch is split by the class
+            of its data points and every class block is solved on its own (each noise then carries
+            its data point's class as ``cond``, and the class frequencies are those of the data).
     """
 
     name = "minibatch-ot"
@@ -42,8 +46,12 @@ class MinibatchOTCoupling(DataCoupling):
         labels=None,
         weights=None,
         noise=standard_normal,
+        conditional: bool = False,
     ):
         super().__init__(data, labels=labels, weights=weights, noise=noise)
+        if conditional and self.labels is None:
+            raise ValueError("conditional: within-class minibatch OT needs labels")
+        self.conditional = bool(conditional)
         if method not in METHODS:
             raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
         self.method = method
@@ -55,7 +63,16 @@ class MinibatchOTCoupling(DataCoupling):
         self.max_iter = check_positive_int(max_iter, "max_iter", allow_none=False)
         self.tol = float(tol)
 
-    def _pair(self, x0: torch.Tensor, x1: torch.Tensor, generator) -> torch.Tensor:
+    def _pair(self, x0: torch.Tensor, x1: torch.Tensor, generator, classes=None) -> torch.Tensor:
+        """Local indices into x1 for each x0 (within each class when ``classes`` [m] are given)."""
+        if classes is not None:
+            out = torch.empty(x0.shape[0], dtype=torch.long, device=x0.device)
+            for c in torch.unique(classes):
+                rows = torch.nonzero(classes == c).squeeze(1)
+                out[rows] = rows[self._pair(x0[rows], x1[rows], generator)]
+            return out
+        if x0.shape[0] == 1:
+            return torch.zeros(1, dtype=torch.long, device=x0.device)
         if self.method == "exact":
             return exact_assignment(x0, x1)
         plan = sinkhorn(x0, x1, self.eps, relative=self.relative, max_iter=self.max_iter, tol=self.tol)
@@ -69,6 +86,7 @@ class MinibatchOTCoupling(DataCoupling):
         out = torch.empty_like(index)
         for start in range(0, n, size):
             sl = slice(start, min(n, start + size))
-            local = self._pair(x0[sl], self.data[index[sl]], generator)
+            classes = self.labels[index[sl]] if self.conditional else None
+            local = self._pair(x0[sl], self.data[index[sl]], generator, classes)
             out[sl] = index[sl][local]
         return self.pairs(x0, out)

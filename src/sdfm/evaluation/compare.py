@@ -29,18 +29,24 @@ from sdfm.evaluation.evaluate import (
 class Method:
     """A coupling to compare: ``coupling`` is independent | minibatch-ot | semidiscrete; ``eps`` is the
     relative eps of the semidiscrete potential; ``ot_batch_size`` the exact OT batch (None = the
-    training batch)."""
+    training batch); ``objective`` flow | meanflow; ``conditional``: a class-conditional model, paired
+    within classes (label dropout ``label_dropout``)."""
 
     name: str
     coupling: str
     eps: float = 0.0
     ot_batch_size: int | None = 256
+    objective: str = "flow"
+    conditional: bool = False
+    label_dropout: float = 0.1
 
     def __post_init__(self):
         if self.coupling not in ("independent", "minibatch-ot", "semidiscrete"):
             raise ValueError(
                 f"coupling: expected independent, minibatch-ot or semidiscrete, got {self.coupling!r}"
             )
+        if self.objective not in ("flow", "meanflow"):
+            raise ValueError(f"objective: expected flow or meanflow, got {self.objective!r}")
 
     @property
     def slug(self) -> str:
@@ -53,6 +59,21 @@ DEMO_METHODS = (
     Method("OT-FM", "minibatch-ot"),
     Method("SD-FM", "semidiscrete"),
 )
+
+
+def demo_methods(objective: str = "flow", conditional: bool = False) -> tuple[Method, ...]:
+    """The demo's three couplings for an objective: I-FM / OT-FM / SD-FM, or I-MF / OT-MF / SD-MF for
+    mean flows; class-conditional (pairing within classes) when ``conditional``."""
+    tag = "MF" if objective == "meanflow" else "FM"
+    return tuple(
+        Method(
+            m.name.replace("FM", tag),
+            m.coupling,
+            objective=objective,
+            conditional=conditional,
+        )
+        for m in DEMO_METHODS
+    )
 
 
 @dataclass(frozen=True)
@@ -120,15 +141,29 @@ def prepare(spec: str, *, reference: str | None = None) -> Prepared:
     )
 
 
-def solve_potential(prep: Prepared, *, eps: float, seed: int, budget: Budget, device, progress: bool = False):
-    """The semidiscrete potential for the normalised data (default solver, tol 0.05, time cap)."""
-    from sdfm.transport import SemidiscreteSolver
+def solve_potential(
+    prep: Prepared,
+    *,
+    eps: float,
+    seed: int,
+    budget: Budget,
+    device,
+    progress: bool = False,
+    conditional: bool = False,
+):
+    """The semidiscrete potential for the normalised data (default solver, tol 0.05, time cap); per
+    class (:func:`sdfm.transport.solve_per_class`, the time cap per class) when ``conditional``."""
+    from sdfm.transport import SemidiscreteSolver, solve_per_class
 
     targets = torch.from_numpy(prep.train).to(device)
     solver = SemidiscreteSolver(eps=eps, device=str(device), max_seconds=budget.solver_seconds)
-    return solver.solve(
-        targets, generator=torch.Generator(device=device).manual_seed(seed), progress=progress
-    )
+    generator = torch.Generator(device=device).manual_seed(seed)
+    if conditional:
+        if prep.dataset.labels is None:
+            raise ValueError(f"conditional: {prep.spec} has no labels")
+        labels = torch.from_numpy(prep.dataset.labels)
+        return solve_per_class(solver, targets, labels, generator=generator, progress=progress)
+    return solver.solve(targets, generator=generator, progress=progress)
 
 
 def train_method(
@@ -153,12 +188,16 @@ def train_method(
     run_dir.mkdir(parents=True, exist_ok=True)
     targets = torch.from_numpy(prep.train).to(device)
     labels = None if prep.dataset.labels is None else torch.from_numpy(prep.dataset.labels)
-    info = {"name": method.coupling}
+    if method.conditional and labels is None:
+        raise ValueError(f"method: {method.name} is conditional but {prep.spec} has no labels")
+    info = {"name": method.coupling, "conditional": method.conditional}
     if method.coupling == "independent":
         coupling = IndependentCoupling(targets, labels=labels)
     elif method.coupling == "minibatch-ot":
         ot_batch = method.ot_batch_size or budget.batch_size
-        coupling = MinibatchOTCoupling(targets, method="exact", batch_size=ot_batch, labels=labels)
+        coupling = MinibatchOTCoupling(
+            targets, method="exact", batch_size=ot_batch, labels=labels, conditional=method.conditional
+        )
         info.update(method="exact", batch_size=ot_batch, eps=0.0)
     else:
         if potential is None:
@@ -171,7 +210,9 @@ def train_method(
             data_name=prep.spec,
             extra={"seed": seed},
         )
-        coupling = SemidiscreteCoupling.from_result(targets, potential, labels=labels)
+        coupling = SemidiscreteCoupling.from_result(
+            targets, potential, labels=labels, conditional=method.conditional
+        )
         info.update(potential="potential.safetensors", eps=potential.eps, eps_relative=method.eps)
     config = TrainConfig(
         steps=budget.steps,
@@ -179,11 +220,15 @@ def train_method(
         lr=budget.lr,
         seed=seed,
         checkpoint_every=budget.checkpoint_every,
+        objective=method.objective,
+        label_dropout=method.label_dropout if method.conditional else 0.0,
     )
-    model_info = {
-        "name": "mlp",
-        "config": {"dim": int(prep.train.shape[1]), "hidden": budget.hidden, "depth": budget.depth},
-    }
+    model_config = {"dim": int(prep.train.shape[1]), "hidden": budget.hidden, "depth": budget.depth}
+    if method.conditional:
+        model_config["num_classes"] = int(prep.dataset.num_classes)
+    if method.objective == "meanflow":
+        model_config["mean_flow"] = True
+    model_info = {"name": "mlp", "config": model_config}
     write_run(
         run_dir,
         run_info(
@@ -260,16 +305,23 @@ def compare(
         t0 = time.perf_counter()
         potential = None
         if method.coupling == "semidiscrete":
-            if method.eps not in cmp.potentials:
-                cmp.potentials[method.eps] = solve_potential(
-                    prep, eps=method.eps, seed=seed, budget=budget, device=device, progress=progress
+            key = (method.eps, method.conditional)
+            if key not in cmp.potentials:
+                cmp.potentials[key] = solve_potential(
+                    prep,
+                    eps=method.eps,
+                    seed=seed,
+                    budget=budget,
+                    device=device,
+                    progress=progress,
+                    conditional=method.conditional,
                 )
-                res = cmp.potentials[method.eps]
+                res = cmp.potentials[key]
                 log(
-                    f"  potential eps={method.eps}: chi2 {res.chi2:.4f} ± {res.chi2_stderr:.4f}"
-                    f" in {res.seconds:.1f} s"
+                    f"  potential eps={method.eps}{' per class' if method.conditional else ''}: chi2 "
+                    f"{res.chi2:.4f} ± {res.chi2_stderr:.4f} in {res.seconds:.1f} s"
                 )
-            potential = cmp.potentials[method.eps]
+            potential = cmp.potentials[key]
         t1 = time.perf_counter()
         run_dir = out / "runs" / method.slug
         result = train_method(
@@ -283,7 +335,15 @@ def compare(
             progress=progress,
         )
         t2 = time.perf_counter()
-        ev = evaluate_model(result.ema, prep.reference, config=config, scorer=scorer, train_data=prep.train)
+        num_classes = int(prep.dataset.num_classes) if method.conditional else None
+        ev = evaluate_model(
+            result.ema,
+            prep.reference,
+            config=config,
+            scorer=scorer,
+            train_data=prep.train,
+            num_classes=num_classes,
+        )
         t3 = time.perf_counter()
         ev.info.update(method=method.name, run=str(run_dir), steps=budget.steps, seed=seed)
         cmp.results[method.name] = ev
@@ -305,10 +365,15 @@ def run_demo(
     device="cpu",
     progress: bool = True,
     log=print,
+    objective: str = "flow",
+    conditional: bool = False,
 ) -> Path:
     """``sdfm demo``: I-FM, OT-FM (exact, n = 256) and SD-FM on ``data`` with one budget; writes
     ``out/report.md`` with metric tables, metric-vs-NFE curves, samples, trajectories and the
-    solver's chi2 curve (``out/chi2.png``), and the runs in ``out/runs/``. Returns the report path."""
+    solver's chi2 curve (``out/chi2.png``), and the runs in ``out/runs/``. Returns the report path.
+
+    ``objective="meanflow"`` trains mean-flow models (I-MF / OT-MF / SD-MF, sampled by mean-flow
+    jumps); ``conditional`` class-conditional ones (pairs within classes; accuracy given the label)."""
     from sdfm.evaluation.plots import plot_chi2
     from sdfm.evaluation.report import write_report
 
@@ -327,10 +392,13 @@ def run_demo(
         f"({budget.steps} training steps per method) -> {out}"
     )
     scorer = scorer_for(prep, out / CLASSIFIER_FILE, seed=seed)
+    if conditional and scorer is None:
+        raise ValueError(f"conditional: {data} has no labels")
+    methods = demo_methods(objective, conditional)
     cmp = compare(
         prep,
         out,
-        methods=DEMO_METHODS,
+        methods=methods,
         budget=budget,
         seed=seed,
         device=device,
@@ -338,8 +406,10 @@ def run_demo(
         progress=progress,
         log=log,
     )
-    pot = cmp.potentials[0.0]
-    plot_chi2(pot.history, out / "chi2.png", tol=pot.settings.get("tol", 0.05))
+    pot = cmp.potentials[(0.0, conditional)]
+    history = getattr(pot, "history", None)  # (a per-class solve has one curve per class: not drawn)
+    if history is not None:
+        plot_chi2(history, out / "chi2.png", tol=pot.settings.get("tol", 0.05))
     total = time.perf_counter() - t0
     notes = [
         f"Data `{data}` ({prep.train.shape[0]} training points, d = {prep.train.shape[1]}); "
@@ -350,9 +420,23 @@ def run_demo(
         f"seed {seed}, the same for every method; EMA weights evaluated. {budget.num} samples per setting "
         "from the same noise. Distances in normalised units (data minus mean, divided by one global scale).",
         "",
-        "Methods: **I-FM** independent pairs; **OT-FM** exact OT within batches of 256 (scipy's assignment); "
-        f"**SD-FM** semidiscrete OT pairs (eps = 0): potential chi2 {pot.chi2:.4f} ± {pot.chi2_stderr:.4f} "
-        f"after {pot.samples / 1e6:.2f}M noise samples, {pot.seconds:.1f} s.",
+        f"Methods: **{methods[0].name}** independent pairs; **{methods[1].name}** exact OT within batches "
+        f"of 256 (scipy's assignment); **{methods[2].name}** semidiscrete OT pairs (eps = 0): potential "
+        f"chi2 {pot.chi2:.4f} ± {pot.chi2_stderr:.4f} after {pot.samples / 1e6:.2f}M noise samples, "
+        f"{pot.seconds:.1f} s."
+        + (
+            " Mean-flow models u(x, t, r) (MeanFlow objective), sampled by mean-flow jumps; dopri5 "
+            "integrates u(x, t, t)."
+            if objective == "meanflow"
+            else ""
+        )
+        + (
+            " Class-conditional models (label dropout 0.1); pairs within each class (OT per class of "
+            "the batch, one semidiscrete potential per class); samples with labels drawn from the class "
+            "frequencies, no guidance."
+            if conditional
+            else ""
+        ),
         "",
         "| method | solve (s) | train (s) | evaluate (s) |",
         "|---|---|---|---|",
@@ -369,16 +453,22 @@ def run_demo(
             f"Classifier (trained on the real training data, cached in {CLASSIFIER_FILE}): held-out accuracy "
             f"{scorer.test_accuracy:.3f}. Its Frechet distance is not FID.",
         ]
-    extra = [
-        "Semidiscrete solver: measured chi2 of the potential's marginal against the noise seen:",
-        "",
-        "![chi2](chi2.png)",
-        "",
-    ]
+    extra = (
+        [
+            "Semidiscrete solver: measured chi2 of the potential's marginal against the noise seen:",
+            "",
+            "![chi2](chi2.png)",
+            "",
+        ]
+        if history is not None
+        else []
+    )
     payload = {
         "data": data,
         "budget": name,
         "seed": seed,
+        "objective": objective,
+        "conditional": conditional,
         "timings": cmp.timings,
         "total_s": total,
         "potential": {
@@ -391,7 +481,7 @@ def run_demo(
     report = write_report(
         out,
         cmp.results,
-        title=f"sdfm demo: I-FM vs OT-FM vs SD-FM on {data}",
+        title=f"sdfm demo: {' vs '.join(m.name for m in methods)} on {data}",
         image_shape=prep.dataset.image_shape,
         display=prep.normalization.undo,
         notes=notes,
@@ -402,4 +492,14 @@ def run_demo(
     return report
 
 
-__all__ = ["BUDGETS", "DEMO_METHODS", "Budget", "Comparison", "Method", "compare", "prepare", "run_demo"]
+__all__ = [
+    "BUDGETS",
+    "DEMO_METHODS",
+    "Budget",
+    "Comparison",
+    "Method",
+    "compare",
+    "demo_methods",
+    "prepare",
+    "run_demo",
+]

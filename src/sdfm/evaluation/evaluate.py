@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,8 @@ class EvalConfig:
 
     Attributes:
         steps: step counts of the fixed-step ``solver``.
-        solver: one of :data:`sdfm.samplers.SAMPLERS` (euler, midpoint, heun, rk4).
+        solver: one of :data:`sdfm.samplers.SAMPLERS` (euler, midpoint, heun, rk4, meanflow); None =
+            the model's own: ``meanflow`` jumps for mean-flow models, ``euler`` otherwise.
         adaptive: also evaluate dopri5 (torchdiffeq) with ``rtol`` / ``atol``; its NFE is reported.
         num: generated samples per setting (the same noise for every setting).
         seed: seed of that noise (and of subsampling).
@@ -63,7 +64,7 @@ class EvalConfig:
     """
 
     steps: tuple[int, ...] = (1, 2, 4, 8, 16)
-    solver: str = "euler"
+    solver: str | None = None
     adaptive: bool = False
     rtol: float = 1e-5
     atol: float = 1e-5
@@ -79,16 +80,27 @@ class EvalConfig:
         if any(s < 1 for s in steps):
             raise ValueError(f"steps: expected integers >= 1, got {list(self.steps)}")
         object.__setattr__(self, "steps", steps)
-        if self.solver not in SAMPLERS:
-            raise ValueError(f"solver: expected one of {sorted(SAMPLERS)}, got {self.solver!r}")
+        if self.solver is not None and self.solver not in SAMPLERS:
+            raise ValueError(f"solver: expected one of {sorted(SAMPLERS)} or None, got {self.solver!r}")
         if self.num < 2 or self.path_num < 1 or self.path_steps < 1:
             raise ValueError(
                 f"num / path_num / path_steps: expected >= 2 / 1 / 1, got {self.num}, "
                 f"{self.path_num}, {self.path_steps}"
             )
 
+    def for_model(self, mean_flow: bool) -> EvalConfig:
+        """This config with ``solver`` resolved for a model (mean-flow or not); ValueError for the
+        meanflow sampler on a velocity field."""
+        if self.solver == "meanflow" and not mean_flow:
+            raise ValueError("solver: 'meanflow' needs a mean-flow model (trained with objective meanflow)")
+        if self.solver is not None:
+            return self
+        return replace(self, solver="meanflow" if mean_flow else "euler")
+
     def settings(self) -> list[tuple[str, str, int | None]]:
-        """(name, solver, steps) for every setting, dopri5 last."""
+        """(name, solver, steps) for every setting, dopri5 last (``solver`` resolved)."""
+        if self.solver is None:
+            raise ValueError("solver: unresolved; call config.for_model(mean_flow) first")
         out = [(f"{self.solver}-{s}", self.solver, s) for s in self.steps]
         if self.adaptive:
             out.append(("dopri5", "dopri5", None))
@@ -150,7 +162,8 @@ def evaluate_model(
     num_classes: int | None = None,
     progress: bool = False,
 ) -> EvalResult:
-    """Evaluates a velocity field ``model`` (on its device) against ``reference`` [m, d] (held-out data,
+    """Evaluates a velocity field or mean-flow ``model`` (on its device) against ``reference`` [m, d]
+    (held-out data,
     normalised units; a fixed random subset of ``config.num`` points when larger).
 
     Args:
@@ -164,6 +177,7 @@ def evaluate_model(
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
+    config = config.for_model(bool(getattr(getattr(model, "config", None), "mean_flow", False)))
     ref = torch.as_tensor(reference).to("cpu", torch.float32)
     if ref.dim() != 2 or ref.shape[0] < 2:
         raise ValueError(f"reference: expected [m >= 2, d], got {list(ref.shape)}")

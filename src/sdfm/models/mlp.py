@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from sdfm.models.embeddings import LabelEmbedding, SinusoidalTimeEmbedding
+from sdfm.models.embeddings import Conditioning
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,11 @@ class MLPConfig:
         depth: number of hidden residual blocks.
         time_dim: size of the sinusoidal time features.
         num_classes: number of class labels (None = unconditional).
+        cond_dim: size of continuous condition vectors z (None = none); exclusive with num_classes.
+        mean_flow: also embed the interval r - t (a mean-flow model u(x, t, r); see
+            :mod:`sdfm.flow.meanflow`).
+        time_scale: factor on t in the time embeddings (None: 1000, or 1 for mean-flow models;
+            see :func:`sdfm.models.embeddings.resolve_time_scale`).
     """
 
     dim: int
@@ -27,6 +32,9 @@ class MLPConfig:
     depth: int = 4
     time_dim: int = 64
     num_classes: int | None = None
+    cond_dim: int | None = None
+    mean_flow: bool = False
+    time_scale: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,30 +53,36 @@ class _Block(nn.Module):
 
 
 class MLPVelocity(nn.Module):
-    """v(x [n, d], t [n], cond [n] | None) -> [n, d]: residual MLP; time (and label) embeddings are
-    added inside every block."""
+    """v(x [n, d], t [n], cond | None, r [n] | None) -> [n, d]: residual MLP; the embeddings of time
+    (and of the label or condition vector, and for mean-flow models of r - t) are added inside every
+    block."""
 
     def __init__(self, config: MLPConfig):
         super().__init__()
         self.config = config
         w = config.hidden
-        self.time = nn.Sequential(
-            SinusoidalTimeEmbedding(config.time_dim),
-            nn.Linear(config.time_dim, w),
-            nn.SiLU(),
-            nn.Linear(w, w),
+        self.embed = Conditioning(
+            w,
+            config.time_dim,
+            num_classes=config.num_classes,
+            cond_dim=config.cond_dim,
+            mean_flow=config.mean_flow,
+            time_scale=config.time_scale,
         )
-        self.labels = LabelEmbedding(config.num_classes, w) if config.num_classes else None
         self.inp = nn.Linear(config.dim, w)
         self.blocks = nn.ModuleList(_Block(w) for _ in range(config.depth))
         self.out = nn.Sequential(nn.LayerNorm(w), nn.SiLU(), nn.Linear(w, config.dim))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        r: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.config.dim:
             raise ValueError(f"x: expected [n, {self.config.dim}], got {list(x.shape)}")
-        emb = self.time(t.reshape(-1).expand(x.shape[0]))
-        if self.labels is not None:
-            emb = emb + self.labels(cond, x.shape[0], x.device)
+        emb = self.embed(t, cond, r, x.shape[0], x.device)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sdfm.models.embeddings import LabelEmbedding, SinusoidalTimeEmbedding
+from sdfm.models.embeddings import Conditioning
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,10 @@ class UNetConfig:
         attention: self-attention in the bottleneck.
         num_classes: number of class labels (None = unconditional).
         dropout: dropout inside the residual blocks.
+        cond_dim: size of continuous condition vectors z (None = none); exclusive with num_classes.
+        mean_flow: also embed the interval r - t (a mean-flow model u(x, t, r)).
+        time_scale: factor on t in the time embeddings (None: 1000, or 1 for mean-flow models;
+            see :func:`sdfm.models.embeddings.resolve_time_scale`).
     """
 
     image_shape: tuple[int, int, int]
@@ -33,6 +37,9 @@ class UNetConfig:
     attention: bool = True
     num_classes: int | None = None
     dropout: float = 0.0
+    cond_dim: int | None = None
+    mean_flow: bool = False
+    time_scale: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
@@ -91,7 +98,8 @@ class _Attention(nn.Module):
 
 
 class UNetVelocity(nn.Module):
-    """v(x [n, C*H*W], t [n], cond [n] | None) -> [n, C*H*W]: a DDPM-style U-Net (residual blocks with
+    """v(x [n, C*H*W], t [n], cond | None, r [n] | None) -> [n, C*H*W]: a DDPM-style U-Net (residual
+    blocks with
     time/label embedding, strided-conv downsampling, nearest upsampling, skip connections)."""
 
     def __init__(self, config: UNetConfig):
@@ -99,13 +107,14 @@ class UNetVelocity(nn.Module):
         self.config = config
         c_img = config.image_shape[0]
         emb_dim = 4 * config.base
-        self.time = nn.Sequential(
-            SinusoidalTimeEmbedding(config.base),
-            nn.Linear(config.base, emb_dim),
-            nn.SiLU(),
-            nn.Linear(emb_dim, emb_dim),
+        self.embed = Conditioning(
+            emb_dim,
+            config.base,
+            num_classes=config.num_classes,
+            cond_dim=config.cond_dim,
+            mean_flow=config.mean_flow,
+            time_scale=config.time_scale,
         )
-        self.labels = LabelEmbedding(config.num_classes, emb_dim) if config.num_classes else None
         chans = [config.base * m for m in config.mults]
         self.inp = nn.Conv2d(c_img, chans[0], 3, padding=1)
         self.down = nn.ModuleList()
@@ -133,15 +142,19 @@ class UNetVelocity(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        r: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         n = x.shape[0]
         if x.dim() != 2 or x.shape[1] != self.config.dim:
             raise ValueError(
                 f"x: expected [n, {self.config.dim}] (image {self.config.image_shape}), got {list(x.shape)}"
             )
-        emb = self.time(t.reshape(-1).expand(n))
-        if self.labels is not None:
-            emb = emb + self.labels(cond, n, x.device)
+        emb = self.embed(t, cond, r, n, x.device)
         h = self.inp(x.reshape(n, *self.config.image_shape))
         hs = [h]
         for layer in self.down:

@@ -1,4 +1,5 @@
-"""ODE samplers (layer L1): euler, midpoint, heun, rk4 with one signature and exact NFE counts, and
+"""ODE samplers (layer L1): euler, midpoint, heun, rk4 (and the mean-flow jump) with one signature and
+exact NFE counts, and
 adaptive dopri5 through torchdiffeq. ``SAMPLERS`` is the registry of fixed-step methods."""
 
 from sdfm.samplers.fixed import (
@@ -9,6 +10,7 @@ from sdfm.samplers.fixed import (
     euler,
     heun,
     integrate,
+    meanflow,
     midpoint,
     rk4,
 )
@@ -21,6 +23,7 @@ __all__ = [
     "euler",
     "heun",
     "integrate",
+    "meanflow",
     "midpoint",
     "rk4",
 ]

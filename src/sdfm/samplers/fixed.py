@@ -1,4 +1,5 @@
-"""Fixed-step ODE samplers with one signature: ``step(f, x, t, dt) -> x_next`` and an exact NFE.
+"""Fixed-step ODE samplers with one signature: ``step(f, x, t, dt) -> x_next`` and an exact NFE
+(and ``meanflow``, the few-step sampler of mean-flow models, with the same signature).
 
 ``f(x, t)`` is the velocity field with a scalar time; :func:`integrate` wraps a model
 ``v(x [n, d], t [n], cond)`` and integrates from t0 = 0 (noise) to t1 = 1 (data).
@@ -41,12 +42,20 @@ def rk4(f: Field, x: torch.Tensor, t: float, dt: float) -> torch.Tensor:
     return x + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
 
 
+def meanflow(f: Field, x: torch.Tensor, t: float, dt: float) -> torch.Tensor:
+    """One mean-flow jump x_{t+dt} = x_t + dt u(x_t, t, t + dt): 1 evaluation of a model of the
+    average velocity (built with ``mean_flow=True``, :mod:`sdfm.flow.meanflow`); exact for a perfect
+    model, whatever dt."""
+    return x + dt * f(x, t, r=t + dt)
+
+
 #: name -> (step function, evaluations per step)
 SAMPLERS: dict[str, tuple[Callable, int]] = {
     "euler": (euler, 1),
     "midpoint": (midpoint, 2),
     "heun": (heun, 2),
     "rk4": (rk4, 4),
+    "meanflow": (meanflow, 1),
 }
 
 #: every sampler name accepted by :func:`integrate`, the adaptive one included
@@ -85,15 +94,19 @@ class CountingField:
             raise ValueError("guidance: classifier-free guidance needs labels (cond)")
         self.model, self.cond, self.nfe = model, cond, 0
 
-    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t, r=None) -> torch.Tensor:
         tt = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+        # r (the end of a mean-flow jump) is passed only when given, so plain velocity fields work
+        rr = None if r is None else torch.as_tensor(r, dtype=x.dtype, device=x.device).reshape(-1)
+        extra = {} if rr is None else {"r": rr.expand(x.shape[0])}
         if self.guidance is None:
             self.nfe += 1
-            return self.model(x, tt, self.cond)
+            return self.model(x, tt, self.cond, **extra)
         self.nfe += 2
         n = x.shape[0]
         labels = torch.cat([self.cond, torch.full_like(self.cond, NULL_LABEL)])
-        v = self.model(torch.cat([x, x]), torch.cat([tt, tt]), labels)
+        extra = {} if rr is None else {"r": rr.expand(2 * n)}
+        v = self.model(torch.cat([x, x]), torch.cat([tt, tt]), labels, **extra)
         v_cond, v_null = v[:n], v[n:]
         return v_null + self.guidance * (v_cond - v_null)
 
@@ -129,8 +142,9 @@ def integrate(
         model: velocity field ``v(x [n, d], t [n], cond) -> [n, d]``.
         x0: starting points [n, d] (noise for t0 = 0).
         steps: number of uniform steps (fixed-step methods; ignored by dopri5).
-        method: ``euler`` (NFE = steps), ``midpoint``/``heun`` (2 steps), ``rk4`` (4 steps), or
-            ``dopri5`` (adaptive through torchdiffeq with ``rtol``/``atol``; NFE as counted).
+        method: ``euler`` (NFE = steps), ``midpoint``/``heun`` (2 steps), ``rk4`` (4 steps),
+            ``meanflow`` (jumps of a mean-flow model, NFE = steps), or ``dopri5`` (adaptive through
+            torchdiffeq with ``rtol``/``atol``; NFE as counted).
         cond: labels [n] passed to the model, or None.
         trajectory: also return the states at each step ([steps + 1, n, d]; for dopri5 at
             ``trajectory_points`` uniform times).

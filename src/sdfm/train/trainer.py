@@ -1,8 +1,8 @@
 """The training loop (layer L2): one loop for every coupling; only ``coupling.sample`` differs.
 
 pairs = coupling.sample(n, generator)      # Pairs(x0, x1, index, cond)
-t = time_sampler(n, generator)
-loss = |v(x_t, t, cond) - (x1 - x0)|^2
+t = time_sampler(n, generator)             # objective "meanflow": (t, r) = meanflow_times(n, generator)
+loss = |v(x_t, t, cond) - (x1 - x0)|^2     # objective "meanflow": meanflow_loss (sdfm.flow.meanflow)
 AdamW step (warm-up, gradient clipping), EMA update
 every log_every: a JSONL line; every checkpoint_every and at the end: an atomic checkpoint
 """
@@ -18,11 +18,14 @@ from pathlib import Path
 import torch
 
 from sdfm.artifacts.atomic import atomic_write
-from sdfm.flow import flow_matching_loss, get_time_sampler
+from sdfm.flow import MeanFlowConfig, flow_matching_loss, get_time_sampler, meanflow_loss, meanflow_times
 from sdfm.models import make_ema
 from sdfm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 METRICS = "metrics.jsonl"
+
+#: training objectives: flow matching of a velocity field, or MeanFlow of an average velocity
+OBJECTIVES = ("flow", "meanflow")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class TrainConfig:
         bf16: bfloat16 autocast on CUDA (ignored on CPU); compile: ``torch.compile`` the model.
         label_dropout: probability that a pair's label is replaced by the null label -1 (for
             classifier-free guidance of conditional models; 0 = never).
+        objective: ``flow`` (flow matching, a velocity field) or ``meanflow`` (MeanFlow, a model of the
+            average velocity u(x, t, r) built with ``mean_flow=True``; ``time_sampler`` is then unused,
+            (t, r) come from ``meanflow``).
+        meanflow: :class:`sdfm.flow.MeanFlowConfig` (a dict is converted).
     """
 
     steps: int = 2000
@@ -60,8 +67,18 @@ class TrainConfig:
     bf16: bool = False
     compile: bool = False
     label_dropout: float = 0.0
+    objective: str = "flow"
+    meanflow: MeanFlowConfig = MeanFlowConfig()
 
     def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective: expected one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if isinstance(self.meanflow, dict):
+            object.__setattr__(self, "meanflow", MeanFlowConfig(**self.meanflow))
+        if not isinstance(self.meanflow, MeanFlowConfig):
+            raise ValueError(
+                f"meanflow: expected a MeanFlowConfig or dict, got {type(self.meanflow).__name__}"
+            )
         if not (isinstance(self.label_dropout, (int, float)) and 0.0 <= self.label_dropout < 1.0):
             raise ValueError(f"label_dropout: expected a number in [0, 1), got {self.label_dropout!r}")
         for name in ("steps", "batch_size", "log_every", "keep"):
@@ -134,7 +151,8 @@ def train(
     meta: dict | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Trains ``model`` (a velocity field) on pairs from ``coupling`` by flow matching.
+    """Trains ``model`` (a velocity field) on pairs from ``coupling`` by flow matching (or a mean-flow
+    model by MeanFlow, ``config.objective``).
 
     Args:
         model: ``v(x [n, d], t [n], cond) -> [n, d]``, on the coupling's device.
@@ -149,6 +167,8 @@ def train(
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
+    if config.objective == "meanflow" and getattr(getattr(model, "config", None), "mean_flow", True) is False:
+        raise ValueError("objective: 'meanflow' needs a model built with mean_flow=True (it takes r)")
     run_dir = Path(run_dir) if run_dir is not None else None
     generator = torch.Generator(device=device).manual_seed(config.seed)
     sample_t = get_time_sampler(config.time_sampler)
@@ -206,13 +226,24 @@ def train(
         t_pair = time.perf_counter()
         pairs = coupling.sample(config.batch_size, generator=generator)
         pair_s = time.perf_counter() - t_pair
-        t = sample_t(config.batch_size, generator=generator, device=device, dtype=pairs.x0.dtype)
+        if config.objective == "meanflow":
+            t, r = meanflow_times(
+                config.batch_size, config.meanflow, generator=generator, device=device, dtype=pairs.x0.dtype
+            )
+        else:
+            t = sample_t(config.batch_size, generator=generator, device=device, dtype=pairs.x0.dtype)
         cond = pairs.cond
         if cond is not None and config.label_dropout > 0:  # (no extra draws otherwise: runs unchanged)
             drop = torch.rand(cond.shape[0], generator=generator, device=device) < config.label_dropout
             cond = torch.where(drop, torch.full_like(cond, -1), cond)
         with autocast:
-            loss, stats = flow_matching_loss(forward, pairs.x0, pairs.x1, t, cond)
+            if config.objective == "meanflow":
+                # gradient through `forward` (compiled / DDP wrapper), JVP target through the plain module
+                loss, stats = meanflow_loss(
+                    forward, pairs.x0, pairs.x1, t, r, cond, config=config.meanflow, jvp_model=model
+                )
+            else:
+                loss, stats = flow_matching_loss(forward, pairs.x0, pairs.x1, t, cond)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = (
