@@ -1,5 +1,6 @@
 """Couplings: pairs equal brute force (SD), permutations (OT), determinism, labels, file checks."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,6 +88,28 @@ def test_minibatch_ot_exact_is_optimal_per_batch(data):
         diag = cm.diagonal()
         swaps = cm + cm.T - diag[:, None] - diag[None, :]  # cost change of swapping i, j
         assert float(swaps.min()) >= -1e-4
+
+
+def test_minibatch_ot_within_classes_is_optimal_per_class(data):
+    import ot
+
+    y, labels, _ = data
+    c = MinibatchOTCoupling(y, method="exact", batch_size=40, labels=labels, conditional=True)
+    p = c.sample(40, generator=gen(4))
+    ind = IndependentCoupling(y, labels=labels).sample(40, generator=gen(4))  # the batch before OT
+    assert torch.equal(ind.x0, p.x0) and torch.equal(p.cond, labels[p.index])
+    assert sorted(p.index.tolist()) == sorted(ind.index.tolist())
+    for k in labels.unique():
+        rows = torch.nonzero(ind.cond == k).squeeze(1)
+        assert bool((p.cond[rows] == k).all())  # each noise keeps its data point's class
+        # the class block's cost equals the exact OT cost (POT's emd2) between its noises and points
+        cost = float(0.5 * ((p.x0[rows] - p.x1[rows]) ** 2).sum())
+        m = len(rows)
+        cm = 0.5 * torch.cdist(ind.x0[rows].double(), ind.x1[rows].double()) ** 2
+        exact = m * ot.emd2(np.full(m, 1 / m), np.full(m, 1 / m), cm.numpy())
+        assert abs(cost - exact) < 1e-4 * max(1.0, exact)
+    with pytest.raises(ValueError, match="needs labels"):
+        MinibatchOTCoupling(y, conditional=True)
 
 
 def test_independent_respects_weights():

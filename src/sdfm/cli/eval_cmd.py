@@ -108,6 +108,14 @@ def cmd_eval(args) -> int:
             _fid_class()
         except RuntimeError as exc:
             raise CliError(f"--fid-weights: {exc}") from None
+    from sdfm.train import read_run
+
+    try:
+        info = read_run(args.run)
+    except ValueError as exc:
+        raise CliError(f"--run: {exc}") from None
+    if info["coupling"].get("superres"):
+        return _eval_superres(args, device)
     config = EvalConfig(
         steps=args.steps, solver=args.solver, adaptive=args.adaptive, num=args.num, seed=args.seed
     )
@@ -129,6 +137,27 @@ def cmd_eval(args) -> int:
         f"curvature {result.path['curvature']:.4g}, transport cost {result.path['transport_cost']:.4g}"
         f" -> {out}/report.md"
     )
+    return 0
+
+
+def _eval_superres(args, device) -> int:
+    from sdfm.evaluation.superres import evaluate_superres_run
+
+    if args.adaptive or args.fid_weights:
+        raise CliError("--adaptive/--fid-weights: not available for super-resolution runs (PSNR only)")
+    result = evaluate_superres_run(
+        args.run,
+        steps=args.steps,
+        solver=args.solver,
+        seed=args.seed,
+        reference=args.reference,
+        device=device,
+        ema=not args.no_ema,
+    )
+    print("setting    NFE   PSNR (dB)")
+    for row in result["rows"]:
+        print(f"{row['setting']:<9} {row['nfe']:>4}  {row['psnr']:>9.3f}")
+    print(f"upsampled condition: {result['upsampled_psnr']:.3f} dB -> {Path(args.run) / 'eval'}/report.md")
     return 0
 
 

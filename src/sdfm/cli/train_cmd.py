@@ -64,6 +64,27 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
         "(default 0.1 with --conditional)",
     )
     p.add_argument(
+        "--superres",
+        type=positive_int,
+        default=None,
+        metavar="FACTOR",
+        help="super-resolution (image data): the network takes each image's noisy FACTOR-times "
+        "downsampled copy z as a continuous condition; semidiscrete pairs by the augmented cost "
+        "c(x, y) + beta c(z, z')",
+    )
+    p.add_argument(
+        "--beta",
+        type=nonneg_float,
+        default=None,
+        help="weight of the condition cost (--superres; default 10)",
+    )
+    p.add_argument(
+        "--condition-noise",
+        type=nonneg_float,
+        default=None,
+        help="std of the noise on the low-resolution conditions, normalised units (--superres; default 0.1)",
+    )
+    p.add_argument(
         "--objective",
         choices=["flow", "meanflow"],
         default="flow",
@@ -137,6 +158,8 @@ def _model_config(args, dataset, dim: int) -> dict:
         cfg["num_classes"] = int(dataset.num_classes)
     if args.objective == "meanflow":
         cfg["mean_flow"] = True
+    if getattr(args, "cond_dim", None):
+        cfg["cond_dim"] = int(args.cond_dim)
     return cfg
 
 
@@ -209,6 +232,95 @@ def _semidiscrete(args, run_dir: Path, targets, fp_train: str, fp_raw: str, devi
     return res.potential, res.eps, res.weights, res.duplicates, "potential.safetensors"
 
 
+def _superres_task(args, dataset, info: dict | None):
+    """The super-resolution task of --superres (or of the resumed run), checked; None otherwise."""
+    from sdfm.evaluation.superres import SuperResTask
+
+    stored = None if info is None else info["coupling"].get("superres")
+    if info is not None and (stored is not None) != (args.superres is not None):
+        raise CliError("--resume: pass --superres exactly when the run was trained with it")
+    if args.superres is None:
+        if args.beta is not None or args.condition_noise is not None:
+            raise CliError("--beta/--condition-noise: only used with --superres")
+        return None
+    if dataset.image_shape is None:
+        raise CliError(f"--superres: needs image data; {dataset.name} rows are not images")
+    if args.conditional:
+        raise CliError("--superres: a model takes class labels or condition vectors, not both")
+    if args.coupling == "minibatch-ot":
+        raise CliError("--superres: supported couplings are independent and semidiscrete")
+    if args.potential:
+        raise CliError("--potential: not used with --superres (the augmented potential is solved in the run)")
+    _, h, w = dataset.image_shape
+    if h % args.superres or w % args.superres:
+        raise CliError(f"--superres: {args.superres} does not divide the image size {h}x{w}")
+    if stored is not None:
+        return SuperResTask(**stored)
+    defaults = SuperResTask()
+    try:
+        task = SuperResTask(
+            factor=args.superres,
+            noise=defaults.noise if args.condition_noise is None else args.condition_noise,
+            beta=defaults.beta if args.beta is None else args.beta,
+        )
+    except ValueError as exc:
+        raise CliError(f"--superres: {exc}") from None
+    c = dataset.image_shape[0]
+    args.cond_dim = c * (h // task.factor) * (w // task.factor)
+    return task
+
+
+def _superres(args, run_dir: Path, task, dataset, x_train, targets, coupling_info: dict, device):
+    """The coupling of a super-resolution run (semidiscrete: the augmented potential, solved and saved
+    in the run, or loaded from it on --resume)."""
+    import torch
+
+    from sdfm.artifacts import load_potential, save_potential
+    from sdfm.couplings import IndependentCoupling, SemidiscreteCoupling
+    from sdfm.data import fingerprint
+    from sdfm.evaluation.superres import superres_coupling
+    from sdfm.transport import augmented_keys
+
+    z = torch.from_numpy(task.conditions(x_train, dataset.image_shape, seed=args.seed)).to(device)
+    coupling_info = {**coupling_info, "superres": task.to_dict()}
+    if args.coupling == "independent":
+        return IndependentCoupling(targets, conditions=z), coupling_info
+    keys = augmented_keys(targets, z, task.beta)
+    fp_keys = fingerprint(keys.cpu().numpy())
+    path = run_dir / "potential.safetensors"
+    if args.resume:
+        pf = load_potential(path)
+        pf.check_targets(keys, fingerprint=fp_keys)
+        coupling = SemidiscreteCoupling(
+            targets,
+            pf.potential,
+            eps=pf.eps,
+            weights=pf.weights,
+            duplicates=pf.duplicates,
+            conditions=z,
+            beta=task.beta,
+        )
+        return coupling, coupling_info
+    print(f"sdfm train: solving the augmented potential (beta {task.beta:g}) -> {path}", file=sys.stderr)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    coupling, res = superres_coupling(
+        "semidiscrete", targets, z, task, generator=gen, progress=not args.quiet
+    )
+    save_potential(
+        path, res, fingerprint=fp_keys, targets=keys, data_name=args.data, extra={"seed": args.seed}
+    )
+    print(
+        f"sdfm train: potential chi2 {res.chi2:.4f} ± {res.chi2_stderr:.4f}, {res.seconds:.1f} s",
+        file=sys.stderr,
+    )
+    return coupling, {
+        **coupling_info,
+        "potential": "potential.safetensors",
+        "eps": res.eps,
+        "eps_relative": 0.0,
+    }
+
+
 def cmd_train(args) -> int:
     import torch
 
@@ -267,6 +379,7 @@ def cmd_train(args) -> int:
             raise CliError(f"--conditional: {args.data} has no class labels (or a single class)")
     elif args.label_dropout:
         raise CliError("--label-dropout: only used with --conditional")
+    task = _superres_task(args, dataset, info if args.resume else None)
     label_dropout = (
         args.label_dropout if args.label_dropout is not None else (0.1 if args.conditional else 0.0)
     )
@@ -298,7 +411,11 @@ def cmd_train(args) -> int:
         model_info = {"name": args.model, "config": _model_config(args, dataset, dim)}
         coupling_info = {"name": args.coupling, "conditional": bool(args.conditional)}
     run_dir.mkdir(parents=True, exist_ok=True)
-    if args.coupling == "independent":
+    if task is not None:
+        coupling, coupling_info = _superres(
+            args, run_dir, task, dataset, x_train, targets, coupling_info, device
+        )
+    elif args.coupling == "independent":
         coupling = IndependentCoupling(targets, labels=labels)
     elif args.coupling == "minibatch-ot":
         eps = DEFAULT_SINKHORN_EPS if args.eps is None else args.eps
@@ -393,7 +510,17 @@ def cmd_sample(args) -> int:
     x0 = torch.randn(args.num, dim, generator=generator, device=device)
     num_classes = run.info["model"]["config"].get("num_classes")
     cond = None
-    if num_classes:
+    if run.info["coupling"].get("superres"):  # conditions: the held-out images' noisy low-res copies
+        from sdfm.evaluation.superres import superres_heldout
+
+        if args.label is not None or args.guidance != 1.0:
+            raise CliError("--label/--guidance: a super-resolution run is conditioned on images, not labels")
+        _, high, z, _, _ = superres_heldout(run.info, run.normalization)
+        num = min(args.num, z.shape[0])
+        cond = torch.from_numpy(z[:num]).to(device)
+        x0 = x0[:num]
+        print(f"conditions: the first {num} held-out images' low-resolution copies", file=sys.stderr)
+    elif num_classes:
         if args.label is not None and not 0 <= args.label < num_classes:
             raise CliError(f"--label: expected a class in [0, {num_classes}), got {args.label}")
         cond = (

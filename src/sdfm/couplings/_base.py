@@ -27,16 +27,29 @@ class DataCoupling:
     Args:
         data: data points [N, d] (float; integers are promoted to float32).
         labels: optional class labels [N]; they travel with the pairs as ``cond``.
+        conditions: optional continuous condition vectors [N, k] (exclusive with labels); the pairs'
+            ``cond`` is then the condition the noise was drawn with (for the independent coupling, the
+            condition of the paired data point).
         weights: optional positive data weights [N] (normalised); default uniform.
         noise: the source sampler ``noise(n, d, generator=, device=, dtype=)``; default N(0, I).
     """
 
-    def __init__(self, data, *, labels=None, weights=None, noise=standard_normal):
+    def __init__(self, data, *, labels=None, weights=None, noise=standard_normal, conditions=None):
         self.data = as_targets(data, "data")
         n_targets = self.data.shape[0]
         self.labels = check_labels(labels, n_targets)
         if self.labels is not None:
             self.labels = self.labels.to(self.data.device)
+        self.conditions = None
+        if conditions is not None:
+            if self.labels is not None:
+                raise ValueError("conditions: pass class labels or condition vectors, not both")
+            z = as_targets(conditions, "conditions")
+            if z.shape[0] != n_targets:
+                raise ValueError(
+                    f"conditions: expected [{n_targets}, k] (one per data point), got {list(z.shape)}"
+                )
+            self.conditions = z.to(device=self.data.device, dtype=self.data.dtype)
         self.weights = as_weights(weights, n_targets)
         self.noise = noise
 
@@ -64,6 +77,9 @@ class DataCoupling:
             return torch.randint(self.num_data, (n,), generator=generator, device=self.device)
         return torch.multinomial(self.weights.to(self.device), n, replacement=True, generator=generator)
 
-    def pairs(self, x0: torch.Tensor, index: torch.Tensor) -> Pairs:
-        cond = None if self.labels is None else self.labels[index]
+    def pairs(self, x0: torch.Tensor, index: torch.Tensor, cond: torch.Tensor | None = None) -> Pairs:
+        """Pairs of ``x0`` with data ``index``; ``cond`` defaults to the data points' labels/conditions."""
+        if cond is None:
+            cond = self.labels if self.labels is not None else self.conditions
+            cond = None if cond is None else cond[index]
         return Pairs(x0=x0, x1=self.data[index], index=index, cond=cond)

@@ -9,6 +9,7 @@ import torch
 from sdfm.couplings._base import DataCoupling
 from sdfm.protocols import Pairs
 from sdfm.transport.assign import LaguerreCells
+from sdfm.transport.augmented import ConditionedNoise, augmented_keys, augmented_queries
 from sdfm.transport.duplicates import DuplicateGroups
 from sdfm.transport.sources import standard_normal
 
@@ -30,6 +31,11 @@ class SemidiscreteCoupling(DataCoupling):
         conditional: class-conditional pairing (needs ``labels`` and a potential from
             :func:`~sdfm.transport.solve_per_class`): each noise gets a class c drawn from the data's
             class masses p(c) and is paired within class c only; ``cond`` is c.
+        conditions, beta: continuous conditions z [N, k] and the weight beta of the augmented cost
+            (:mod:`sdfm.transport.augmented`; the potential must be solved on
+            ``augmented_keys(data, conditions, beta)`` with the source ``ConditionedNoise``): each noise
+            x0 gets a condition z0 = z_i, i ~ weights, and is paired by the argmax over the keys of the
+            query [x0, sqrt(beta) z0]; ``cond`` is z0.
 
     Build it from a solver result with :meth:`from_result` or from a potential file with
     :meth:`from_file` (which refuses a potential solved for other data).
@@ -50,13 +56,22 @@ class SemidiscreteCoupling(DataCoupling):
         chunk_size: int | None = None,
         score_dtype: torch.dtype | None = None,
         conditional: bool = False,
+        conditions=None,
+        beta: float | None = None,
     ):
-        super().__init__(data, labels=labels, weights=weights, noise=noise)
+        super().__init__(data, labels=labels, weights=weights, noise=noise, conditions=conditions)
         if conditional and self.labels is None:
             raise ValueError("conditional: class-conditional pairing needs labels")
+        if (conditions is None) != (beta is None):
+            raise ValueError("conditions, beta: the augmented cost needs both (or neither)")
         self.conditional = bool(conditional)
+        self.source = None
+        keys = self.data
+        if conditions is not None:
+            self.source = ConditionedNoise(self.conditions, beta, weights=self.weights)
+            keys = augmented_keys(self.data, self.conditions, beta)
         self.cells = LaguerreCells(
-            self.data,
+            keys,
             potential,
             eps=eps,
             weights=self.weights,
@@ -105,11 +120,15 @@ class SemidiscreteCoupling(DataCoupling):
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Pairs:
         n = self._check_n(n)
         x0 = self.draw_noise(n, generator)
-        classes = None
+        classes = cond = None
+        query = x0
         if self.conditional:
             probs = self.class_probs.to(x0.device)
             classes = torch.multinomial(probs, n, replacement=True, generator=generator)
-        index = self.cells.assign(x0, generator=generator, classes=classes)
+        if self.source is not None:  # continuous conditions: z0 = z_i, query [x0, sqrt(beta) z0]
+            cond = self.conditions[self.source.draw_index(n, generator, x0.device)]
+            query = augmented_queries(x0, cond, self.source.beta)
+        index = self.cells.assign(query, generator=generator, classes=classes)
         if self.duplicates is not None:
             index = self.duplicates.spread(index, generator)
-        return self.pairs(x0, index)
+        return self.pairs(x0, index, cond)

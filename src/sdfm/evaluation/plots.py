@@ -209,3 +209,27 @@ def plot_chi2(history, path, *, tol: float | None = None) -> Path:
     ax.set_ylabel("chi2(marginal || b)")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_image_rows(rows: dict, path, *, image_shape, max_items: int = 10, title: str = "") -> Path:
+    """One row of images per entry (``rows[label]`` = x [n, C*H*W] in data units), columns aligned
+    (e.g. condition, samples, truth for super-resolution); one grey scale for all."""
+    plt = _figure()
+    c, h, w = image_shape
+    k = min(max_items, *(np.asarray(x).shape[0] for x in rows.values()))
+    stack = np.concatenate([np.asarray(x)[:k] for x in rows.values()])
+    lo, hi = np.percentile(stack, 0.5), np.percentile(stack, 99.5)
+    fig, axes = plt.subplots(len(rows), k, figsize=(0.8 * k + 1.4, 0.85 * len(rows)), squeeze=False)
+    for r, (label, x) in enumerate(rows.items()):
+        imgs = np.clip((np.asarray(x)[:k].reshape(k, c, h, w) - lo) / max(hi - lo, 1e-12), 0, 1)
+        for i in range(k):
+            ax = axes[r, i]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(
+                imgs[i, 0] if c == 1 else imgs[i, :3].transpose(1, 2, 0), cmap="gray" if c == 1 else None
+            )
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

@@ -13,7 +13,7 @@ from sdfm.metrics.classifier import (
     frechet_from_moments,
     label_tv,
 )
-from sdfm.metrics.distances import energy_distance, mmd_rbf, wasserstein2
+from sdfm.metrics.distances import energy_distance, mmd_rbf, psnr, wasserstein2
 from sdfm.metrics.fid import inception_fid
 from sdfm.metrics.flows import PathStats, path_stats
 
@@ -32,5 +32,6 @@ __all__ = [
     "label_tv",
     "mmd_rbf",
     "path_stats",
+    "psnr",
     "wasserstein2",
 ]

@@ -84,3 +84,19 @@ def mmd_rbf(
         return torch.exp(-dist.square() / (2 * bandwidth**2))
 
     return _mean_pairwise(x, x, kernel) + _mean_pairwise(y, y, kernel) - 2 * _mean_pairwise(x, y, kernel)
+
+
+def psnr(x, ref, data_range: float) -> float:
+    """Mean over images of the peak signal-to-noise ratio 10 log10(range^2 / MSE_i) in dB, for paired
+    rows x, ref [n, d] in data units (``data_range``: max minus min of the pixel scale, e.g. 16 for
+    scikit-learn's digits)."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    ref = torch.as_tensor(ref, dtype=torch.float64)
+    if x.shape != ref.shape or x.dim() != 2:
+        raise ValueError(
+            f"x, ref: expected two [n, d] arrays of one shape, got {list(x.shape)}, {list(ref.shape)}"
+        )
+    if not data_range > 0:
+        raise ValueError(f"data_range: expected a number > 0, got {data_range!r}")
+    mse = (x - ref).pow(2).mean(dim=1).clamp_min(1e-20)
+    return float((10.0 * torch.log10(data_range**2 / mse)).mean())

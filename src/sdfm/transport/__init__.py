@@ -4,10 +4,13 @@
   each noise sample.
 - :class:`SemidiscreteSolver`: fits the dual potential; returns a :class:`SemidiscreteResult`.
 - minibatch OT (the OT-FM baseline): :func:`exact_assignment`, :func:`sinkhorn`.
+- continuous conditions: :func:`augmented_keys` and the source :class:`ConditionedNoise` turn the
+  augmented cost c(x, y) + beta c(z, z') into an ordinary semidiscrete problem.
 - diagnostics: chi2 with standard error, total variation and its sampling floor, usage, cost.
 """
 
 from sdfm.transport.assign import LaguerreCells, assign, c_transform, marginal
+from sdfm.transport.augmented import ConditionedNoise, augmented_keys, augmented_queries
 from sdfm.transport.conditional import ClassConditionalResult, solve_per_class
 from sdfm.transport.diagnostics import (
     MarginalEstimate,
@@ -32,6 +35,7 @@ from sdfm.transport.sources import standard_normal
 
 __all__ = [
     "ClassConditionalResult",
+    "ConditionedNoise",
     "DuplicateGroups",
     "HistoryEntry",
     "LaguerreCells",
@@ -40,6 +44,8 @@ __all__ = [
     "SemidiscreteSolver",
     "SinkhornResult",
     "assign",
+    "augmented_keys",
+    "augmented_queries",
     "c_transform",
     "chi2_from_counts",
     "chi2_from_sums",
