@@ -191,6 +191,13 @@ def test_conditional_train_sample_eval(tmp_path, capsys):
     out = tmp_path / "s.npy"
     assert main(f"sample --run {run} --label 2 --guidance 3 --steps 2 --num 20 --out {out}".split()) == 0
     assert np.load(out).shape == (20, 3) and "NFE 4" in capsys.readouterr().out  # 2 steps x 2 branches
+    corrected = ["sample", "--run", str(run), "--label", "1", "--guidance", "2", "--num", "6", "--steps", "4"]
+    assert main(corrected + ["--guidance-correction", "3", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert np.load(out).shape == (6, 3) and "NFE 24" in captured.out  # 4 steps x 2 branches x 3 particles
+    assert "effective sample size" in captured.err
+    assert main(corrected + ["--guidance-correction", "3", "--solver", "dopri5", "--out", str(out)]) == 2
+    assert "fixed-step" in capsys.readouterr().err
     assert main(["sample", "--run", str(run), "--label", "3", "--num", "5", "--out", str(out)]) == 2
     assert "--label" in capsys.readouterr().err
     # resuming needs the same flags

@@ -148,6 +148,15 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
         default=1.0,
         help="classifier-free guidance scale (conditional runs; default 1)",
     )
+    s.add_argument(
+        "--guidance-correction",
+        type=positive_int,
+        default=None,
+        metavar="PARTICLES",
+        help="EXPERIMENTAL: correct guided samples towards the geometric mixture p_c^w p_u^(1-w) by "
+        "drawing PARTICLES guided trajectories per sample and resampling one by its importance weight "
+        "(PAPER.md section 5; fixed-step solvers)",
+    )
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
 
@@ -535,7 +544,24 @@ def cmd_sample(args) -> int:
     if solver == "meanflow" and not mean_flow:
         raise CliError("--solver: meanflow needs a mean-flow run (sdfm train --objective meanflow)")
     steps = args.steps or (1 if solver == "meanflow" else 8)
-    res = integrate(run.model, x0, steps=steps, method=solver, cond=cond, guidance=args.guidance)
+    if args.guidance_correction:
+        from sdfm.samplers import corrected_guidance
+
+        if cond is None or not num_classes:
+            raise CliError("--guidance-correction: needs a class-conditional run")
+        if solver in ("dopri5", "meanflow"):
+            raise CliError(f"--guidance-correction: needs a fixed-step ODE solver, not {solver}")
+        x0 = torch.randn(x0.shape[0], args.guidance_correction, dim, generator=generator, device=device)
+        res = corrected_guidance(
+            run.model, x0, cond, args.guidance, steps=steps, method=solver, generator=generator
+        )
+        print(
+            f"guidance correction: {args.guidance_correction} particles per sample, mean effective sample "
+            f"size {float(res.ess.mean()):.1f}",
+            file=sys.stderr,
+        )
+    else:
+        res = integrate(run.model, x0, steps=steps, method=solver, cond=cond, guidance=args.guidance)
     samples = run.normalization.undo(res.x)
 
     def write(p: Path) -> None:

@@ -14,12 +14,15 @@ from sdfm.samplers.fixed import (
     midpoint,
     rk4,
 )
+from sdfm.samplers.guidance import CorrectedSamples, corrected_guidance
 
 __all__ = [
+    "CorrectedSamples",
     "NULL_LABEL",
     "SAMPLERS",
     "SOLVERS",
     "SampleResult",
+    "corrected_guidance",
     "euler",
     "heun",
     "integrate",
