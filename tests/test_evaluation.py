@@ -128,6 +128,39 @@ def test_demo_tiny_writes_every_promised_file_and_eval_reads_its_runs(tmp_path, 
     assert strip(next(iter(again["results"].values()))["rows"]) == strip(res["rows"])
 
 
+def test_demo_conditional_meanflow(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--data", "gmm:d=3,k=3,n=600", "--budget", "tiny", "--out", str(out), "--quiet"]
+    assert main(argv + ["--objective", "meanflow", "--conditional"]) == 0
+    report = (out / "report.md").read_text()
+    assert "I-MF vs OT-MF vs SD-MF" in report and "chi2.png" not in report  # per-class solves: no one curve
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["objective"] == "meanflow" and data["conditional"] is True
+    for method in ("I-MF", "OT-MF", "SD-MF"):
+        rows = data["results"][method]["rows"]
+        assert [r["setting"] for r in rows] == ["data", "meanflow-1", "meanflow-2", "dopri5"]
+        assert all(0 <= r["accuracy"] <= 1 for r in rows[1:])  # conditional: accuracy given the label
+    info = json.loads((out / "runs" / "ot-mf" / "run.json").read_text())
+    assert info["coupling"]["conditional"] and info["model"]["config"]["mean_flow"]
+    assert (
+        main(
+            [
+                "demo",
+                "--data",
+                "checkerboard:n=300",
+                "--budget",
+                "tiny",
+                "--conditional",
+                "--out",
+                str(tmp_path / "c"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert "no labels" in capsys.readouterr().err
+
+
 def test_eval_and_demo_errors(tmp_path, capsys):
     assert main(["eval", "--run", str(tmp_path / "nope")]) == 2
     assert "not an sdfm run" in capsys.readouterr().err
