@@ -76,7 +76,7 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
         "--beta",
         type=nonneg_float,
         default=None,
-        help="weight of the condition cost (--superres; default 10)",
+        help="weight of the condition cost (--superres; default 30)",
     )
     p.add_argument(
         "--condition-noise",

@@ -25,12 +25,15 @@ class SuperResTask:
     """Attributes:
     factor: downsampling factor of the conditions (8x8 digits -> 4x4 with 2).
     noise: std of the Gaussian noise added to the low-resolution copy (normalised units).
-    beta: weight of the condition cost in the augmented semidiscrete cost (SD-FM only).
+    beta: weight of the condition cost in the augmented semidiscrete cost (SD-FM only). Small beta
+        pairs noise with data of other conditions (the model then learns a blurred conditional);
+        on digits x2, beta = 3 / 10 / 30 gave one-step PSNR 12.7 / 17.5 / 18.8 dB against I-FM's
+        18.7 (BENCHMARKS.md section 8), hence the default 30.
     """
 
     factor: int = 2
     noise: float = 0.1
-    beta: float = 10.0
+    beta: float = 30.0
 
     def __post_init__(self):
         if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 2:
