@@ -94,12 +94,16 @@ def target_chunks(
     device: torch.device,
     dtype: torch.dtype,
     center: torch.Tensor | None = None,
+    subset: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yields ``(start, stop, y[start:stop] - center)`` moved to ``device`` and cast to ``dtype``."""
-    n_targets = targets.shape[0]
+    """Yields ``(start, stop, y[start:stop] - center)`` moved to ``device`` and cast to ``dtype``;
+    with ``subset`` (target indices on the targets' device) the rows ``y[subset[start:stop]]``,
+    gathered one chunk at a time."""
+    n_targets = targets.shape[0] if subset is None else subset.shape[0]
     for start in range(0, n_targets, chunk):
         stop = min(start + chunk, n_targets)
-        z = targets[start:stop].to(device=device, dtype=dtype, non_blocking=True)
+        rows = targets[start:stop] if subset is None else targets[subset[start:stop]]
+        z = rows.to(device=device, dtype=dtype, non_blocking=True)
         if center is not None:
             z = z - center
         yield start, stop, z
@@ -113,15 +117,20 @@ def score_blocks(
     chunk: int,
     center: torch.Tensor | None = None,
     alpha: float = 1.0,
+    subset: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yields ``(start, stop, block)`` with block [n, stop - start] = alpha x (y - center)^T + bias.
+    """Yields ``(start, stop, block)`` with block [n, stop - start] = alpha x (y - center)^T + bias
+    (over ``targets[subset]`` when given; ``bias`` is then the subset's).
 
     The block is written into one reused buffer: a consumer must be done with it before asking for
     the next one.
     """
     n = x.shape[0]
-    buf = torch.empty(n * min(chunk, targets.shape[0]), dtype=x.dtype, device=x.device)
-    for start, stop, z in target_chunks(targets, chunk, device=x.device, dtype=x.dtype, center=center):
+    n_targets = targets.shape[0] if subset is None else subset.shape[0]
+    buf = torch.empty(n * min(chunk, n_targets), dtype=x.dtype, device=x.device)
+    for start, stop, z in target_chunks(
+        targets, chunk, device=x.device, dtype=x.dtype, center=center, subset=subset
+    ):
         out = buf[: n * (stop - start)].view(n, stop - start)
         torch.addmm(bias[start:stop], x, z.T, alpha=alpha, out=out)
         yield start, stop, out
@@ -137,17 +146,16 @@ def stream_argmax(
     alpha: float = 1.0,
     top2: bool = False,
     gumbel: torch.Generator | None | bool = False,
-    classes: tuple[torch.Tensor, torch.Tensor] | None = None,
+    subset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Row-wise argmax of the scores over all targets, streamed.
+    """Row-wise argmax of the scores over all targets (or over ``targets[subset]``), streamed.
 
     Args:
         gumbel: False for a plain argmax; otherwise a generator (or None for the global one) that
             draws i.i.d. standard Gumbel noise added to every score (Gumbel-max sampling).
         top2: also return the second-best score (for the gap statistics of the solver).
-        classes: (query classes [n], target classes [N]) on ``x.device``: each row's argmax is
-            taken over the targets of its own class only (the other scores are masked to -inf in
-            each block; no per-class copy of the targets). Every query class must have targets.
+        subset: target indices [M] on the targets' device: score only those rows (gathered chunk by
+            chunk; ``bias`` [M] is theirs); the returned index is into all targets.
 
     Returns:
         index [n] (int64), best score [n], second-best score [n] or None.
@@ -163,7 +171,7 @@ def stream_argmax(
                 alpha=alpha,
                 top2=top2,
                 gumbel=gumbel,
-                classes=None if classes is None else (classes[0][r : r + ROW_BLOCK], classes[1]),
+                subset=subset,
             )
             for r in range(0, x.shape[0], ROW_BLOCK)
         ]
@@ -174,7 +182,9 @@ def stream_argmax(
     index = torch.zeros(n, dtype=torch.long, device=x.device)
     second = torch.full_like(best, float("-inf")) if top2 else None
     noise_buf = None
-    for start, _, block in score_blocks(x, targets, bias, chunk=chunk, center=center, alpha=alpha):
+    for start, _, block in score_blocks(
+        x, targets, bias, chunk=chunk, center=center, alpha=alpha, subset=subset
+    ):
         if gumbel is not False:
             if noise_buf is None:
                 noise_buf = torch.empty(block.numel(), dtype=x.dtype, device=x.device)
@@ -183,9 +193,6 @@ def stream_argmax(
             torch.rand(g.shape, generator=gumbel, dtype=x.dtype, device=x.device, out=g)
             g.log_().neg_().log_().neg_()
             block.add_(g)
-        if classes is not None:
-            other = classes[0][:, None] != classes[1][None, start : start + block.shape[1]]
-            block.masked_fill_(other, float("-inf"))
         if top2 and block.shape[1] >= 2:
             vals, idx = block.topk(2, dim=1)
             v1, i1, v2 = vals[:, 0], idx[:, 0], vals[:, 1]
@@ -199,6 +206,8 @@ def stream_argmax(
             second = torch.where(better, upper, lower)
         best = torch.where(better, v1, best)
         index = torch.where(better, i1 + start, index)
+    if subset is not None:
+        index = subset.to(x.device)[index]
     return index, best, second
 
 

@@ -77,8 +77,9 @@ class LaguerreCells:
             or AMX); keeps a low-precision copy of the centred targets (N d 2 bytes per device).
         classes: class labels of the targets [N] (integers) for class-conditional pairing: then
             :meth:`assign` takes the class of every noise sample and pairs it within that class
-            only (the argmax, or the Gumbel-max sample, over the targets of its class; the other
-            scores are masked, so no per-class copy of the data is made). The potential then holds
+            only (the argmax, or the Gumbel-max sample, over the targets of its class: each class's
+            samples scan only that class's targets, gathered chunk by chunk, so no per-class copy
+            of the data is made and a sample costs O(N_c d), not O(N d)). The potential then holds
             one sub-problem per class (see the solver for fitting it).
 
     The targets and potential are validated here, once; do not modify them afterwards.
@@ -114,7 +115,7 @@ class LaguerreCells:
         self.classes = None if classes is None else _checks.as_labels(classes, n_targets, "classes")
         if self.classes is not None and score_dtype is not None:
             raise ValueError("score_dtype: low-precision scoring does not support class-conditional pairing")
-        self._class_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._class_cache: dict = {}
         self._cache: dict[tuple, _Keys] = {}
 
     @property
@@ -173,8 +174,9 @@ class LaguerreCells:
         kwargs = {"chunk": chunk, "center": keys.center, "alpha": self.alpha}
         return x, keys, kwargs
 
-    def _class_pair(self, classes, x: torch.Tensor):
-        """(query classes, target classes) on x's device, checked; None without classes."""
+    def _query_classes(self, classes, x: torch.Tensor) -> torch.Tensor | None:
+        """The query classes [n] on x's device, checked (every class must have targets); None
+        without target classes."""
         if self.classes is None:
             if classes is not None:
                 raise ValueError(
@@ -184,14 +186,11 @@ class LaguerreCells:
         if classes is None:
             raise ValueError("classes: class-conditional cells need the class of every noise sample")
         query = _checks.as_labels(classes, x.shape[0], "classes").to(x.device)
-        key = str(x.device)
-        if key not in self._class_cache:  # once per device: target classes, and which classes exist
+        key = ("present", str(x.device))
+        if key not in self._class_cache:  # once per device: which classes have targets
             present = torch.bincount(self.classes) > 0
-            self._class_cache[key] = (
-                self.classes.to(x.device),
-                torch.cat([present, present.new_zeros(1)]).to(x.device),
-            )
-        target_classes, present = self._class_cache[key]
+            self._class_cache[key] = torch.cat([present, present.new_zeros(1)]).to(x.device)
+        present = self._class_cache[key]
         # classes beyond the largest target class map to the trailing False
         ok = present[query.clamp(max=present.shape[0] - 1)]
         if not bool(ok.all()):
@@ -199,7 +198,7 @@ class LaguerreCells:
             raise ValueError(
                 f"classes: no target has class {missing[:5]} (noise samples of a class need targets)"
             )
-        return query, target_classes
+        return query
 
     def assign(
         self, x: torch.Tensor, generator: torch.Generator | None = None, classes: torch.Tensor | None = None
@@ -211,14 +210,39 @@ class LaguerreCells:
         classes, ``classes`` [n] gives each sample's class and the pairing stays within it.
         """
         x, keys, kw = self._query(x)
-        pair = self._class_pair(classes, x)
+        query = self._query_classes(classes, x)
         if self.score_dtype is not None:
             return stream_argmax_lowp(x, keys.lowp, targets=self.targets, chunk=kw["chunk"])
+        gumbel = False if self.eps == 0 else generator
         with full_precision(x.device):
-            index, _, _ = stream_argmax(
-                x, self.targets, keys.bias, **kw, gumbel=False if self.eps == 0 else generator, classes=pair
-            )
+            if query is None:
+                return stream_argmax(x, self.targets, keys.bias, **kw, gumbel=gumbel)[0]
+            # class by class, each scanning only its own targets (gathered chunk by chunk: no
+            # per-class copy of the data, and O(N_c d) per sample instead of O(N d) with a mask)
+            members = self._members(x.device)
+            index = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+            for c in torch.unique(query).tolist():
+                rows = torch.nonzero(query == c).squeeze(1)
+                on_targets, on_x = members[c]
+                index[rows] = stream_argmax(
+                    x[rows], self.targets, keys.bias[on_x], **kw, gumbel=gumbel, subset=on_targets
+                )[0]
         return index
+
+    def _members(self, device: torch.device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """class -> (its target indices on the targets' device, the same on ``device``), cached."""
+        key = ("members", str(device))
+        if key not in self._class_cache:
+            order = torch.argsort(self.classes, stable=True)
+            counts = torch.bincount(self.classes).tolist()
+            groups, start = {}, 0
+            for c, k in enumerate(counts):
+                if k:
+                    idx = order[start : start + k].to(self.targets.device)
+                    groups[c] = (idx, idx.to(device))
+                start += k
+            self._class_cache[key] = groups
+        return self._class_cache[key]
 
     def column_sums(self, x: torch.Tensor, squares: bool = False):
         """Column sums over noise samples x [n, d] of the coupling rows s_i: S [N] and, if asked,
@@ -297,8 +321,8 @@ def assign(
             low-precision scores, then float64 re-scoring of every candidate within the rounding
             bound; the result stays exact, see :class:`LaguerreCells`).
         classes, target_classes: class-conditional pairing: the class of each noise sample [n] and
-            of each target [N]; every sample is paired within its class (scores of other classes
-            masked, no per-class copies).
+            of each target [N]; every sample is paired within its class (scanning only that class's
+            targets, gathered chunk by chunk: no per-class copies).
 
     Returns:
         int64 index [n] of the paired targets, on ``x.device``.

@@ -3,7 +3,7 @@
 The class of a noise sample is drawn from the data's class masses p(c) = sum of b_j over class c, and
 within class c the target weights are b_j / p(c). The classes are independent sub-problems, so one
 potential vector g [N] holds all of them (each class's entries are defined up to their own constant)
-and pairing is :func:`sdfm.transport.assign` with ``classes`` (argmax masked to the class). This
+and pairing is :func:`sdfm.transport.assign` with ``classes`` (argmax restricted to the class). This
 module fits g class by class with :class:`SemidiscreteSolver` (choice: one solve per class, each
 to the solver's tolerance, so the overall chi2 = sum_c p(c) chi2_c is below it too; a joint solve
 over all classes would share noise draws but is not done). For eps > 0 relative, the absolute eps
