@@ -64,3 +64,20 @@ def test_null_label_minus_one_is_the_no_label_token():
     torch.testing.assert_close(emb(torch.tensor([-1, 2]), 2, "cpu")[0], emb(None, 1, "cpu")[0])
     with pytest.raises(ValueError, match="labels must lie"):
         emb(torch.tensor([-2]), 1, "cpu")
+
+
+def test_checkpoints_with_the_old_embedding_names_still_load():
+    from sdfm.models import build_model
+
+    for name, config in (
+        ("mlp", {"dim": 3, "num_classes": 2}),
+        ("unet", {"image_shape": (1, 8, 8), "base": 8}),
+    ):
+        torch.manual_seed(0)
+        model = build_model(name, config)
+        old = {k.replace("embed.", "", 1): v.clone() for k, v in model.state_dict().items()}
+        assert any(k.startswith("time.") for k in old)
+        fresh = build_model(name, config)
+        fresh.load_state_dict(old)
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(fresh.state_dict()[k], v)

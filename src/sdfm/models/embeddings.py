@@ -125,3 +125,11 @@ class Conditioning(nn.Module):
         if self.vector is not None:
             emb = emb + self.vector(cond, n)
         return emb
+
+
+def rename_legacy_keys(state_dict, prefix, *args) -> None:
+    """Load-state-dict pre-hook: checkpoints written before the embeddings moved under ``embed``
+    (``time.*``, ``labels.*``) load into the current models (same parameters, new names)."""
+    for old in ("time.", "labels."):
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            state_dict[prefix + "embed." + key[len(prefix) :]] = state_dict.pop(key)

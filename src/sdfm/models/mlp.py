@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from sdfm.models.embeddings import Conditioning
+from sdfm.models.embeddings import Conditioning, rename_legacy_keys
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class MLPVelocity(nn.Module):
             mean_flow=config.mean_flow,
             time_scale=config.time_scale,
         )
+        self._register_load_state_dict_pre_hook(rename_legacy_keys)
         self.inp = nn.Linear(config.dim, w)
         self.blocks = nn.ModuleList(_Block(w) for _ in range(config.depth))
         self.out = nn.Sequential(nn.LayerNorm(w), nn.SiLU(), nn.Linear(w, config.dim))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sdfm.models.embeddings import Conditioning
+from sdfm.models.embeddings import Conditioning, rename_legacy_keys
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,7 @@ class UNetVelocity(nn.Module):
             mean_flow=config.mean_flow,
             time_scale=config.time_scale,
         )
+        self._register_load_state_dict_pre_hook(rename_legacy_keys)
         chans = [config.base * m for m in config.mults]
         self.inp = nn.Conv2d(c_img, chans[0], 3, padding=1)
         self.down = nn.ModuleList()
