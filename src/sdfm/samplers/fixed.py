@@ -94,20 +94,29 @@ class CountingField:
             raise ValueError("guidance: classifier-free guidance needs labels (cond)")
         self.model, self.cond, self.nfe = model, cond, 0
 
-    def __call__(self, x: torch.Tensor, t, r=None) -> torch.Tensor:
-        tt = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
-        # r (the end of a mean-flow jump) is passed only when given, so plain velocity fields work
-        rr = None if r is None else torch.as_tensor(r, dtype=x.dtype, device=x.device).reshape(-1)
-        extra = {} if rr is None else {"r": rr.expand(x.shape[0])}
-        if self.guidance is None:
-            self.nfe += 1
-            return self.model(x, tt, self.cond, **extra)
+    def _inputs(self, x: torch.Tensor, t, r, copies: int):
+        """t (and r, only when given: plain velocity fields take no r) as [copies * n] tensors."""
+        n = copies * x.shape[0]
+        tt = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(n)
+        if r is None:
+            return tt, {}
+        return tt, {"r": torch.as_tensor(r, dtype=x.dtype, device=x.device).reshape(-1).expand(n)}
+
+    def branches(self, x: torch.Tensor, t, r=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(v(x, t, cond), v(x, t, null)) in one batch of 2n; counts 2 evaluations."""
         self.nfe += 2
         n = x.shape[0]
+        tt, extra = self._inputs(x, t, r, 2)
         labels = torch.cat([self.cond, torch.full_like(self.cond, NULL_LABEL)])
-        extra = {} if rr is None else {"r": rr.expand(2 * n)}
-        v = self.model(torch.cat([x, x]), torch.cat([tt, tt]), labels, **extra)
-        v_cond, v_null = v[:n], v[n:]
+        v = self.model(torch.cat([x, x]), tt, labels, **extra)
+        return v[:n], v[n:]
+
+    def __call__(self, x: torch.Tensor, t, r=None) -> torch.Tensor:
+        if self.guidance is None:
+            self.nfe += 1
+            tt, extra = self._inputs(x, t, r, 1)
+            return self.model(x, tt, self.cond, **extra)
+        v_cond, v_null = self.branches(x, t, r)
         return v_null + self.guidance * (v_cond - v_null)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdfm.samplers.fixed import NULL_LABEL, SAMPLERS
+from sdfm.samplers.fixed import SAMPLERS, CountingField
 
 
 @dataclass(frozen=True)
@@ -66,18 +66,10 @@ def corrected_guidance(
     if method not in SAMPLERS or method == "meanflow":
         raise ValueError(f"method: expected one of euler, midpoint, heun, rk4, got {method!r}")
     w = float(guidance)
-    labels = cond.reshape(n, 1).expand(n, r).reshape(-1)
-    both = torch.cat([labels, torch.full_like(labels, NULL_LABEL)])
-    state = {"nfe": 0}
-
-    def branches(x, t):
-        tt = torch.full((2 * x.shape[0],), float(t), dtype=x.dtype, device=x.device)
-        v = model(torch.cat([x, x]), tt, both)
-        state["nfe"] += 2 * r  # per output sample: its r particles on both branches
-        return v[: x.shape[0]], v[x.shape[0] :]
+    f = CountingField(model, cond.reshape(n, 1).expand(n, r).reshape(-1), guidance=w)
 
     def field(x, t):
-        v_c, v_u = branches(x, t)
+        v_c, v_u = f.branches(x, t)
         return v_u + w * (v_c - v_u)
 
     step, _ = SAMPLERS[method]
@@ -86,7 +78,7 @@ def corrected_guidance(
     dt = 1.0 / steps
     for k in range(steps):
         t = k * dt
-        v_c, v_u = branches(x, t)
+        v_c, v_u = f.branches(x, t)
         # left-point rule for the weight (the integrand vanishes at t = 0)
         log_w += w * (w - 1) * t / (1 - t) * dt * (v_c - v_u).double().pow(2).sum(dim=1)
         if method == "euler":  # the step reuses the two branches just evaluated
@@ -98,4 +90,5 @@ def corrected_guidance(
     pick = torch.multinomial(probs.float(), 1, generator=generator).squeeze(1)
     ess = 1.0 / probs.pow(2).sum(dim=1)
     out = x.reshape(n, r, d)[torch.arange(n, device=x.device), pick]
-    return CorrectedSamples(x=out, nfe=state["nfe"], log_weights=log_w, ess=ess)
+    # per output sample: its r particles, both branches
+    return CorrectedSamples(x=out, nfe=f.nfe * r, log_weights=log_w, ess=ess)
