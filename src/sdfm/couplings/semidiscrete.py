@@ -9,7 +9,7 @@ import torch
 from sdfm.couplings._base import DataCoupling
 from sdfm.protocols import Pairs
 from sdfm.transport.assign import LaguerreCells
-from sdfm.transport.augmented import ConditionedNoise, augmented_keys, augmented_queries
+from sdfm.transport.augmented import augmented_keys, augmented_queries
 from sdfm.transport.duplicates import DuplicateGroups
 from sdfm.transport.sources import standard_normal
 
@@ -65,11 +65,8 @@ class SemidiscreteCoupling(DataCoupling):
         if (conditions is None) != (beta is None):
             raise ValueError("conditions, beta: the augmented cost needs both (or neither)")
         self.conditional = bool(conditional)
-        self.source = None
-        keys = self.data
-        if conditions is not None:
-            self.source = ConditionedNoise(self.conditions, beta, weights=self.weights)
-            keys = augmented_keys(self.data, self.conditions, beta)
+        self.beta = None if beta is None else float(beta)
+        keys = self.data if conditions is None else augmented_keys(self.data, self.conditions, beta)
         self.cells = LaguerreCells(
             keys,
             potential,
@@ -125,9 +122,9 @@ class SemidiscreteCoupling(DataCoupling):
         if self.conditional:
             probs = self.class_probs.to(x0.device)
             classes = torch.multinomial(probs, n, replacement=True, generator=generator)
-        if self.source is not None:  # continuous conditions: z0 = z_i, query [x0, sqrt(beta) z0]
-            cond = self.conditions[self.source.draw_index(n, generator, x0.device)]
-            query = augmented_queries(x0, cond, self.source.beta)
+        if self.conditions is not None:  # continuous conditions: z0 = z_i, query [x0, sqrt(beta) z0]
+            cond = self.conditions[self.draw_index(n, generator)]
+            query = augmented_queries(x0, cond, self.beta)
         index = self.cells.assign(query, generator=generator, classes=classes)
         if self.duplicates is not None:
             index = self.duplicates.spread(index, generator)
