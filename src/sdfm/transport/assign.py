@@ -175,8 +175,7 @@ class LaguerreCells:
         return x, keys, kwargs
 
     def _query_classes(self, classes, x: torch.Tensor) -> torch.Tensor | None:
-        """The query classes [n] on x's device, checked (every class must have targets); None
-        without target classes."""
+        """The query classes [n] on x's device (shape checked); None without target classes."""
         if self.classes is None:
             if classes is not None:
                 raise ValueError(
@@ -185,20 +184,7 @@ class LaguerreCells:
             return None
         if classes is None:
             raise ValueError("classes: class-conditional cells need the class of every noise sample")
-        query = _checks.as_labels(classes, x.shape[0], "classes").to(x.device)
-        key = ("present", str(x.device))
-        if key not in self._class_cache:  # once per device: which classes have targets
-            present = torch.bincount(self.classes) > 0
-            self._class_cache[key] = torch.cat([present, present.new_zeros(1)]).to(x.device)
-        present = self._class_cache[key]
-        # classes beyond the largest target class map to the trailing False
-        ok = present[query.clamp(max=present.shape[0] - 1)]
-        if not bool(ok.all()):
-            missing = sorted(set(query[~ok].tolist()))
-            raise ValueError(
-                f"classes: no target has class {missing[:5]} (noise samples of a class need targets)"
-            )
-        return query
+        return _checks.as_labels(classes, x.shape[0], "classes").to(x.device)
 
     def assign(
         self, x: torch.Tensor, generator: torch.Generator | None = None, classes: torch.Tensor | None = None
@@ -220,8 +206,14 @@ class LaguerreCells:
             # class by class, each scanning only its own targets (gathered chunk by chunk: no
             # per-class copy of the data, and O(N_c d) per sample instead of O(N d) with a mask)
             members = self._members(x.device)
+            present = torch.unique(query).tolist()  # the one host sync of a class-conditional call
+            missing = [c for c in present if c not in members]
+            if missing:
+                raise ValueError(
+                    f"classes: no target has class {missing[:5]} (noise samples of a class need targets)"
+                )
             index = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-            for c in torch.unique(query).tolist():
+            for c in present:
                 rows = torch.nonzero(query == c).squeeze(1)
                 on_targets, on_x = members[c]
                 index[rows] = stream_argmax(
