@@ -112,6 +112,18 @@ class Conditioning(nn.Module):
         self.labels = LabelEmbedding(num_classes, dim) if num_classes else None
         self.vector = VectorEmbedding(cond_dim, dim) if cond_dim else None
 
+    @classmethod
+    def from_config(cls, config, dim: int, time_dim: int) -> Conditioning:
+        """From a model config's ``num_classes``, ``cond_dim``, ``mean_flow`` and ``time_scale``."""
+        return cls(
+            dim,
+            time_dim,
+            num_classes=config.num_classes,
+            cond_dim=config.cond_dim,
+            mean_flow=config.mean_flow,
+            time_scale=config.time_scale,
+        )
+
     def forward(self, t: torch.Tensor, cond: torch.Tensor | None, r: torch.Tensor | None, n: int, device):
         t = t.reshape(-1).expand(n)
         emb = self.time(t)

@@ -61,14 +61,7 @@ class MLPVelocity(nn.Module):
         super().__init__()
         self.config = config
         w = config.hidden
-        self.embed = Conditioning(
-            w,
-            config.time_dim,
-            num_classes=config.num_classes,
-            cond_dim=config.cond_dim,
-            mean_flow=config.mean_flow,
-            time_scale=config.time_scale,
-        )
+        self.embed = Conditioning.from_config(config, w, config.time_dim)
         self._register_load_state_dict_pre_hook(rename_legacy_keys)
         self.inp = nn.Linear(config.dim, w)
         self.blocks = nn.ModuleList(_Block(w) for _ in range(config.depth))

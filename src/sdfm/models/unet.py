@@ -107,14 +107,7 @@ class UNetVelocity(nn.Module):
         self.config = config
         c_img = config.image_shape[0]
         emb_dim = 4 * config.base
-        self.embed = Conditioning(
-            emb_dim,
-            config.base,
-            num_classes=config.num_classes,
-            cond_dim=config.cond_dim,
-            mean_flow=config.mean_flow,
-            time_scale=config.time_scale,
-        )
+        self.embed = Conditioning.from_config(config, emb_dim, config.base)
         self._register_load_state_dict_pre_hook(rename_legacy_keys)
         chans = [config.base * m for m in config.mults]
         self.inp = nn.Conv2d(c_img, chans[0], 3, padding=1)
