@@ -506,7 +506,7 @@ def cmd_sample(args) -> int:
 
     from sdfm.artifacts.atomic import atomic_write
     from sdfm.evaluation.plots import plot_samples
-    from sdfm.samplers import integrate
+    from sdfm.samplers import default_method, integrate
     from sdfm.train import load_run
 
     out = Path(args.out)
@@ -540,7 +540,7 @@ def cmd_sample(args) -> int:
     elif args.label is not None or args.guidance != 1.0:
         raise CliError("--label/--guidance: the run's model is unconditional (train with --conditional)")
     mean_flow = bool(run.info["model"]["config"].get("mean_flow", False))
-    solver = args.solver or ("meanflow" if mean_flow else "euler")
+    solver = args.solver or default_method(mean_flow)
     if solver == "meanflow" and not mean_flow:
         raise CliError("--solver: meanflow needs a mean-flow run (sdfm train --objective meanflow)")
     steps = args.steps or (1 if solver == "meanflow" else 8)

@@ -33,7 +33,7 @@ from sdfm.metrics import (
     path_stats,
     wasserstein2,
 )
-from sdfm.samplers import SAMPLERS, integrate
+from sdfm.samplers import SAMPLERS, default_method, integrate
 
 EVAL_DIR = "eval"
 CLASSIFIER_FILE = "classifier.safetensors"
@@ -95,7 +95,7 @@ class EvalConfig:
             raise ValueError("solver: 'meanflow' needs a mean-flow model (trained with objective meanflow)")
         if self.solver is not None:
             return self
-        return replace(self, solver="meanflow" if mean_flow else "euler")
+        return replace(self, solver=default_method(mean_flow))
 
     def settings(self) -> list[tuple[str, str, int | None]]:
         """(name, solver, steps) for every setting, dopri5 last (``solver`` resolved)."""

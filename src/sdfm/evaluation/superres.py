@@ -15,7 +15,7 @@ import torch
 
 from sdfm.data.superres import noisy_lowres, upsample
 from sdfm.metrics import psnr
-from sdfm.samplers import integrate
+from sdfm.samplers import default_method, integrate
 
 _STREAM = {"train": 0x5E5, "test": 0x5E6}
 
@@ -176,7 +176,7 @@ def evaluate_superres_run(
         run.info, run.normalization, reference=reference
     )
     mean_flow = bool(run.info["model"]["config"].get("mean_flow", False))
-    solver = solver or ("meanflow" if mean_flow else "euler")
+    solver = solver or default_method(mean_flow)
     result = evaluate_superres(
         run.model,
         high,

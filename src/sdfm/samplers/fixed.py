@@ -58,6 +58,13 @@ SAMPLERS: dict[str, tuple[Callable, int]] = {
     "meanflow": (meanflow, 1),
 }
 
+
+def default_method(mean_flow: bool) -> str:
+    """The sampler a model is used with unless asked otherwise: ``meanflow`` jumps for mean-flow
+    models, ``euler`` for velocity fields."""
+    return "meanflow" if mean_flow else "euler"
+
+
 #: every sampler name accepted by :func:`integrate`, the adaptive one included
 SOLVERS = (*SAMPLERS, "dopri5")
 
