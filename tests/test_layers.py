@@ -15,6 +15,7 @@ LAYERS = {
     "data": 1,
     "metrics": 1,
     "artifacts": 1,
+    "parallel": 1,
     "train": 2,
     "evaluation": 2,
     "cli": 3,

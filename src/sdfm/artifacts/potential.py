@@ -3,7 +3,9 @@
 Layout:
     tensors   ``g`` [N] float64 (1/2 |x - y|^2 convention: the cell of x is
               argmax_j <x, y_j> + g_j - |y_j|^2 / 2); ``weights`` [N] float64 when not uniform;
-              ``groups`` [N] int64 (duplicate group of each target) when targets repeat.
+              ``groups`` [N] int64 (duplicate group of each target) when targets repeat;
+              ``pca_components`` [K, d], ``pca_mean`` [d], ``pca_variances`` [K] (float64) when the
+              potential was solved in a PCA space (:class:`sdfm.transport.PCAProjection`).
     metadata  key ``sdfm``: JSON with format, cost, convention, eps, chi2 (and its standard error),
               N, d, the sha256 fingerprint of the target array, data name, solver settings, work
               done and the sdfm version.
@@ -22,6 +24,7 @@ import torch
 from sdfm.artifacts.atomic import atomic_write
 from sdfm.data.files import fingerprint as data_fingerprint
 from sdfm.transport.duplicates import DuplicateGroups
+from sdfm.transport.projection import PCAProjection
 from sdfm.transport.semidiscrete import SemidiscreteResult
 
 FORMAT = "sdfm.potential"
@@ -40,6 +43,7 @@ class PotentialFile:
     duplicates: DuplicateGroups | None
     meta: dict = field(repr=False)
     classes: torch.Tensor | None = None
+    projection: PCAProjection | None = None
 
     @property
     def eps(self) -> float:
@@ -81,10 +85,13 @@ def save_potential(
     fingerprint: str | None = None,
     data_name: str | None = None,
     extra: dict | None = None,
+    projection: PCAProjection | None = None,
 ) -> Path:
     """Writes ``result`` to ``path`` (atomically) with the fingerprint of ``targets`` [N, d].
 
-    Give ``targets`` (hashed here) or a precomputed ``fingerprint`` of the same array.
+    Give ``targets`` (hashed here) or a precomputed ``fingerprint`` of the same array. With
+    ``projection`` the potential was solved for the projected targets; the file stores the projection
+    and the fingerprint and shape of the full targets.
     """
     from safetensors.torch import save_file
 
@@ -99,7 +106,16 @@ def save_potential(
             raise ValueError(f"targets: shape {list(targets.shape)} does not match the potential's [{n}]")
         fingerprint = fingerprint or data_fingerprint(targets)
     dim = int(targets.shape[1]) if targets is not None else int(result.settings.get("dim", -1))
+    if projection is not None:
+        if targets is None:
+            dim = projection.dim
+        elif projection.dim != dim:
+            raise ValueError(f"projection: made for d = {projection.dim}, the targets have d = {dim}")
     tensors = {"g": g}
+    if projection is not None:
+        tensors["pca_components"] = projection.components.to(torch.float64).cpu().contiguous()
+        tensors["pca_mean"] = projection.mean.to(torch.float64).cpu().contiguous()
+        tensors["pca_variances"] = projection.variances.to(torch.float64).cpu().contiguous()
     if result.weights is not None:
         tensors["weights"] = result.weights.detach().to(torch.float64).cpu().contiguous()
     if result.duplicates is not None:
@@ -133,6 +149,12 @@ def save_potential(
     if classes is not None:
         meta["conditional"] = True
         meta["chi2_per_class"] = {str(c): v for c, v in result.chi2_per_class.items()}
+    if projection is not None:
+        meta["pca"] = {
+            "k": projection.k,
+            "explained": projection.explained,
+            "total_variance": projection.total_variance,
+        }
     if extra:
         meta.update(extra)
     text = json.dumps(meta, sort_keys=True, default=_json_default)
@@ -185,8 +207,24 @@ def load_potential(path: str | Path, *, targets=None, fingerprint: str | None = 
     classes = tensors.get("classes")
     if classes is not None and (classes.dim() != 1 or classes.shape[0] != n):
         raise ValueError(f"potential: {path}: classes have shape {list(classes.shape)}, expected [{n}]")
+    projection = None
+    if "pca_components" in tensors:
+        comps = tensors["pca_components"].to(torch.float64)
+        if comps.dim() != 2 or comps.shape[1] != int(meta.get("dim", -1)):
+            raise ValueError(f"potential: {path}: pca_components have shape {list(comps.shape)}")
+        projection = PCAProjection(
+            components=comps,
+            mean=tensors["pca_mean"].to(torch.float64),
+            variances=tensors["pca_variances"].to(torch.float64),
+            total_variance=float(meta["pca"]["total_variance"]),
+        )
     out = PotentialFile(
-        potential=g.to(torch.float64), weights=weights, duplicates=duplicates, meta=meta, classes=classes
+        potential=g.to(torch.float64),
+        weights=weights,
+        duplicates=duplicates,
+        meta=meta,
+        classes=classes,
+        projection=projection,
     )
     if targets is not None or fingerprint is not None:
         out.check_targets(targets, fingerprint=fingerprint)

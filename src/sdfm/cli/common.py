@@ -38,6 +38,28 @@ def _nonneg_float(text: str) -> float:
     return value
 
 
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+}
+
+
+def _bytes(text: str) -> int:
+    """A size in bytes: 123, 512MiB, 2GiB, 1.5GB (case-insensitive)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512MiB, 2GiB or 1000000, got {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
 def device_from(name: str | None):
     import torch
 

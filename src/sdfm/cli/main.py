@@ -8,6 +8,7 @@ import sys
 from sdfm.cli.common import (
     EXIT_BAD_INPUT,
     CliError,
+    _bytes,
     _nonneg_float,
     _Parser,
     _positive_int,
@@ -66,6 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument(
         "--chunk-size", type=_positive_int, default=None, help="targets per score block (default automatic)"
     )
+    solve.add_argument(
+        "--pca",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="solve for the cost 1/2 |P x - P y|^2 in the data's top-K principal directions "
+        "(the projection is stored with the potential)",
+    )
+    solve.add_argument(
+        "--memory-limit",
+        type=_bytes,
+        default=1 << 30,
+        help="bytes the solver may spend on its own copy of the targets (default 1GiB; larger "
+        "targets, e.g. a memory-mapped .npy, are streamed chunk by chunk; 0 always streams)",
+    )
     solve.add_argument("--quiet", action="store_true", help="no progress bar")
 
     from sdfm.cli.train_cmd import add_train_parser
@@ -86,19 +102,28 @@ def cmd_solve(args) -> int:
     import numpy as np
     import torch
 
+    from sdfm import parallel
     from sdfm.artifacts import save_potential
     from sdfm.data import fingerprint, load_dataset
-    from sdfm.transport import SemidiscreteSolver
+    from sdfm.transport import PCAProjection, SemidiscreteSolver
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise CliError(f"--out: expected a .safetensors path, got {args.out}")
     if out.exists() and out.is_dir():
         raise CliError(f"--out: {args.out} is a directory")
-    device = device_from(args.device)
+    device = parallel.init_from_env(device_from(args.device))
+    main_rank = parallel.is_main()
     dataset = load_dataset(args.data)
     data = np.ascontiguousarray(dataset.x)
     targets = tensor_view(data)
+    projection = None
+    keys = targets
+    if args.pca is not None:
+        if args.pca > data.shape[1]:
+            raise CliError(f"--pca: {args.pca} components for data of dimension {data.shape[1]}")
+        projection = PCAProjection.fit(targets, args.pca, device=device)
+        keys = projection.project_targets(targets)
     max_seconds = args.max_seconds if args.max_seconds else None
     solver = SemidiscreteSolver(
         eps=args.eps,
@@ -109,19 +134,36 @@ def cmd_solve(args) -> int:
         batch_size=args.batch_size,
         device=str(device),
         chunk_size=args.chunk_size,
+        memory_limit=args.memory_limit,
     )
     n, d = data.shape
-    print(f"sdfm solve: {dataset.name} [{n}, {d}] -> {out}", file=sys.stderr)
+    world = parallel.world_size()
+    if main_rank:
+        pca = (
+            ""
+            if projection is None
+            else f", PCA {args.pca} ({100 * projection.explained:.1f}% of the variance)"
+        )
+        procs = "" if world == 1 else f", {world} processes"
+        print(f"sdfm solve: {dataset.name} [{n}, {d}]{pca}{procs} -> {out}", file=sys.stderr)
+    # the same seed on every process: they score the same noise against their own shards
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    result = solver.solve(targets, generator=generator, progress=not args.quiet)
-    save_potential(
-        out,
-        result,
-        fingerprint=fingerprint(data),
-        targets=targets,
-        data_name=args.data,
-        extra={"seed": args.seed},
+    result = solver.solve(
+        keys, generator=generator, progress=not args.quiet and main_rank, collective=parallel.collective()
     )
+    if main_rank:
+        save_potential(
+            out,
+            result,
+            fingerprint=fingerprint(data),
+            targets=targets,
+            data_name=args.data,
+            extra={"seed": args.seed},
+            projection=projection,
+        )
+    parallel.barrier()
+    if not main_rank:
+        return 0
     status = "converged" if result.converged else "NOT converged"
     print(
         f"chi2 {result.chi2:.4f} ± {result.chi2_stderr:.4f} ({status}, tol {args.tol}), "

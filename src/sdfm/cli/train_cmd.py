@@ -38,6 +38,22 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
         default=None,
         help="relative eps: of the semidiscrete potential to solve (default 0) or of Sinkhorn (default 0.05)",
     )
+    p.add_argument(
+        "--pca",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="semidiscrete: solve and pair with the cost 1/2 |P x - P y|^2 in the normalised data's top-K "
+        "principal directions (stored with the potential)",
+    )
+    p.add_argument(
+        "--search",
+        choices=["exact", "flat", "ivf", "hnsw"],
+        default="exact",
+        help="semidiscrete pairing: sdfm's exact streamed argmax (default) or a FAISS index over the "
+        "fixed potential's keys (flat: exact; ivf / hnsw: approximate; needs sdfm[faiss]; saved as "
+        "RUN_DIR/index.safetensors and checked against the potential on --resume)",
+    )
     p.add_argument("--ot-method", choices=["exact", "sinkhorn"], default="exact", help="minibatch OT solver")
     p.add_argument(
         "--pairing-precision",
@@ -195,11 +211,14 @@ def _model_shape(args, dataset, dim: int) -> dict:
 
 def _semidiscrete(args, run_dir: Path, targets, fp_train: str, fp_raw: str, device, labels=None):
     """The coupling's potential: loaded from --potential (checked) or solved and saved in the run
-    (per class when ``labels`` are given: class-conditional pairing)."""
+    (per class when ``labels`` are given: class-conditional pairing; in the top --pca directions).
+
+    Returns (g, eps, weights, duplicates, the potential's name for run.json, projection or None)."""
     import torch
 
+    from sdfm import parallel
     from sdfm.artifacts import load_potential, save_potential
-    from sdfm.transport import SemidiscreteSolver
+    from sdfm.transport import PCAProjection, SemidiscreteSolver
 
     if args.potential:
         pf = load_potential(args.potential)
@@ -220,25 +239,45 @@ def _semidiscrete(args, run_dir: Path, targets, fp_train: str, fp_raw: str, devi
             raise CliError(
                 f"--eps: {args.eps} differs from the potential's eps ({pf.meta.get('eps_relative')})"
             )
-        return pf.potential, pf.eps, pf.weights, pf.duplicates, str(Path(args.potential).resolve())
+        if args.pca is not None and (pf.projection is None or pf.projection.k != args.pca):
+            raise CliError(f"--pca: {args.potential} was not solved in {args.pca} principal directions")
+        name = str(Path(args.potential).resolve())
+        return pf.potential, pf.eps, pf.weights, pf.duplicates, name, pf.projection
     out = run_dir / "potential.safetensors"
+    main_rank = parallel.is_main()
     solver = SemidiscreteSolver(eps=args.eps or 0.0, device=str(device))
-    print(f"sdfm train: solving the semidiscrete potential for {args.data} -> {out}", file=sys.stderr)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
+    projection, keys = None, targets
+    if args.pca is not None:
+        if args.pca > targets.shape[1]:
+            raise CliError(f"--pca: {args.pca} components for data of dimension {targets.shape[1]}")
+        projection = PCAProjection.fit(targets, args.pca)
+        keys = projection.project_targets(targets)
+    if main_rank:
+        print(f"sdfm train: solving the semidiscrete potential for {args.data} -> {out}", file=sys.stderr)
+    gen = torch.Generator(device=device).manual_seed(args.seed)  # the same on every process
+    progress = not args.quiet and main_rank
     if labels is not None:  # class-conditional: one sub-problem per class
         from sdfm.transport import solve_per_class
 
-        res = solve_per_class(solver, targets, labels, generator=gen, progress=not args.quiet)
+        res = solve_per_class(solver, keys, labels, generator=gen, progress=progress)
     else:
-        res = solver.solve(targets, generator=gen, progress=not args.quiet)
-    save_potential(
-        out, res, fingerprint=fp_train, targets=targets, data_name=args.data, extra={"seed": args.seed}
-    )
-    print(
-        f"sdfm train: potential chi2 {res.chi2:.4f} ± {res.chi2_stderr:.4f}, {res.seconds:.1f} s",
-        file=sys.stderr,
-    )
-    return res.potential, res.eps, res.weights, res.duplicates, "potential.safetensors"
+        res = solver.solve(keys, generator=gen, progress=progress, collective=parallel.collective())
+    if main_rank:
+        save_potential(
+            out,
+            res,
+            fingerprint=fp_train,
+            targets=targets,
+            data_name=args.data,
+            extra={"seed": args.seed},
+            projection=projection,
+        )
+        print(
+            f"sdfm train: potential chi2 {res.chi2:.4f} ± {res.chi2_stderr:.4f}, {res.seconds:.1f} s",
+            file=sys.stderr,
+        )
+    parallel.barrier()
+    return res.potential, res.eps, res.weights, res.duplicates, "potential.safetensors", projection
 
 
 def _superres_task(args, dataset, info: dict | None):
@@ -330,9 +369,25 @@ def _superres(args, run_dir: Path, task, dataset, x_train, targets, coupling_inf
     }
 
 
+def _search_index(args, run_dir: Path, kind: str, targets, g, projection, fp_train: str):
+    """The FAISS index of a run: loaded from RUN_DIR/index.safetensors on --resume (refused if built
+    for another potential), else built over the pairing keys and saved there."""
+    from sdfm.artifacts import load_index, save_index
+    from sdfm.transport.search import FaissCells
+
+    path = run_dir / "index.safetensors"
+    keys = targets if projection is None else projection.project_targets(targets)
+    if args.resume:
+        return load_index(path, g, shape=tuple(keys.shape), data_fingerprint=fp_train)
+    cells = FaissCells(keys, g, kind=kind, data_fingerprint=fp_train)
+    save_index(path, cells)
+    return cells
+
+
 def cmd_train(args) -> int:
     import torch
 
+    from sdfm import parallel
     from sdfm.couplings import IndependentCoupling, MinibatchOTCoupling, SemidiscreteCoupling
     from sdfm.data import fingerprint, load_dataset
     from sdfm.data.normalize import Normalization
@@ -353,7 +408,18 @@ def cmd_train(args) -> int:
         raise CliError(f"--potential: only used with --coupling semidiscrete, not {args.coupling}")
     if args.warmup < 0 or args.checkpoint_every < 0:
         raise CliError("--warmup/--checkpoint-every: expected integers >= 0")
-    device = device_from(args.device)
+    if args.pca is not None and args.coupling != "semidiscrete":
+        raise CliError(f"--pca: only used with --coupling semidiscrete, not {args.coupling}")
+    device = parallel.init_from_env(device_from(args.device))
+    main_rank = parallel.is_main()
+    parallel.barrier()  # every process has checked the run folder before rank 0 writes to it
+    if parallel.active():
+        if args.superres or (args.conditional and args.coupling == "semidiscrete"):
+            raise CliError(
+                "torchrun: --superres and --conditional semidiscrete runs need one process (for now)"
+            )
+        if args.pairing_precision == "bf16":
+            raise CliError("--pairing-precision: bf16 scores need one process (for now)")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the network's matmuls; pairing disables TF32 itself
         torch.backends.cudnn.allow_tf32 = True
@@ -419,7 +485,9 @@ def cmd_train(args) -> int:
     else:
         model_info = {"name": args.model, "config": _model_config(args, dataset, dim)}
         coupling_info = {"name": args.coupling, "conditional": bool(args.conditional)}
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main_rank:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    parallel.barrier()
     if task is not None:
         coupling, coupling_info = _superres(
             args, run_dir, task, dataset, x_train, targets, coupling_info, device
@@ -446,16 +514,25 @@ def cmd_train(args) -> int:
             pot_path = pot_path if Path(pot_path).is_absolute() else str(run_dir / pot_path)
             args.potential = pot_path
             args.eps = None
-        g, eps_abs, weights, dups, pot_name = _semidiscrete(
+        g, eps_abs, weights, dups, pot_name, projection = _semidiscrete(
             args, run_dir, targets, fp_train, fp_raw, device, labels=labels if args.conditional else None
         )
         if not args.resume:
             coupling_info.update(potential=pot_name, eps=eps_abs, eps_relative=args.eps or 0.0)
+            if projection is not None:
+                coupling_info["pca"] = projection.k
         lowp = args.pairing_precision == "bf16"
         if lowp and eps_abs > 0:
             raise CliError("--pairing-precision: bf16 scores are exact for eps = 0 only")
         if lowp and args.conditional:
             raise CliError("--pairing-precision: bf16 scores do not support --conditional pairing yet")
+        search_kind = coupling_info.get("search", "exact") if args.resume else args.search
+        search = None
+        if search_kind != "exact":
+            if eps_abs > 0 or args.conditional or lowp or parallel.active():
+                raise CliError("--search: a FAISS index pairs eps = 0, unconditional, one process only")
+            search = _search_index(args, run_dir, search_kind, targets, g, projection, fp_train)
+            coupling_info["search"] = search_kind
         coupling = SemidiscreteCoupling(
             targets,
             g,
@@ -465,6 +542,9 @@ def cmd_train(args) -> int:
             labels=labels,
             score_dtype=torch.bfloat16 if lowp else None,
             conditional=args.conditional,
+            projection=projection,
+            collective=parallel.collective(),
+            search=search,
         )
     info = run_info(
         spec=args.data,
@@ -479,11 +559,13 @@ def cmd_train(args) -> int:
     )
     torch.manual_seed(args.seed)  # the network's initial weights
     model = build_model(model_info["name"], model_info["config"]).to(device)
-    write_run(run_dir, info)
-    print(
-        f"sdfm train: {args.coupling} on {dataset.name} [{n}, {dim}], {args.model}, -> {run_dir}",
-        file=sys.stderr,
-    )
+    if main_rank:
+        write_run(run_dir, info)
+        procs = "" if parallel.world_size() == 1 else f", {parallel.world_size()} processes"
+        print(
+            f"sdfm train: {args.coupling} on {dataset.name} [{n}, {dim}], {args.model}{procs} -> {run_dir}",
+            file=sys.stderr,
+        )
     result = train(
         model,
         coupling,
@@ -493,6 +575,8 @@ def cmd_train(args) -> int:
         meta={"data_fingerprint": fp_raw, "coupling": args.coupling},
         progress=not args.quiet,
     )
+    if not main_rank:
+        return 0
     last = result.metrics[-1] if result.metrics else {}
     print(
         f"trained {result.step} steps; loss {last.get('loss', float('nan')):.4f}, "

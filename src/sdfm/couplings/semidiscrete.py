@@ -36,6 +36,18 @@ class SemidiscreteCoupling(DataCoupling):
             ``augmented_keys(data, conditions, beta)`` with the source ``ConditionedNoise``): each noise
             x0 gets a condition z0 = z_i, i ~ weights, and is paired by the argmax over the keys of the
             query [x0, sqrt(beta) z0]; ``cond`` is z0.
+        collective: pair against data sharded across processes
+            (:class:`~sdfm.transport.sharding.Collective`, e.g. ``sdfm.parallel.collective()`` under
+            torchrun): every process draws its own noise, the queries of all processes are gathered,
+            each process scores them against its own range of the data, and the global argmax comes
+            back (equal to a single process's pairing of the same queries for eps = 0). ``sample``
+            is then a collective call with the same n on every process.
+        projection: a :class:`~sdfm.transport.PCAProjection` the potential was solved in (the
+            pairing cost is 1/2 |P x0 - P y|^2): queries and keys are projected, the pairs keep the
+            full x0 and y.
+        search: pair through a :class:`~sdfm.transport.search.FaissCells` index built for this data
+            and potential (eps = 0, unconditional): approximate for IVF / HNSW; check its recall and
+            chi2 with :func:`~sdfm.transport.search.search_quality`.
 
     Build it from a solver result with :meth:`from_result` or from a potential file with
     :meth:`from_file` (which refuses a potential solved for other data).
@@ -58,6 +70,9 @@ class SemidiscreteCoupling(DataCoupling):
         conditional: bool = False,
         conditions=None,
         beta: float | None = None,
+        collective=None,
+        projection=None,
+        search=None,
     ):
         super().__init__(data, labels=labels, weights=weights, noise=noise, conditions=conditions)
         if conditional and self.labels is None:
@@ -67,6 +82,23 @@ class SemidiscreteCoupling(DataCoupling):
         self.conditional = bool(conditional)
         self.beta = None if beta is None else float(beta)
         keys = self.data if conditions is None else augmented_keys(self.data, self.conditions, beta)
+        self.projection = projection
+        if projection is not None:
+            if conditions is not None:
+                raise ValueError("projection: not supported with continuous conditions")
+            if projection.dim != self.dim:
+                raise ValueError(f"projection: made for d = {projection.dim}, the data have d = {self.dim}")
+            keys = projection.project_targets(self.data)
+        self.collective = collective
+        if search is not None:
+            if eps > 0 or conditional or conditions is not None or collective is not None:
+                raise ValueError("search: a FAISS index pairs eps = 0, unconditional, single-process only")
+            if search.num_targets != keys.shape[0] or search.dim != keys.shape[1]:
+                raise ValueError(
+                    f"search: index over [{search.num_targets}, {search.dim}] keys, "
+                    f"the pairing keys are {list(keys.shape)}"
+                )
+        self.search = search
         self.cells = LaguerreCells(
             keys,
             potential,
@@ -75,6 +107,7 @@ class SemidiscreteCoupling(DataCoupling):
             chunk_size=chunk_size,
             score_dtype=score_dtype,
             classes=self.labels if self.conditional else None,
+            collective=collective,
         )
         if self.conditional:
             b = self.weights if self.weights is not None else torch.ones(self.num_data, dtype=torch.float64)
@@ -112,6 +145,7 @@ class SemidiscreteCoupling(DataCoupling):
         from sdfm.artifacts.potential import load_potential
 
         pf = load_potential(path, targets=torch.as_tensor(data))
+        kwargs.setdefault("projection", pf.projection)
         return cls(data, pf.potential, eps=pf.eps, weights=pf.weights, duplicates=pf.duplicates, **kwargs)
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Pairs:
@@ -125,7 +159,17 @@ class SemidiscreteCoupling(DataCoupling):
         if self.conditions is not None:  # continuous conditions: z0 = z_i, query [x0, sqrt(beta) z0]
             cond = self.conditions[self.draw_index(n, generator)]
             query = augmented_queries(x0, cond, self.beta)
-        index = self.cells.assign(query, generator=generator, classes=classes)
+        if self.projection is not None:
+            query = self.projection.project(query)
+        if self.collective is not None and self.collective.world_size > 1:
+            # every process's queries against every shard; keep this process's rows
+            everyone = self.collective.gather(query)
+            index = self.cells.assign(everyone, generator=generator)
+            index = index[self.collective.rank * n : (self.collective.rank + 1) * n]
+        elif self.search is not None:
+            index = self.search.assign(query)
+        else:
+            index = self.cells.assign(query, generator=generator, classes=classes)
         if self.duplicates is not None:
             index = self.duplicates.spread(index, generator)
         return self.pairs(x0, index, cond)

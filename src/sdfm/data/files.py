@@ -40,6 +40,45 @@ def _to_numpy(value, path: Path, what: str) -> np.ndarray:
     raise DataError(f"data: {path} holds a {type(value).__name__} as {what}, expected an array")
 
 
+_ST_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+}
+
+
+def _safetensors_memmap(path: Path) -> dict | None:
+    """The arrays of a safetensors file memory-mapped (read-only), or None if one has a dtype numpy
+    cannot hold (bf16). Layout: 8-byte little-endian header size, JSON header, then the data; each
+    tensor's ``data_offsets`` are relative to the end of the header."""
+    import json
+    import struct
+
+    with path.open("rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+    header.pop("__metadata__", None)
+    out = {}
+    for name, info in header.items():
+        dtype = _ST_DTYPES.get(info["dtype"])
+        if dtype is None:
+            return None
+        start, stop = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if int(np.prod(shape)) * np.dtype(dtype).itemsize != stop - start:
+            raise DataError(f"data: {path}: tensor {name!r} has inconsistent offsets")
+        if stop == start:
+            out[name] = np.zeros(shape, dtype=dtype)
+            continue
+        out[name] = np.memmap(path, dtype=dtype, mode="r", offset=8 + size + start, shape=shape)
+    return out
+
+
 def _read(path: Path, *, mmap: bool = True):
     """Raw (data, labels) as stored in a tensor file (labels None when absent)."""
     suffix = path.suffix.lower()
@@ -56,6 +95,8 @@ def _read(path: Path, *, mmap: bool = True):
                 data, labels = _pick(obj, path)
             else:
                 data = obj
+        elif mmap and (mapped := _safetensors_memmap(path)) is not None:
+            data, labels = _pick(mapped, path)
         else:
             from safetensors.numpy import load_file
 

@@ -5,6 +5,11 @@ t = time_sampler(n, generator)             # objective "meanflow": (t, r) = mean
 loss = |v(x_t, t, cond) - (x1 - x0)|^2     # objective "meanflow": meanflow_loss (sdfm.flow.meanflow)
 AdamW step (warm-up, gradient clipping), EMA update
 every log_every: a JSONL line; every checkpoint_every and at the end: an atomic checkpoint
+
+Under torchrun (an initialised process group of P processes) the same loop runs data-parallel: the
+model is wrapped in DistributedDataParallel, every process draws batch_size / P pairs from its own
+random stream (``sdfm.parallel.rank_seed``), and rank 0 alone logs and writes checkpoints (holding every
+process's generator state, so a resumed run continues each stream).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from sdfm import parallel
 from sdfm.artifacts.atomic import atomic_write
 from sdfm.flow import MeanFlowConfig, flow_matching_loss, get_time_sampler, meanflow_loss, meanflow_times
 from sdfm.models import make_ema
@@ -34,7 +40,7 @@ class TrainConfig:
 
     Attributes:
         steps: optimiser steps in total (a resumed run continues up to this number).
-        batch_size: pairs per step.
+        batch_size: pairs per step (in all; each of P processes draws batch_size / P).
         lr: AdamW learning rate after warm-up; weight_decay: AdamW weight decay.
         warmup: linear learning-rate warm-up steps; schedule: ``constant`` or ``cosine`` (to 0 at ``steps``).
         grad_clip: max global gradient norm (0 = no clipping).
@@ -170,7 +176,13 @@ def train(
     if config.objective == "meanflow" and getattr(getattr(model, "config", None), "mean_flow", True) is False:
         raise ValueError("objective: 'meanflow' needs a model built with mean_flow=True (it takes r)")
     run_dir = Path(run_dir) if run_dir is not None else None
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+    world, rank = parallel.world_size(), parallel.rank()
+    if config.batch_size % world:
+        raise ValueError(f"batch_size: {config.batch_size} is not divisible by the {world} processes")
+    batch = config.batch_size // world
+    main = rank == 0
+    writes = run_dir if main else None  # rank 0 alone writes
+    generator = torch.Generator(device=device).manual_seed(parallel.rank_seed(config.seed, rank))
     sample_t = get_time_sampler(config.time_sampler)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
@@ -188,10 +200,21 @@ def train(
         ema.n_averaged.copy_(ckpt.state["ema_n_averaged"])
         optimizer.load_state_dict(ckpt.state["optimizer"])
         scheduler.load_state_dict(ckpt.state["scheduler"])
-        generator.set_state(ckpt.state["generator"].to(generator.get_state().device))
+        states = ckpt.state.get("generators", [ckpt.state["generator"]])
+        if len(states) != world:
+            raise ValueError(
+                f"resume: the checkpoint was written by {len(states)} processes, this run has {world}"
+            )
+        generator.set_state(states[rank].to(generator.get_state().device))
         step = ckpt.step
-        _truncate_metrics(run_dir / METRICS, step)
-    forward = torch.compile(model) if config.compile else model
+        if main:
+            _truncate_metrics(run_dir / METRICS, step)
+    forward = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(forward) if config.compile else forward
     autocast = torch.autocast(
         device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda"
     )
@@ -199,12 +222,18 @@ def train(
     def checkpoint(at: int) -> None:
         if run_dir is None:
             return
+        generators = parallel.gather_objects(generator.get_state())  # a collective: every rank
+        if not main:
+            parallel.barrier()
+            return
         state = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "generator": generator.get_state(),
             "ema_n_averaged": ema.n_averaged.detach().cpu(),
         }
+        if world > 1:
+            state["generators"] = generators
         save_checkpoint(
             run_dir / "checkpoints",
             at,
@@ -214,24 +243,27 @@ def train(
             meta={"train": config.to_dict(), **(meta or {})},
             keep=config.keep,
         )
+        parallel.barrier()
 
-    log_path = run_dir / METRICS if run_dir is not None else None
+    log_path = writes / METRICS if writes is not None else None
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
     metrics: list[dict] = []
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        total=config.steps, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True
+    )
     window = {"loss": 0.0, "target": 0.0, "pairs": 0, "pair_s": 0.0, "t0": time.perf_counter(), "n": 0}
     model.train()
     while step < config.steps:
         t_pair = time.perf_counter()
-        pairs = coupling.sample(config.batch_size, generator=generator)
+        pairs = coupling.sample(batch, generator=generator)
         pair_s = time.perf_counter() - t_pair
         if config.objective == "meanflow":
             t, r = meanflow_times(
-                config.batch_size, config.meanflow, generator=generator, device=device, dtype=pairs.x0.dtype
+                batch, config.meanflow, generator=generator, device=device, dtype=pairs.x0.dtype
             )
         else:
-            t = sample_t(config.batch_size, generator=generator, device=device, dtype=pairs.x0.dtype)
+            t = sample_t(batch, generator=generator, device=device, dtype=pairs.x0.dtype)
         cond = pairs.cond
         if cond is not None and config.label_dropout > 0:  # (no extra draws otherwise: runs unchanged)
             drop = torch.rand(cond.shape[0], generator=generator, device=device) < config.label_dropout
@@ -264,11 +296,12 @@ def train(
             seconds = time.perf_counter() - window["t0"]
             record = {
                 "step": step,
-                "loss": float(window["loss"]) / window["n"],  # the window's one host sync
-                "cost": float(window["target"]) / window["n"],
+                # the window's one host sync (and, with P processes, its one collective)
+                "loss": parallel.mean_scalar(float(window["loss"]) / window["n"], device),
+                "cost": parallel.mean_scalar(float(window["target"]) / window["n"], device),
                 "lr": scheduler.get_last_lr()[0],
                 "grad_norm": None if grad_norm is None else float(grad_norm),
-                "pairs_per_s": window["pairs"] / max(seconds, 1e-9),
+                "pairs_per_s": world * window["pairs"] / max(seconds, 1e-9),
                 "pairing_fraction": window["pair_s"] / max(seconds, 1e-9),
             }
             metrics.append(record)

@@ -6,6 +6,8 @@
 - minibatch OT (the OT-FM baseline): :func:`exact_assignment`, :func:`sinkhorn`.
 - continuous conditions: :func:`augmented_keys` and the source :class:`ConditionedNoise` turn the
   augmented cost c(x, y) + beta c(z, z') into an ordinary semidiscrete problem.
+- scale: :class:`PCAProjection` (the pairing cost in a PCA space), :class:`Collective` (atoms
+  sharded across processes; the collective operations are passed in as callables).
 - diagnostics: chi2 with standard error, total variation and its sampling floor, usage, cost.
 """
 
@@ -25,21 +27,25 @@ from sdfm.transport.diagnostics import (
 )
 from sdfm.transport.duplicates import DuplicateGroups, find_duplicates
 from sdfm.transport.minibatch import SinkhornResult, cost_matrix, exact_assignment, sample_plan_rows, sinkhorn
+from sdfm.transport.projection import PCAProjection
 from sdfm.transport.semidiscrete import (
     HistoryEntry,
     SemidiscreteResult,
     SemidiscreteSolver,
     relative_eps_scale,
 )
+from sdfm.transport.sharding import Collective, shard_range
 from sdfm.transport.sources import standard_normal
 
 __all__ = [
     "ClassConditionalResult",
+    "Collective",
     "ConditionedNoise",
     "DuplicateGroups",
     "HistoryEntry",
     "LaguerreCells",
     "MarginalEstimate",
+    "PCAProjection",
     "SemidiscreteResult",
     "SemidiscreteSolver",
     "SinkhornResult",
@@ -56,6 +62,7 @@ __all__ = [
     "marginal",
     "relative_eps_scale",
     "sample_plan_rows",
+    "shard_range",
     "sinkhorn",
     "solve_per_class",
     "standard_normal",

@@ -147,6 +147,7 @@ def stream_argmax(
     top2: bool = False,
     gumbel: torch.Generator | None | bool = False,
     subset: torch.Tensor | None = None,
+    positions: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Row-wise argmax of the scores over all targets (or over ``targets[subset]``), streamed.
 
@@ -172,6 +173,7 @@ def stream_argmax(
                 top2=top2,
                 gumbel=gumbel,
                 subset=subset,
+                positions=positions,
             )
             for r in range(0, x.shape[0], ROW_BLOCK)
         ]
@@ -206,7 +208,7 @@ def stream_argmax(
             second = torch.where(better, upper, lower)
         best = torch.where(better, v1, best)
         index = torch.where(better, i1 + start, index)
-    if subset is not None:
+    if subset is not None and not positions:
         index = subset.to(x.device)[index]
     return index, best, second
 
@@ -219,19 +221,21 @@ def stream_logsumexp(
     chunk: int,
     center: torch.Tensor | None = None,
     alpha: float = 1.0,
+    subset: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Row-wise logsumexp of the scores over all targets, streamed (online max rescaling)."""
+    """Row-wise logsumexp of the scores over all targets (or ``targets[subset]``), streamed (online max
+    rescaling)."""
     if x.shape[0] > ROW_BLOCK:
         return torch.cat(
             [
-                stream_logsumexp(xb, targets, bias, chunk=chunk, center=center, alpha=alpha)
+                stream_logsumexp(xb, targets, bias, chunk=chunk, center=center, alpha=alpha, subset=subset)
                 for xb in _row_blocks(x)
             ]
         )
     n = x.shape[0]
     run_max = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
     run_sum = torch.zeros(n, dtype=x.dtype, device=x.device)
-    for _, _, block in score_blocks(x, targets, bias, chunk=chunk, center=center, alpha=alpha):
+    for _, _, block in score_blocks(x, targets, bias, chunk=chunk, center=center, alpha=alpha, subset=subset):
         new_max = torch.maximum(run_max, block.max(dim=1).values)
         run_sum = run_sum * torch.exp(run_max - new_max) + _exp_shifted_(block, new_max).sum(1)
         run_max = new_max
@@ -247,29 +251,48 @@ def stream_softmax_columns(
     center: torch.Tensor | None = None,
     alpha: float = 1.0,
     squares: bool = False,
+    subset: torch.Tensor | None = None,
+    combine_lse=None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Column sums of the row-softmax of the scores, streamed (two passes unless one chunk holds all).
 
+    Args:
+        subset: score only ``targets[subset]`` (``bias`` is theirs; sums are per subset position).
+        combine_lse: for targets sharded across processes, ``combine_lse(local lse [n]) -> global
+            lse [n]``: the rows are normalised over every shard.
+
     Returns:
-        sums [N] (float64), sums of squares [N] (float64) or None, row logsumexp [n].
+        sums [M] (float64), sums of squares [M] (float64) or None, row logsumexp [n].
     """
     if x.shape[0] > ROW_BLOCK:
         parts = [
             stream_softmax_columns(
-                xb, targets, bias, chunk=chunk, center=center, alpha=alpha, squares=squares
+                xb,
+                targets,
+                bias,
+                chunk=chunk,
+                center=center,
+                alpha=alpha,
+                squares=squares,
+                subset=subset,
+                combine_lse=combine_lse,
             )
             for xb in _row_blocks(x)
         ]
         sq = torch.stack([p[1] for p in parts]).sum(0) if squares else None
         return (torch.stack([p[0] for p in parts]).sum(0), sq, torch.cat([p[2] for p in parts]))
-    n_targets = targets.shape[0]
+    n_targets = targets.shape[0] if subset is None else subset.shape[0]
     sums = torch.zeros(n_targets, dtype=torch.float64, device=x.device)
     sq = torch.zeros_like(sums) if squares else None
-    one_pass = chunk >= n_targets
+    one_pass = chunk >= n_targets and combine_lse is None
     lse = None
     if not one_pass:
-        lse = stream_logsumexp(x, targets, bias, chunk=chunk, center=center, alpha=alpha)
-    for start, stop, block in score_blocks(x, targets, bias, chunk=chunk, center=center, alpha=alpha):
+        lse = stream_logsumexp(x, targets, bias, chunk=chunk, center=center, alpha=alpha, subset=subset)
+        if combine_lse is not None:
+            lse = combine_lse(lse)
+    for start, stop, block in score_blocks(
+        x, targets, bias, chunk=chunk, center=center, alpha=alpha, subset=subset
+    ):
         if one_pass:  # normalise in place (torch.softmax would leave denormals in its exp)
             row_max = block.max(dim=1).values
             p = _exp_shifted_(block, row_max)

@@ -30,6 +30,7 @@ from sdfm.transport._stream import (
     stream_softmax_columns,
     target_chunks,
 )
+from sdfm.transport.sharding import Collective, all_reduce_columns, combine_argmax, combine_logsumexp
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -81,6 +82,11 @@ class LaguerreCells:
             samples scan only that class's targets, gathered chunk by chunk, so no per-class copy
             of the data is made and a sample costs O(N_c d), not O(N d)). The potential then holds
             one sub-problem per class (see the solver for fitting it).
+        collective: targets sharded across processes (:class:`~sdfm.transport.sharding.Collective`):
+            each process scores only its own range of targets and the results are combined into the
+            global ones (argmax, histogram, log-sum-exp), equal to the single-process ones for
+            eps = 0. Every method is then a collective call: every process passes the same queries
+            (gather them first if they differ) and gets the same global answer.
 
     The targets and potential are validated here, once; do not modify them afterwards.
     """
@@ -95,6 +101,7 @@ class LaguerreCells:
         chunk_size=None,
         score_dtype=None,
         classes=None,
+        collective: Collective | None = None,
     ):
         self.targets = _checks.as_targets(targets)
         n_targets, d = self.targets.shape
@@ -117,6 +124,14 @@ class LaguerreCells:
             raise ValueError("score_dtype: low-precision scoring does not support class-conditional pairing")
         self._class_cache: dict = {}
         self._cache: dict[tuple, _Keys] = {}
+        self.collective = collective
+        if collective is not None:
+            if self.classes is not None or score_dtype is not None:
+                raise ValueError("collective: sharded targets support neither classes nor score_dtype (yet)")
+            if collective.world_size > n_targets:
+                raise ValueError(f"collective: {collective.world_size} processes for {n_targets} targets")
+        self.lo, self.hi = (0, n_targets) if collective is None else collective.shard(n_targets)
+        self.local_targets = self.targets if collective is None else self.targets[self.lo : self.hi]
 
     @property
     def num_targets(self) -> int:
@@ -202,7 +217,7 @@ class LaguerreCells:
         gumbel = False if self.eps == 0 else generator
         with full_precision(x.device):
             if query is None:
-                return stream_argmax(x, self.targets, keys.bias, **kw, gumbel=gumbel)[0]
+                return self._argmax(x, keys, kw, gumbel)[0]
             # class by class, each scanning only its own targets (gathered chunk by chunk: no
             # per-class copy of the data, and O(N_c d) per sample instead of O(N d) with a mask)
             members = self._members(x.device)
@@ -220,6 +235,22 @@ class LaguerreCells:
                     x[rows], self.targets, keys.bias[on_x], **kw, gumbel=gumbel, subset=on_targets
                 )[0]
         return index
+
+    def _argmax(self, x, keys, kw, gumbel=False):
+        """Global (index, best score) over this process's targets and, if sharded, every other's."""
+        index, best, _ = stream_argmax(
+            x, self.local_targets, keys.bias[self.lo : self.hi], **kw, gumbel=gumbel
+        )
+        if self.collective is None:
+            return index, best
+        index, best, _ = combine_argmax(
+            index + self.lo, best, None, self.collective, self.num_targets, self.lo, self.hi
+        )
+        return index, best
+
+    def _logsumexp(self, x, keys, kw):
+        lse = stream_logsumexp(x, self.local_targets, keys.bias[self.lo : self.hi], **kw)
+        return lse if self.collective is None else combine_logsumexp(lse, self.collective)
 
     def _members(self, device: torch.device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """class -> (its target indices on the targets' device, the same on ``device``), cached."""
@@ -243,10 +274,22 @@ class LaguerreCells:
         x, keys, kw = self._query(x)
         with full_precision(x.device):
             if self.eps == 0:
-                index, _, _ = stream_argmax(x, self.targets, keys.bias, **kw)
+                index, _ = self._argmax(x, keys, kw)
                 counts = torch.bincount(index, minlength=self.num_targets).to(torch.float64)
                 return counts, (counts if squares else None)
-            sums, sq, _ = stream_softmax_columns(x, self.targets, keys.bias, **kw, squares=squares)
+            col = self.collective
+            sums, sq, _ = stream_softmax_columns(
+                x,
+                self.local_targets,
+                keys.bias[self.lo : self.hi],
+                **kw,
+                squares=squares,
+                combine_lse=None if col is None else (lambda lse: combine_logsumexp(lse, col)),
+            )
+        if self.collective is not None:
+            sums = all_reduce_columns(sums, self.collective, self.num_targets, self.lo)
+            if sq is not None:
+                sq = all_reduce_columns(sq, self.collective, self.num_targets, self.lo)
         return sums, sq
 
     def marginal(self, x: torch.Tensor) -> torch.Tensor:
@@ -270,9 +313,9 @@ class LaguerreCells:
         base = 0.5 * x64.square().sum(1) - x64 @ keys.center64
         with full_precision(x.device):
             if self.eps == 0:
-                _, best, _ = stream_argmax(x, self.targets, keys.bias, **kw)
+                _, best = self._argmax(x, keys, kw)
                 return base - (best.to(torch.float64) + keys.shift)
-            lse = stream_logsumexp(x, self.targets, keys.bias, **kw)
+            lse = self._logsumexp(x, keys, kw)
         return base - self.eps * (lse.to(torch.float64) + keys.shift)
 
 

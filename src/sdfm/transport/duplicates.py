@@ -76,13 +76,41 @@ class DuplicateGroups:
         return order[pos]
 
 
+def _row_hashes(targets: torch.Tensor, block_elements: int = 1 << 21) -> torch.Tensor:
+    """A 64-bit hash of every row [N] (int64), streamed over row blocks: equal rows hash equally
+    (-0.0 and 0.0 too); distinct rows collide with probability about 2^-64 per pair."""
+    n, d = targets.shape
+    gen = torch.Generator().manual_seed(0x5DF)
+    mult = torch.randint(1, 1 << 62, (d,), generator=gen, dtype=torch.int64) * 2 + 1  # odd
+    out = torch.empty(n, dtype=torch.int64)
+    rows = max(1, block_elements // max(d, 1))
+    for start in range(0, n, rows):
+        block = targets[start : start + rows].to(device="cpu", dtype=torch.float64) + 0.0  # -0.0 -> 0.0
+        h = (block.view(torch.int64) * mult).sum(1)  # wraps modulo 2^64
+        h ^= h >> 31
+        out[start : start + block.shape[0]] = h * 0x2545F4914F6CDD1D
+    return out
+
+
 def find_duplicates(targets: torch.Tensor, weights: torch.Tensor | None = None) -> DuplicateGroups | None:
-    """Finds exactly repeated rows of ``targets`` [N, d]; None when all rows are distinct."""
+    """Finds exactly repeated rows of ``targets`` [N, d]; None when all rows are distinct.
+
+    Bounded memory: rows are hashed block by block (O(N) memory, the targets may be memory-mapped);
+    only rows whose hash repeats are gathered and compared exactly."""
     n = targets.shape[0]
-    uniq, inverse = torch.unique(targets.cpu(), dim=0, return_inverse=True)
-    if uniq.shape[0] == n:
+    hashes = _row_hashes(targets)
+    _, hash_group, hash_count = torch.unique(hashes, return_inverse=True, return_counts=True)
+    candidates = torch.nonzero(hash_count[hash_group] > 1).squeeze(1)
+    if candidates.numel() == 0:
         return None
-    groups = uniq.shape[0]
+    rows = targets[candidates.to(targets.device)].cpu()
+    uniq, within = torch.unique(rows, dim=0, return_inverse=True)
+    if uniq.shape[0] == candidates.numel():  # hash collisions of distinct rows only
+        return None
+    key = torch.arange(n)
+    key[candidates] = n + within
+    uniq_keys, inverse = torch.unique(key, return_inverse=True)
+    groups = uniq_keys.shape[0]
     # Representative = first occurrence of each group.
     first = torch.full((groups,), n, dtype=torch.long)
     first.scatter_reduce_(0, inverse, torch.arange(n), reduce="amin")

@@ -50,6 +50,7 @@ from sdfm.transport._stream import (
 )
 from sdfm.transport.diagnostics import MarginalAccumulator
 from sdfm.transport.duplicates import DuplicateGroups, find_duplicates
+from sdfm.transport.sharding import Collective, all_reduce_columns, combine_argmax, combine_logsumexp
 from sdfm.transport.sources import draw, standard_normal
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -145,6 +146,11 @@ class SemidiscreteSolver:
         dtype: "float32" (default) or "float64" for the scores; the potential is kept in float64.
         device: where to compute (None: the device of the targets).
         chunk_size: targets per score block (None: automatic, about 4M elements per block).
+        memory_limit: bytes the solver may spend on its own copy of the centred targets in the
+            compute dtype, on the compute device (default 1 GiB). Larger targets are not copied but
+            streamed chunk by chunk from where they are (a memory-mapped file, host memory feeding a
+            GPU); 0 always streams. Beyond it the solver holds O(N) vectors (about 80 bytes per
+            target) and one [batch, chunk] score block.
     """
 
     eps: float = 0.0
@@ -174,6 +180,7 @@ class SemidiscreteSolver:
     dtype: Literal["float32", "float64"] = "float32"
     device: str | None = None
     chunk_size: int | None = None
+    memory_limit: int = 1 << 30
 
     def __post_init__(self) -> None:
         _checks.check_eps(self.eps, "eps")
@@ -184,6 +191,14 @@ class SemidiscreteSolver:
         _checks.check_positive_int(self.anneal_batch_size, "anneal_batch_size", allow_none=False)
         _checks.check_positive_int(self.eval_samples, "eval_samples")
         _checks.check_positive_int(self.chunk_size, "chunk_size")
+        if (
+            isinstance(self.memory_limit, bool)
+            or not isinstance(self.memory_limit, int)
+            or self.memory_limit < 0
+        ):
+            raise ValueError(
+                f"memory_limit: expected an integer number of bytes >= 0, got {self.memory_limit!r}"
+            )
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds: expected a number > 0 or None, got {self.max_seconds!r}")
         if self.tol is None and self.max_steps is None and self.max_seconds is None:
@@ -228,6 +243,7 @@ class SemidiscreteSolver:
         noise=None,
         init: torch.Tensor | None = None,
         progress: bool = True,
+        collective: Collective | None = None,
     ) -> SemidiscreteResult:
         """Fits the potential of the semidiscrete OT problem from ``noise`` to ``targets``.
 
@@ -240,11 +256,19 @@ class SemidiscreteSolver:
                 (default: standard Gaussian).
             init: a potential [N] to start from (warm start from an earlier solve).
             progress: show a tqdm bar with chi2.
+            collective: solve with the atoms sharded across processes
+                (:class:`~sdfm.transport.sharding.Collective`; ``sdfm.parallel.collective()`` under
+                torchrun). Every process passes the same targets (e.g. the same memory-mapped file)
+                and a generator with the same seed; each scores only its own range of atoms (and
+                copies only that range), the global argmax and the assignment histogram are
+                all-reduced, and every process returns the same result. With eps = 0 and no
+                annealing it equals the single-process solve for the same seed; with annealing it
+                agrees up to floating-point rounding of the soft phase.
 
         Returns:
             A :class:`SemidiscreteResult`.
         """
-        run = _Run(self, targets, weights, generator, noise, init, progress)
+        run = _Run(self, targets, weights, generator, noise, init, progress, collective)
         return run.execute()
 
     def settings(self) -> dict:
@@ -252,12 +276,15 @@ class SemidiscreteSolver:
 
 
 # ----------------------------------------------------------------------------------------------
-def _relative_eps_scale(targets, noise, *, device, n_ref=1024, max_targets=8192) -> float:
-    """std of the cost matrix 1/2 |x - y|^2 between reference noise and (a stride of) the targets."""
+def _relative_eps_scale(targets, noise, *, device, n_ref=1024, max_targets=8192, rows=None) -> float:
+    """std of the cost matrix 1/2 |x - y|^2 between reference noise and (a stride of) the targets
+    (of ``targets[rows]`` when rows are given)."""
     gen = torch.Generator(device=device).manual_seed(0)
     x = draw(noise, n_ref, targets.shape[1], generator=gen, device=device, dtype=torch.float64)
-    stride = max(1, targets.shape[0] // max_targets)
-    y = targets[::stride].to(device=device, dtype=torch.float64)
+    count = targets.shape[0] if rows is None else rows.shape[0]
+    stride = max(1, count // max_targets)
+    picked = targets[::stride] if rows is None else targets[rows[::stride].to(targets.device)]
+    y = picked.to(device=device, dtype=torch.float64)
     cost = 0.5 * torch.cdist(x, y).square()
     return float(cost.std())
 
@@ -273,7 +300,7 @@ def relative_eps_scale(targets, noise=None, *, device=None) -> float:
 class _Run:
     """The changing state of one solve (a local of the loop, not of the solver)."""
 
-    def __init__(self, solver, targets, weights, generator, noise, init, progress):
+    def __init__(self, solver, targets, weights, generator, noise, init, progress, collective=None):
         self.s = solver
         self.t_start = time.perf_counter()
         targets = _checks.as_targets(targets)
@@ -292,47 +319,66 @@ class _Run:
             raise ValueError(f"generator: on {generator.device}, but the solver computes on {self.device}")
         self.dtype = _DTYPES[solver.dtype]
 
-        # Duplicates: one atom per distinct position, carrying the summed weight.
+        # Duplicates: one atom per distinct position, carrying the summed weight. Atoms are read from
+        # the targets through `rows` (their target indices; None: atom = target), never copied whole.
         self.duplicates = find_duplicates(targets, w_all)
+        self.src = targets
         if self.duplicates is not None:
-            rep = self.duplicates.representative
-            atoms = targets[rep.to(targets.device)]
+            self.rows = self.duplicates.representative
             w = self.duplicates.group_weights()
             if init is not None:
-                init = init[rep.to(init.device)]
+                init = init[self.rows.to(init.device)]
         else:
-            atoms, w = targets, w_all
-        self.n = atoms.shape[0]
+            self.rows, w = None, w_all
+        self.n = self.n_all if self.rows is None else int(self.rows.shape[0])
         self.b = (
             torch.full((self.n,), 1.0 / self.n, dtype=torch.float64, device=self.device)
             if w is None
             else w.to(self.device)
         )
 
-        # Centred atoms in the compute dtype (streamed with a centre if too large to copy).
+        # Sharding: this process scores atoms [lo, hi) only (all of them without a collective).
+        self.collective = collective
+        if collective is not None and collective.world_size > self.n:
+            raise ValueError(
+                f"collective: {collective.world_size} processes for {self.n} distinct targets; "
+                "use at most one process per target"
+            )
+        self.lo, self.hi = (0, self.n) if collective is None else collective.shard(self.n)
+
+        # Centred atoms in the compute dtype: this process's range is copied if it fits in
+        # memory_limit, otherwise streamed (with a centre) from the targets where they are.
         chunk0 = chunk_size_for(solver.batch_size, self.n, self.d, solver.chunk_size)
         mean = torch.zeros(self.d, dtype=torch.float64, device=self.device)
         sq = torch.empty(self.n, dtype=torch.float64, device=self.device)
-        for start, stop, y in target_chunks(atoms, chunk0, device=self.device, dtype=torch.float64):
+        for start, stop, y in self._atom_chunks(chunk0):
             mean += (self.b[start:stop, None] * y).sum(0)
             sq[start:stop] = y.square().sum(1)
         self.mean = mean
         self.sqnorm = sq
         itemsize = torch.finfo(self.dtype).bits // 8
-        if self.n * self.d * itemsize <= (1 << 30):
-            self.keys = torch.empty(self.n, self.d, dtype=self.dtype, device=self.device)
-            for start, stop, y in target_chunks(atoms, chunk0, device=self.device, dtype=torch.float64):
-                self.keys[start:stop] = (y - mean).to(self.dtype)
+        local = self.hi - self.lo
+        self.subset = None  # positions of the local atoms in self.keys when streaming with rows
+        if local * self.d * itemsize <= solver.memory_limit:
+            self.keys = torch.empty(local, self.d, dtype=self.dtype, device=self.device)
+            for start, stop, y in self._atom_chunks(chunk0, self.lo, self.hi):
+                self.keys[start - self.lo : stop - self.lo] = (y - mean).to(self.dtype)
             self.center = None
         else:
-            self.keys = atoms
+            if self.rows is None:
+                self.keys = targets[self.lo : self.hi]  # a view: nothing is read yet
+            else:
+                self.keys = targets
+                self.subset = self.rows[self.lo : self.hi].to(targets.device)
             self.center = mean.to(self.dtype)
-        self.atoms = atoms
+        self.keys_copied = self.center is None
         self.init = init
 
         self.eps_abs = solver.eps
         if solver.eps > 0 and solver.relative_eps:
-            self.eps_abs = solver.eps * _relative_eps_scale(atoms, self.noise, device=self.device)
+            self.eps_abs = solver.eps * _relative_eps_scale(
+                targets, self.noise, device=self.device, rows=self.rows
+            )
         tol = solver.tol if solver.tol is not None else 0.05
         self.eval_samples = solver.eval_samples or int(
             min(1 << 22, max(1 << 14, math.ceil(10.0 * math.sqrt(2.0 * self.n) / tol)))
@@ -356,21 +402,59 @@ class _Run:
     def _chunk(self, n):
         return chunk_size_for(n, self.n, self.d, self.s.chunk_size)
 
-    def _hard(self, x, h, top2=False):
-        return stream_argmax(
-            x, self.keys, self._bias(h), chunk=self._chunk(x.shape[0]), center=self.center, top2=top2
-        )
+    def _atom_chunks(self, chunk, lo=0, hi=None):
+        """(start, stop, atoms[start:stop]) in float64 on the compute device, for atoms [lo, hi)."""
+        hi = self.n if hi is None else hi
+        if self.rows is None:
+            for start, stop, y in target_chunks(
+                self.src[lo:hi], chunk, device=self.device, dtype=torch.float64
+            ):
+                yield start + lo, stop + lo, y
+        else:
+            subset = self.rows[lo:hi].to(self.src.device)
+            for start, stop, y in target_chunks(
+                self.src, chunk, device=self.device, dtype=torch.float64, subset=subset
+            ):
+                yield start + lo, stop + lo, y
 
-    def _soft(self, x, h, eps, squares=False):
-        return stream_softmax_columns(
+    def _hard(self, x, h, top2=False):
+        """Global (atom index, best score, second-best score or None) of each row of x."""
+        idx, best, second = stream_argmax(
             x,
             self.keys,
-            self._bias(h, eps),
+            self._bias(h)[self.lo : self.hi],
+            chunk=self._chunk(x.shape[0]),
+            center=self.center,
+            top2=top2,
+            subset=self.subset,
+            positions=True,
+        )
+        if self.collective is None:
+            return idx, best, second
+        if top2 and second is None:  # a one-atom shard has no second best
+            second = torch.full_like(best, float("-inf"))
+        return combine_argmax(idx + self.lo, best, second, self.collective, self.n, self.lo, self.hi)
+
+    def _soft(self, x, h, eps, squares=False):
+        """Column sums [N] (and sums of squares) of the soft assignment, over every shard."""
+        col = self.collective
+        sums, sq, lse = stream_softmax_columns(
+            x,
+            self.keys,
+            self._bias(h, eps)[self.lo : self.hi],
             chunk=self._chunk(x.shape[0]),
             center=self.center,
             alpha=1.0 / eps,
             squares=squares,
+            subset=self.subset,
+            combine_lse=None if col is None else (lambda lse: combine_logsumexp(lse, col)),
         )
+        if col is None:
+            return sums, sq, lse
+        sums = all_reduce_columns(sums, col, self.n, self.lo)
+        if sq is not None:
+            sq = all_reduce_columns(sq, col, self.n, self.lo)
+        return sums, sq, lse
 
     def _chi2_batch(self, h, n) -> float:
         """chi2 of potential h on n fresh samples (hard), for warm-start selection."""
@@ -438,9 +522,7 @@ class _Run:
 
     def _dot_mean(self):
         out = torch.empty(self.n, dtype=torch.float64, device=self.device)
-        for start, stop, y in target_chunks(
-            self.atoms, self._chunk(1), device=self.device, dtype=torch.float64
-        ):
+        for start, stop, y in self._atom_chunks(self._chunk(1)):
             out[start:stop] = y @ self.mean
         return out
 
@@ -448,7 +530,7 @@ class _Run:
         """(y - mean)^T Sigma^{+1/2} (y - mean) per atom, Sigma the weighted covariance."""
         cov = torch.zeros(self.d, self.d, dtype=torch.float64, device=self.device)
         chunk = self._chunk(self.d)
-        for start, stop, y in target_chunks(self.atoms, chunk, device=self.device, dtype=torch.float64):
+        for start, stop, y in self._atom_chunks(chunk):
             z = y - self.mean
             cov += (z * self.b[start:stop, None]).T @ z
         evals, evecs = torch.linalg.eigh(cov)
@@ -456,7 +538,7 @@ class _Run:
         inv_quarter = torch.where(evals > floor, evals.clamp_min(floor) ** -0.25, torch.zeros_like(evals))
         proj = evecs * inv_quarter
         out = torch.empty(self.n, dtype=torch.float64, device=self.device)
-        for start, stop, y in target_chunks(self.atoms, chunk, device=self.device, dtype=torch.float64):
+        for start, stop, y in self._atom_chunks(chunk):
             out[start:stop] = ((y - self.mean) @ proj).square().sum(1)
         return out
 
@@ -627,7 +709,13 @@ class _Run:
             g = g[self.duplicates.inverse.to(g.device)]
         seconds = time.perf_counter() - self.t_start
         settings = self.s.settings()
-        settings.update(eps_abs=self.eps_abs, num_targets=self.n_all, dim=self.d)
+        settings.update(
+            eps_abs=self.eps_abs,
+            num_targets=self.n_all,
+            dim=self.d,
+            processes=1 if self.collective is None else self.collective.world_size,
+            targets_streamed=not self.keys_copied,
+        )
         return SemidiscreteResult(
             potential=g.detach().to(torch.float64),
             eps=self.eps_abs,

@@ -1,0 +1,224 @@
+"""Large targets: memory-mapped files, streamed solves, duplicate hashing, PCA pairing, FAISS search."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from sdfm.artifacts import load_index, load_potential, save_index, save_potential
+from sdfm.couplings import SemidiscreteCoupling
+from sdfm.data.files import load_array
+from sdfm.transport import LaguerreCells, PCAProjection, SemidiscreteSolver, find_duplicates
+from sdfm.transport.duplicates import _row_hashes
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def brute(x, y, g):
+    x, y, g = x.double(), y.double(), g.double()
+    return (x @ y.T + g - 0.5 * y.square().sum(1)).argmax(1)
+
+
+@pytest.fixture
+def npy(tmp_path):
+    y = np.random.default_rng(0).normal(size=(2500, 12)).astype(np.float32)
+    y[::7] += 3.0  # two clusters
+    path = tmp_path / "y.npy"
+    np.save(path, y)
+    return path, y
+
+
+def test_memory_mapped_targets_are_streamed_not_copied(npy, tmp_path):
+    path, y = npy
+    mm, _ = load_array(path)
+    assert isinstance(mm, np.memmap)
+    with warnings.catch_warnings():  # read-only mapping: sdfm never writes to targets
+        warnings.simplefilter("ignore", UserWarning)
+        targets = torch.from_numpy(mm.view(np.ndarray))
+    streamed = SemidiscreteSolver(tol=0.1, memory_limit=0).solve(targets, generator=gen(0), progress=False)
+    copied = SemidiscreteSolver(tol=0.1).solve(torch.from_numpy(y), generator=gen(0), progress=False)
+    assert streamed.settings["targets_streamed"] and not copied.settings["targets_streamed"]
+    assert streamed.converged and copied.converged
+    # the same problem: both potentials pair fresh noise alike (float32 rounding of the keys differs)
+    x = torch.randn(4000, 12, generator=gen(1))
+    same = brute(x, torch.from_numpy(y), streamed.potential) == brute(
+        x, torch.from_numpy(y), copied.potential
+    )
+    assert same.float().mean() > 0.9
+    # the streamed solve equals brute force on its own potential (scores were not corrupted by streaming)
+    idx = LaguerreCells(targets, streamed.potential, chunk_size=97).assign(x)
+    assert torch.equal(idx, brute(x, torch.from_numpy(y), streamed.potential))
+    # safetensors files are memory-mapped too
+    from safetensors.numpy import save_file
+
+    save_file({"x": y}, str(tmp_path / "y.safetensors"))
+    st, _ = load_array(tmp_path / "y.safetensors")
+    assert isinstance(st, np.memmap) and np.array_equal(st, y)
+
+
+def test_memory_limit_validated():
+    with pytest.raises(ValueError, match="memory_limit"):
+        SemidiscreteSolver(memory_limit=-1)
+    with pytest.raises(ValueError, match="memory_limit"):
+        SemidiscreteSolver(memory_limit=1.5)
+
+
+def test_streamed_solve_with_duplicates_keeps_them_tied():
+    y = torch.randn(600, 5, generator=gen(0))
+    y[500:] = y[:100]  # 100 duplicates
+    res = SemidiscreteSolver(tol=0.1, memory_limit=0).solve(y, generator=gen(0), progress=False)
+    assert res.converged and res.duplicates.num_duplicates == 100
+    assert torch.equal(res.potential[500:], res.potential[:100])
+
+
+def test_row_hashes_find_exact_duplicates_only():
+    y = torch.randn(5000, 7, generator=gen(2))
+    y[4000] = y[17]
+    y[4001, 0] = -0.0
+    y[4002] = y[4001]
+    y[4002, 0] = 0.0  # -0.0 == 0.0
+    y[4003] = y[18] + 1e-7  # near, not equal
+    h = _row_hashes(y)
+    assert h[4000] == h[17] and h[4001] == h[4002] and h[4003] != h[18]
+    groups = find_duplicates(y)
+    ref_uniq = torch.unique(y, dim=0).shape[0]
+    assert groups.num_groups == ref_uniq == 4998
+    assert groups.inverse[4000] == groups.inverse[17] and groups.inverse[4001] == groups.inverse[4002]
+    assert find_duplicates(torch.randn(300, 3, generator=gen(3))) is None
+
+
+def test_pca_matches_numpy_and_round_trips(tmp_path):
+    y = torch.randn(3000, 10, generator=gen(4)) * torch.linspace(3, 0.1, 10) + 5.0
+    proj = PCAProjection.fit(y, 4)
+    yc = (y - y.mean(0)).double().numpy()
+    _, sv, vt = np.linalg.svd(yc, full_matrices=False)
+    np.testing.assert_allclose(proj.variances.numpy(), sv[:4] ** 2 / 3000, rtol=1e-8)
+    overlap = np.abs(proj.components.numpy() @ vt[:4].T)
+    np.testing.assert_allclose(overlap, np.eye(4), atol=1e-8)
+    assert abs(proj.explained - (sv[:4] ** 2).sum() / (sv**2).sum()) < 1e-10
+    keys = proj.project_targets(y, chunk_size=77)
+    torch.testing.assert_close(keys.double(), y.double() @ proj.components.T, rtol=1e-6, atol=1e-5)
+    res = SemidiscreteSolver(tol=0.1).solve(keys, generator=gen(0), progress=False)
+    save_potential(tmp_path / "p.safetensors", res, targets=y, projection=proj)
+    pf = load_potential(tmp_path / "p.safetensors", targets=y)
+    assert torch.equal(pf.projection.components, proj.components) and pf.meta["pca"]["k"] == 4
+    coupling = SemidiscreteCoupling.from_file(tmp_path / "p.safetensors", y)
+    pairs = coupling.sample(500, generator=gen(5))
+    # the cell is the argmax in the projected space; the pair keeps the full x0 and y
+    expect = brute(proj.project(pairs.x0), keys, res.potential)
+    assert torch.equal(pairs.index, expect) and torch.equal(pairs.x1, y[expect])
+    assert pairs.x0.shape == (500, 10)
+    with pytest.raises(ValueError, match="k: expected"):
+        PCAProjection.fit(y, 11)
+
+
+def test_full_rank_pca_is_a_rotation_of_the_problem():
+    # K = d: |P x - P y| = |x - y|, so the same potential gives the same cells
+    y = torch.randn(400, 6, generator=gen(6), dtype=torch.float64)
+    g = 0.2 * torch.randn(400, generator=gen(7), dtype=torch.float64)
+    proj = PCAProjection.fit(y, 6)
+    x = torch.randn(1000, 6, generator=gen(8), dtype=torch.float64)
+    assert torch.equal(brute(proj.project(x), proj.project_targets(y), g), brute(x, y, g))
+
+
+def test_cli_solve_pca_and_memory_limit(npy, tmp_path, capsys):
+    from sdfm.cli.main import main
+
+    path, y = npy
+    out = tmp_path / "p.safetensors"
+    assert (
+        main(
+            [
+                "solve",
+                "--data",
+                str(path),
+                "--out",
+                str(out),
+                "--pca",
+                "5",
+                "--memory-limit",
+                "0",
+                "--tol",
+                "0.1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    pf = load_potential(out, targets=torch.from_numpy(y))
+    assert pf.meta["pca"]["k"] == 5 and pf.meta["solver"]["targets_streamed"]
+    assert pf.meta["solver"]["memory_limit"] == 0
+    with pytest.raises(SystemExit) as err:
+        main(["solve", "--data", str(path), "--out", str(out), "--memory-limit", "12XB"])
+    assert err.value.code == 2 and "512MiB" in capsys.readouterr().err
+    assert main(["solve", "--data", str(path), "--out", str(out), "--pca", "13"]) == 2
+    assert "--pca" in capsys.readouterr().err
+
+
+faiss = pytest.importorskip("faiss")
+
+
+@pytest.fixture(scope="module")
+def solved():
+    y = torch.randn(4000, 8, generator=gen(9))
+    res = SemidiscreteSolver(tol=0.1).solve(y, generator=gen(0), progress=False)
+    return y, res.potential
+
+
+def test_faiss_flat_and_full_probe_ivf_are_exact(solved):
+    from sdfm.transport.search import FaissCells, search_quality
+
+    y, g = solved
+    cells = LaguerreCells(y, g)
+    x = torch.randn(3000, 8, generator=gen(10))
+    exact = brute(x, y, g)
+    flat = FaissCells(y, g, kind="flat")
+    assert (flat.assign(x) == exact).float().mean() >= 0.999  # float32 ties aside
+    ivf_all = FaissCells(y, g, kind="ivf", nlist=16, nprobe=16)  # every list searched: exhaustive
+    assert (ivf_all.assign(x) == exact).float().mean() >= 0.999
+    hnsw = FaissCells(y, g, kind="hnsw")
+    q = search_quality(hnsw, cells, samples=8192, generator=gen(11))
+    assert q["recall"] > 0.97
+    assert abs(q["chi2_search"] - q["chi2_exact"]) < 0.05
+    ivf = FaissCells(y, g, kind="ivf", nlist=64, nprobe=1)
+    assert 0.3 < search_quality(ivf, cells, samples=4096, generator=gen(12))["recall"] < 1.0
+
+
+def test_faiss_index_file_refuses_another_potential(solved, tmp_path):
+    from sdfm.transport.search import FaissCells
+
+    y, g = solved
+    built = FaissCells(y, g, kind="ivf", data_fingerprint="abc")
+    save_index(tmp_path / "i.safetensors", built)
+    loaded = load_index(tmp_path / "i.safetensors", g, shape=(4000, 8), data_fingerprint="abc")
+    x = torch.randn(2000, 8, generator=gen(13))
+    assert torch.equal(loaded.assign(x), built.assign(x)) and loaded.params == built.params
+    with pytest.raises(ValueError, match="another potential"):
+        load_index(tmp_path / "i.safetensors", g + 1e-9, shape=(4000, 8), data_fingerprint="abc")
+    with pytest.raises(ValueError, match="another potential"):
+        load_index(tmp_path / "i.safetensors", g, shape=(4000, 8), data_fingerprint="other")
+    coupling = SemidiscreteCoupling(y, g, search=loaded)
+    pairs = coupling.sample(256, generator=gen(14))
+    assert (pairs.index == brute(pairs.x0, y, g)).float().mean() > 0.9
+    with pytest.raises(ValueError, match="search"):
+        SemidiscreteCoupling(y, g, eps=0.1, search=loaded)
+    with pytest.raises(ValueError, match="kind"):
+        FaissCells(y, g, kind="lsh")
+
+
+def test_cli_train_with_a_faiss_index_and_its_check_on_resume(tmp_path, capsys):
+    from sdfm.cli.main import main
+
+    run = tmp_path / "run"
+    base = ["train", "--data", "gmm:d=4,n=800", "--coupling", "semidiscrete", "--out", str(run), "--quiet"]
+    assert main([*base, "--search", "hnsw", "--steps", "4", "--batch-size", "32"]) == 0
+    assert (run / "index.safetensors").exists()
+    assert main([*base, "--steps", "6", "--batch-size", "32", "--resume"]) == 0  # the saved index, checked
+    pf = load_potential(run / "potential.safetensors")
+    load_index(run / "index.safetensors", pf.potential, shape=(800, 4), data_fingerprint=pf.fingerprint)
+    other = [*base[:-3], "--out", str(tmp_path / "r2"), "--quiet"]
+    assert main([*other, "--search", "ivf", "--eps", "0.1", "--steps", "2"]) == 2
+    assert "--search" in capsys.readouterr().err
