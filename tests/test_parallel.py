@@ -160,20 +160,32 @@ def test_collective_and_shards_validate():
         LaguerreCells(torch.randn(4, 3), torch.zeros(4), classes=torch.tensor([0, 0, 1, 1]), collective=col)
 
 
-@pytest.mark.slow
-def test_torchrun_cli_solve_matches_one_process(tmp_path):
+def test_torchrun_cli_solve_and_train(tmp_path):
     data = tmp_path / "x.npy"
     np.save(data, np.random.default_rng(0).normal(size=(600, 5)).astype(np.float32))
-    args = ["solve", "--data", str(data), "--quiet", "--tol", "0.1"]
-    one = subprocess.run([sys.executable, "-m", "sdfm", *args, "--out", str(tmp_path / "a.safetensors")])
-    assert one.returncode == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "sdfm"]
-    two = subprocess.run(
-        [*cmd, *args, "--out", str(tmp_path / "b.safetensors")], capture_output=True, text=True
-    )
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "sdfm",
+    ]
+    args = ["solve", "--data", str(data), "--quiet", "--tol", "0.1", "--out", str(tmp_path / "b.safetensors")]
+    two = subprocess.run([*torchrun, *args], capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-2000:]
     from sdfm.artifacts import load_potential
 
-    a, b = load_potential(tmp_path / "a.safetensors"), load_potential(tmp_path / "b.safetensors")
-    assert b.meta["solver"]["processes"] == 2
-    assert b.chi2 <= 0.1 and a.chi2 <= 0.1
+    b = load_potential(tmp_path / "b.safetensors")
+    assert b.meta["solver"]["processes"] == 2 and b.chi2 <= 0.1
+    run = tmp_path / "run"
+    train_args = ["train", "--data", str(data), "--coupling", "semidiscrete", "--out", str(run), "--quiet"]
+    train_args += ["--steps", "4", "--batch-size", "32", "--potential", str(tmp_path / "b.safetensors")]
+    train_args += ["--normalize", "none"]
+    two = subprocess.run([*torchrun, *train_args], capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("trained 4 steps") == 1  # rank 0 alone reports
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [4]
+    assert json.loads((run / "run.json").read_text())["train"]["batch_size"] == 32

@@ -262,8 +262,9 @@ class SemidiscreteSolver:
                 and a generator with the same seed; each scores only its own range of atoms (and
                 copies only that range), the global argmax and the assignment histogram are
                 all-reduced, and every process returns the same result. With eps = 0 and no
-                annealing it equals the single-process solve for the same seed; with annealing it
-                agrees up to floating-point rounding of the soft phase.
+                annealing it equals the single-process solve for the same seed bit for bit; the
+                soft (annealing) phase agrees to float32 rounding (the shards' log-sum-exp are
+                combined), and the stochastic iteration then agrees in distribution.
 
         Returns:
             A :class:`SemidiscreteResult`.

@@ -1,0 +1,384 @@
+"""Scale: memory-mapped targets, solves at large N, the linear pairing curve, FAISS, 1 vs 2 processes.
+
+    python benchmarks/scale.py data                      # synthetic mixtures as .npy in $SDFM_SCALE_DIR
+    python benchmarks/scale.py pairing                   # assign time against N (d = 64, 784)
+    python benchmarks/scale.py solve --n 100000 --d 64 [--pca K] [--memory-limit B] [--max-seconds T]
+    python benchmarks/scale.py faiss --n 200000 --d 64   # recall / chi2 / speed of flat, IVF, HNSW
+    python benchmarks/scale.py processes                 # 1 vs 2 gloo processes: solve and train
+
+Data: a mixture of 16 low-rank Gaussians (x = m_c + A_c z + 0.1 e, rank 16) written chunk by chunk to
+``$SDFM_SCALE_DIR/mix_n{N}_d{d}.npy`` (default /tmp/sdfm_scale) and read back memory-mapped. Peak memory
+is sampled from /proc/self/status every 10 ms: ``RssAnon`` (memory the process allocated) and ``VmRSS``
+(plus the file pages of the mapping, which the kernel may drop). Results: benchmarks/results/scale_*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, repeat, save  # noqa: E402
+from sdfm.transport import LaguerreCells, PCAProjection, SemidiscreteSolver  # noqa: E402
+
+DIR = Path(os.environ.get("SDFM_SCALE_DIR", "/tmp/sdfm_scale"))
+
+
+def data_path(n: int, d: int) -> Path:
+    return DIR / f"mix_n{n}_d{d}.npy"
+
+
+def make_data(n: int, d: int, seed: int = 0) -> Path:
+    """The mixture as a .npy file (written chunk by chunk; reused if present)."""
+    path = data_path(n, d)
+    if path.exists():
+        return path
+    DIR.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    k, rank = 16, 16
+    means = 2.0 * rng.standard_normal((k, d)).astype(np.float32)
+    factors = (rng.standard_normal((k, d, rank)) / np.sqrt(rank)).astype(np.float32)
+    tmp = path.with_suffix(".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
+    for start in range(0, n, 65536):
+        m = min(65536, n - start)
+        c = rng.integers(0, k, m)
+        z = rng.standard_normal((m, rank)).astype(np.float32)
+        x = (
+            means[c]
+            + np.einsum("mdr,mr->md", factors[c], z)
+            + 0.1 * rng.standard_normal((m, d)).astype(np.float32)
+        )
+        out[start : start + m] = x
+    out.flush()
+    del out
+    tmp.rename(path)
+    return path
+
+
+def open_targets(path: Path) -> torch.Tensor:
+    """A torch view of the memory-mapped file (nothing read yet)."""
+    mm = np.load(path, mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(mm)
+
+
+class PeakMemory:
+    """Samples RssAnon and VmRSS of this process every 10 ms in a thread."""
+
+    def __init__(self):
+        self.peak = {"RssAnon": 0, "VmRSS": 0}
+        self._stop = threading.Event()
+
+    def _read(self):
+        out = {}
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key = line.split(":")[0]
+            if key in self.peak:
+                out[key] = int(line.split()[1]) * 1024
+        return out
+
+    def __enter__(self):
+        self.start = self._read()
+
+        def run():
+            while not self._stop.wait(0.01):
+                for k, v in self._read().items():
+                    self.peak[k] = max(self.peak[k], v)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        for k, v in self._read().items():
+            self.peak[k] = max(self.peak[k], v)
+
+    def report(self) -> dict:
+        mib = 1 << 20
+        return {
+            "peak_rss_anon_mib": self.peak["RssAnon"] / mib,
+            "peak_vm_rss_mib": self.peak["VmRSS"] / mib,
+            "start_rss_anon_mib": self.start["RssAnon"] / mib,
+        }
+
+
+# ------------------------------------------------------------------------------------------------
+def cmd_data(args):
+    for n, d in ((1_000_000, 64), (200_000, 784)):
+        t = time.perf_counter()
+        path = make_data(n, d)
+        print(f"{path} ({path.stat().st_size / 2**20:.0f} MiB, {time.perf_counter() - t:.1f} s)")
+
+
+def cmd_pairing(args):
+    """us per pair of exact pairing (4096 noises) against N targets: linear in N."""
+    rows = []
+    for d, sizes in (
+        (64, (10_000, 30_000, 100_000, 300_000, 1_000_000)),
+        (784, (10_000, 30_000, 100_000, 200_000)),
+    ):
+        full = open_targets(make_data(1_000_000 if d == 64 else 200_000, d))
+        for n in sizes:
+            y = full[:n].clone()  # in memory
+            g = torch.zeros(n, dtype=torch.float64)
+            cells = LaguerreCells(y, g)
+            x = torch.randn(4096, d, generator=torch.Generator().manual_seed(0))
+            cells.assign(x[:8])  # prepares the bias
+            t = repeat(lambda cells=cells, x=x: cells.assign(x), repeats=3)
+            row = {
+                "d": d,
+                "n": n,
+                "us_per_pair": 1e6 * t["min"] / 4096,
+                "ns_per_pair_per_target": 1e9 * t["min"] / 4096 / n,
+            }
+            row["gflops"] = 2 * n * d * 4096 / t["min"] / 1e9
+            if n == sizes[-1]:  # the same scan straight from the memory-mapped file
+                mapped = LaguerreCells(full[:n], g)
+                mapped.assign(x[:8])
+                tm = repeat(lambda mapped=mapped, x=x: mapped.assign(x), repeats=3)
+                row["us_per_pair_mmap"] = 1e6 * tm["min"] / 4096
+            rows.append(row)
+            print(json.dumps(row))
+    path = save("scale_pairing", {"machine": machine(), "rows": rows})
+    print("->", path)
+
+
+def cmd_solve(args):
+    path = make_data(args.n, args.d)
+    targets = open_targets(path)
+    result = {"n": args.n, "d": args.d, "pca": args.pca, "memory_limit": args.memory_limit, "tol": args.tol}
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        keys = targets
+        if args.pca:
+            proj = PCAProjection.fit(targets, args.pca)
+            keys = proj.project_targets(targets)
+            result["pca_explained"] = proj.explained
+            result["pca_seconds"] = time.perf_counter() - t0
+        solver = SemidiscreteSolver(
+            tol=args.tol, memory_limit=args.memory_limit, max_seconds=args.max_seconds, max_steps=None
+        )
+        res = solver.solve(keys, generator=torch.Generator().manual_seed(0), progress=not args.quiet)
+        result["seconds_total"] = time.perf_counter() - t0
+    result.update(
+        chi2=res.chi2,
+        chi2_stderr=res.chi2_stderr,
+        converged=res.converged,
+        samples=res.samples,
+        samples_per_atom=res.samples / args.n,
+        steps=res.steps,
+        solve_seconds=res.seconds,
+        targets_streamed=res.settings["targets_streamed"],
+        data_mib=args.n * args.d * 4 / 2**20,
+        **mem.report(),
+    )
+    result["history"] = [
+        {"samples": h.samples, "seconds": h.seconds, "chi2": h.chi2}
+        for h in res.history
+        if h.chi2 is not None
+    ]
+    name = f"scale_solve_n{args.n}_d{args.d}" + (f"_pca{args.pca}" if args.pca else "")
+    name += "_streamed" if args.memory_limit == 0 else ""
+    torch.save(res.potential, DIR / f"{name}.potential.pt")
+    save(name, {"machine": machine(), "command": " ".join(sys.argv), **result})
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
+
+
+def cmd_faiss(args):
+    from sdfm.transport.search import FaissCells, search_quality
+
+    y = open_targets(make_data(1_000_000, args.d))[: args.n].clone()
+    t = time.perf_counter()
+    res = SemidiscreteSolver(tol=args.tol, max_steps=None, max_seconds=args.max_seconds).solve(
+        y, generator=torch.Generator().manual_seed(0), progress=not args.quiet
+    )
+    solve_s = time.perf_counter() - t
+    cells = LaguerreCells(y, res.potential)
+    x = torch.randn(4096, args.d, generator=torch.Generator().manual_seed(1))
+    cells.assign(x[:8])
+    exact = repeat(lambda: cells.assign(x), repeats=3)["min"]
+    rows = [{"kind": "exact (sdfm)", "us_per_pair": 1e6 * exact / 4096, "recall": 1.0}]
+    configs = [
+        ("flat", {}),
+        ("ivf", {"nprobe": 8}),
+        ("ivf", {"nprobe": 32}),
+        ("ivf", {"nprobe": 128}),
+        ("hnsw", {"ef_search": 64}),
+        ("hnsw", {"ef_search": 256}),
+    ]
+    built = {}
+    for kind, kw in configs:
+        t = time.perf_counter()
+        key = kind
+        if key not in built:
+            built[key] = FaissCells(y, res.potential, kind=kind)
+            build_s = time.perf_counter() - t
+        else:
+            build_s = None
+        search = built[key]
+        if kind == "ivf":
+            search.index.nprobe = kw["nprobe"]
+            search.params["nprobe"] = kw["nprobe"]
+        if kind == "hnsw":
+            search.index.hnsw.efSearch = kw["ef_search"]
+            search.params["ef_search"] = kw["ef_search"]
+        secs = repeat(lambda search=search: search.assign(x), repeats=3)["min"]
+        q = search_quality(search, cells, samples=args.samples, generator=torch.Generator().manual_seed(2))
+        row = {
+            "kind": kind,
+            **dict(search.params),
+            "build_seconds": build_s,
+            "us_per_pair": 1e6 * secs / 4096,
+        }
+        row["speedup_vs_exact"] = exact / secs
+        row.update(q)
+        rows.append(row)
+        print(json.dumps(row))
+    save(
+        f"scale_faiss_n{args.n}_d{args.d}",
+        {
+            "machine": machine(),
+            "n": args.n,
+            "d": args.d,
+            "solve_seconds": solve_s,
+            "chi2_potential": res.chi2,
+            "rows": rows,
+        },
+    )
+
+
+_WORKER = r"""
+import json, sys, time, torch, numpy as np, warnings
+from sdfm import parallel
+from sdfm.transport import SemidiscreteSolver
+from sdfm.couplings import SemidiscreteCoupling
+from sdfm.models import build_model
+from sdfm.train import TrainConfig, train
+parallel.init_from_env(torch.device("cpu"))
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    y = torch.from_numpy(np.load(sys.argv[1], mmap_mode="r"))[: int(sys.argv[2])].clone()
+col = parallel.collective()
+solver = SemidiscreteSolver(anneal=False, tol=None, max_steps=int(sys.argv[3]), batch_size=4096)
+t = time.perf_counter()
+res = solver.solve(y, generator=torch.Generator().manual_seed(0), progress=False, collective=col)
+solve_s = time.perf_counter() - t
+g = res.potential
+coupling = SemidiscreteCoupling(y, g, collective=col)
+torch.manual_seed(0)
+model = build_model("mlp", {"dim": y.shape[1]})
+cfg = TrainConfig(steps=int(sys.argv[4]), batch_size=1024, log_every=10**9, checkpoint_every=0)
+t = time.perf_counter()
+train(model, coupling, cfg, progress=False)
+train_s = time.perf_counter() - t
+if parallel.is_main():
+    torch.save(g, sys.argv[5])
+    print(json.dumps({"solve_seconds": solve_s, "train_seconds": train_s, "chi2": res.chi2}))
+"""
+
+
+def cmd_processes(args):
+    """The same fixed-length hard-phase solve and SD-FM training with 1 and 2 processes (gloo, CPU):
+    1 process with 1 and with 2 threads, 2 processes with 1 thread each."""
+    path = make_data(1_000_000, args.d)
+    script = DIR / "proc_worker.py"
+    script.write_text(_WORKER)
+    rows = []
+    pots = {}
+    for procs, threads in ((1, 1), (1, 2), (2, 1)):
+        out = DIR / f"proc_g{procs}_{threads}.pt"
+        common = [str(path), str(args.n), str(args.steps), str(args.train_steps), str(out)]
+        if procs == 1:
+            cmd = [sys.executable, str(script), *common]
+        else:
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={procs}",
+                str(script),
+                *common,
+            ]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode:
+            raise SystemExit(proc.stderr[-3000:])
+        row = {"processes": procs, "threads_per_process": threads}
+        row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        pots[(procs, threads)] = torch.load(out)
+        rows.append(row)
+        print(json.dumps(row))
+    base = pots[(1, 1)]
+    for row in rows:
+        row["potential_equal_to_1_process_1_thread"] = bool(
+            torch.equal(pots[(row["processes"], row["threads_per_process"])], base)
+        )
+        row["solve_speedup_vs_1x1"] = rows[0]["solve_seconds"] / row["solve_seconds"]
+        row["train_speedup_vs_1x1"] = rows[0]["train_seconds"] / row["train_seconds"]
+    print(json.dumps(rows, indent=1))
+    save(
+        f"scale_processes_n{args.n}_d{args.d}",
+        {
+            "machine": machine(),
+            "command": " ".join(sys.argv),
+            "n": args.n,
+            "d": args.d,
+            "solve_steps": args.steps,
+            "train_steps": args.train_steps,
+            "rows": rows,
+        },
+    )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("data")
+    sub.add_parser("pairing")
+    s = sub.add_parser("solve")
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--d", type=int, required=True)
+    s.add_argument("--pca", type=int, default=None)
+    s.add_argument("--tol", type=float, default=0.1)
+    s.add_argument("--memory-limit", type=int, default=1 << 30)
+    s.add_argument("--max-seconds", type=float, default=None)
+    s.add_argument("--quiet", action="store_true")
+    f = sub.add_parser("faiss")
+    f.add_argument("--n", type=int, default=200_000)
+    f.add_argument("--d", type=int, default=64)
+    f.add_argument("--tol", type=float, default=0.1)
+    f.add_argument("--samples", type=int, default=65536)
+    f.add_argument("--max-seconds", type=float, default=240.0)
+    f.add_argument("--quiet", action="store_true")
+    q = sub.add_parser("processes")
+    q.add_argument("--n", type=int, default=100_000)
+    q.add_argument("--d", type=int, default=64)
+    q.add_argument("--steps", type=int, default=60)
+    q.add_argument("--train-steps", type=int, default=100)
+    args = p.parse_args()
+    {
+        "data": cmd_data,
+        "pairing": cmd_pairing,
+        "solve": cmd_solve,
+        "faiss": cmd_faiss,
+        "processes": cmd_processes,
+    }[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""FAISS search over a fixed potential: exactness of flat / full-probe IVF, recall, index files."""
+
+import pytest
+import torch
+
+from sdfm.artifacts import load_index, load_potential, save_index
+from sdfm.couplings import SemidiscreteCoupling
+from sdfm.transport import LaguerreCells, SemidiscreteSolver
+
+faiss = pytest.importorskip("faiss")
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def brute(x, y, g):
+    x, y, g = x.double(), y.double(), g.double()
+    return (x @ y.T + g - 0.5 * y.square().sum(1)).argmax(1)
+
+
+@pytest.fixture(scope="module")
+def solved():
+    y = torch.randn(4000, 8, generator=gen(9))
+    res = SemidiscreteSolver(tol=0.1).solve(y, generator=gen(0), progress=False)
+    return y, res.potential
+
+
+def test_faiss_flat_and_full_probe_ivf_are_exact(solved):
+    from sdfm.transport.search import FaissCells, search_quality
+
+    y, g = solved
+    cells = LaguerreCells(y, g)
+    x = torch.randn(3000, 8, generator=gen(10))
+    exact = brute(x, y, g)
+    flat = FaissCells(y, g, kind="flat")
+    assert (flat.assign(x) == exact).float().mean() >= 0.999  # float32 ties aside
+    ivf_all = FaissCells(y, g, kind="ivf", nlist=16, nprobe=16)  # every list searched: exhaustive
+    assert (ivf_all.assign(x) == exact).float().mean() >= 0.999
+    hnsw = FaissCells(y, g, kind="hnsw")
+    q = search_quality(hnsw, cells, samples=8192, generator=gen(11))
+    assert q["recall"] > 0.97
+    assert abs(q["chi2_search"] - q["chi2_exact"]) < 0.05
+    ivf = FaissCells(y, g, kind="ivf", nlist=64, nprobe=1)
+    assert 0.3 < search_quality(ivf, cells, samples=4096, generator=gen(12))["recall"] < 1.0
+
+
+def test_faiss_index_file_refuses_another_potential(solved, tmp_path):
+    from sdfm.transport.search import FaissCells
+
+    y, g = solved
+    built = FaissCells(y, g, kind="ivf", data_fingerprint="abc")
+    save_index(tmp_path / "i.safetensors", built)
+    loaded = load_index(tmp_path / "i.safetensors", g, shape=(4000, 8), data_fingerprint="abc")
+    x = torch.randn(2000, 8, generator=gen(13))
+    assert torch.equal(loaded.assign(x), built.assign(x)) and loaded.params == built.params
+    with pytest.raises(ValueError, match="another potential"):
+        load_index(tmp_path / "i.safetensors", g + 1e-9, shape=(4000, 8), data_fingerprint="abc")
+    with pytest.raises(ValueError, match="another potential"):
+        load_index(tmp_path / "i.safetensors", g, shape=(4000, 8), data_fingerprint="other")
+    coupling = SemidiscreteCoupling(y, g, search=loaded)
+    pairs = coupling.sample(256, generator=gen(14))
+    assert (pairs.index == brute(pairs.x0, y, g)).float().mean() > 0.9
+    with pytest.raises(ValueError, match="search"):
+        SemidiscreteCoupling(y, g, eps=0.1, search=loaded)
+    with pytest.raises(ValueError, match="kind"):
+        FaissCells(y, g, kind="lsh")
+
+
+def test_cli_train_with_a_faiss_index_and_its_check_on_resume(tmp_path, capsys):
+    from sdfm.cli.main import main
+
+    run = tmp_path / "run"
+    base = ["train", "--data", "gmm:d=4,n=800", "--coupling", "semidiscrete", "--out", str(run), "--quiet"]
+    assert main([*base, "--search", "hnsw", "--steps", "4", "--batch-size", "32"]) == 0
+    assert (run / "index.safetensors").exists()
+    assert main([*base, "--steps", "6", "--batch-size", "32", "--resume"]) == 0  # the saved index, checked
+    pf = load_potential(run / "potential.safetensors")
+    load_index(run / "index.safetensors", pf.potential, shape=(800, 4), data_fingerprint=pf.fingerprint)
+    other = [*base[:-3], "--out", str(tmp_path / "r2"), "--quiet"]
+    assert main([*other, "--search", "ivf", "--eps", "0.1", "--steps", "2"]) == 2
+    assert "--search" in capsys.readouterr().err
