@@ -1,7 +1,8 @@
 """Scale: memory-mapped targets, solves at large N, the linear pairing curve, FAISS, 1 vs 2 processes.
 
     python benchmarks/scale.py data                      # synthetic mixtures as .npy in $SDFM_SCALE_DIR
-    python benchmarks/scale.py pairing                   # assign time against N (d = 64, 784)
+    python benchmarks/scale.py pairing                   # assign time against N (d = 64, 784) + PNG
+    python benchmarks/scale.py plot                      # redraw results/scale_pairing.png
     python benchmarks/scale.py solve --n 100000 --d 64 [--pca K] [--memory-limit B] [--max-seconds T]
     python benchmarks/scale.py faiss --n 200000 --d 64   # recall / chi2 / speed of flat, IVF, HNSW
     python benchmarks/scale.py processes                 # 1 vs 2 gloo processes: solve and train
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, repeat, save  # noqa: E402
+from common import RESULTS, machine, repeat, save  # noqa: E402
 from sdfm.transport import LaguerreCells, PCAProjection, SemidiscreteSolver  # noqa: E402
 
 DIR = Path(os.environ.get("SDFM_SCALE_DIR", "/tmp/sdfm_scale"))
@@ -154,7 +155,33 @@ def cmd_pairing(args):
             rows.append(row)
             print(json.dumps(row))
     path = save("scale_pairing", {"machine": machine(), "rows": rows})
-    print("->", path)
+    print("->", path, plot_pairing())
+
+
+def plot_pairing() -> Path:
+    """results/scale_pairing.png: us per pair against N (log-log) from results/scale_pairing.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = json.loads((RESULTS / "scale_pairing.json").read_text())["rows"]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for d in sorted({r["d"] for r in rows}):
+        pts = [(r["n"], r["us_per_pair"]) for r in rows if r["d"] == d]
+        n, us = zip(*pts, strict=True)
+        ax.loglog(n, us, "o-", label=f"d = {d}")
+        ax.loglog(n, [us[0] * k / n[0] for k in n], ":", color="gray")
+    ax.set_xlabel("N (targets)")
+    ax.set_ylabel("us per pair (exact, 4,096 noises)")
+    ax.set_title("Pairing time is linear in N (dotted: slope 1)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = RESULTS / "scale_pairing.png"
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
 
 
 def cmd_solve(args):
@@ -350,6 +377,7 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("data")
     sub.add_parser("pairing")
+    sub.add_parser("plot")
     s = sub.add_parser("solve")
     s.add_argument("--n", type=int, required=True)
     s.add_argument("--d", type=int, required=True)
@@ -374,6 +402,7 @@ def main():
     {
         "data": cmd_data,
         "pairing": cmd_pairing,
+        "plot": lambda args: print(plot_pairing()),
         "solve": cmd_solve,
         "faiss": cmd_faiss,
         "processes": cmd_processes,
