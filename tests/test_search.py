@@ -80,3 +80,37 @@ def test_cli_train_with_a_faiss_index_and_its_check_on_resume(tmp_path, capsys):
     other = [*base[:-3], "--out", str(tmp_path / "r2"), "--quiet"]
     assert main([*other, "--search", "ivf", "--eps", "0.1", "--steps", "2"]) == 2
     assert "--search" in capsys.readouterr().err
+
+
+def test_cli_index_builds_checks_and_saves(tmp_path, capsys):
+    from sdfm.cli.main import main
+
+    pot, out = tmp_path / "p.safetensors", tmp_path / "i.safetensors"
+    assert main(["solve", "--data", "gmm:d=4,n=1500", "--out", str(pot), "--quiet"]) == 0
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "index",
+                "--data",
+                "gmm:d=4,n=1500",
+                "--potential",
+                str(pot),
+                "--out",
+                str(out),
+                "--kind",
+                "flat",
+                "--check",
+                "8192",
+            ]
+        )
+        == 0
+    )
+    line = capsys.readouterr().out
+    assert "recall 1.0000" in line  # flat is exhaustive
+    pf = load_potential(pot)
+    loaded = load_index(out, pf.potential, shape=(1500, 4), data_fingerprint=pf.fingerprint)
+    assert loaded.kind == "flat"
+    # another dataset's data: refused before anything is built
+    assert main(["index", "--data", "gmm:d=4,n=1400", "--potential", str(pot), "--out", str(out)]) == 2
+    assert "shape" in capsys.readouterr().err
