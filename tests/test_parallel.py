@@ -189,3 +189,9 @@ def test_torchrun_cli_solve_and_train(tmp_path):
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [4]
     assert json.loads((run / "run.json").read_text())["train"]["batch_size"] == 32
+
+
+def test_sharded_coupling_needs_gather():
+    col = Collective(rank=0, world_size=2, reduce=lambda t, op: t)
+    with pytest.raises(ValueError, match="gather"):
+        SemidiscreteCoupling(torch.randn(4, 2), torch.zeros(4), collective=col)

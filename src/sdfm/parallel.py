@@ -68,8 +68,6 @@ def rank_seed(seed: int, rank: int) -> int:
 def _reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
     if op not in _OPS:
         raise ValueError(f"op: expected one of {list(_OPS)}, got {op!r}")
-    if tensor.dtype == torch.bool:
-        tensor = tensor.to(torch.uint8)
     dist.all_reduce(tensor, op=_OPS[op])
     return tensor
 

@@ -89,6 +89,8 @@ class SemidiscreteCoupling(DataCoupling):
             if projection.dim != self.dim:
                 raise ValueError(f"projection: made for d = {projection.dim}, the data have d = {self.dim}")
             keys = projection.project_targets(self.data)
+        if collective is not None and collective.world_size > 1 and collective.gather is None:
+            raise ValueError("collective: sharded pairing gathers every process's noise; it needs gather")
         self.collective = collective
         if search is not None:
             if eps > 0 or conditional or conditions is not None or collective is not None:

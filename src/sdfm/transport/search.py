@@ -107,7 +107,6 @@ class FaissCells:
         h = potential.cpu().to(torch.float64) - 0.5 * sq
         h = h - h.max()
         self.scale = math.sqrt(d)  # the query's extra coordinate (|x| of a standard Gaussian)
-        self.center = center
         width = d + 1 if kind == "flat" else d + 2
         self.nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 per list
         self.nprobe = nprobe or max(1, self.nlist // 16)

@@ -372,7 +372,6 @@ class _Run:
                 self.keys = targets
                 self.subset = self.rows[self.lo : self.hi].to(targets.device)
             self.center = mean.to(self.dtype)
-        self.keys_copied = self.center is None
         self.init = init
 
         self.eps_abs = solver.eps
@@ -715,7 +714,7 @@ class _Run:
             num_targets=self.n_all,
             dim=self.d,
             processes=1 if self.collective is None else self.collective.world_size,
-            targets_streamed=not self.keys_copied,
+            targets_streamed=self.center is not None,
         )
         return SemidiscreteResult(
             potential=g.detach().to(torch.float64),
