@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from sdfm.data import load_dataset
 from sdfm.transport import SemidiscreteSolver, assign, estimate_marginal
 from tests.conftest import gen
 
@@ -163,6 +164,32 @@ def test_stops_on_step_and_time_budgets():
     assert res.seconds < 5.0 and not res.converged
 
 
+def _annealed_only(y, batch, **extra):
+    """The iterate at the end of the annealing phase (no hard step, no averaging) and its chi2."""
+    steps = math.ceil(10.0 * y.shape[0] / batch)  # anneal_length 10 samples per atom
+    solver = SemidiscreteSolver(anneal_batch_size=batch, max_steps=steps, tol=None, **extra)
+    return solver.solve(y, generator=gen(21), progress=False)
+
+
+def test_annealing_step_cap_bounds_the_noise_at_large_n_over_batch():
+    # N / anneal batch = 94 (as N = 96,000 with the default batch of 1024): the uncapped step leaves a
+    # noisy annealed potential; the cap 3 * batch / N keeps its chi2 several times lower.
+    y = torch.from_numpy(load_dataset("gmm:d=8,k=8,n=3000").x)
+    capped = _annealed_only(y, 32)
+    uncapped = _annealed_only(y, 32, anneal_noise_level=None)
+    assert capped.chi2 * 3 < uncapped.chi2
+
+
+def test_annealing_step_cap_does_not_bind_at_small_n_over_batch():
+    # N / batch <= 10 (every N <= 10,240 at the default batch): lr_anneal 0.3 <= 3 * batch / N, so the
+    # capped and uncapped solves are the same computation, bit for bit.
+    y = torch.from_numpy(load_dataset("gmm:d=8,k=8,n=320").x)
+    capped = _annealed_only(y, 32)
+    uncapped = _annealed_only(y, 32, anneal_noise_level=None)
+    assert torch.equal(capped.potential, uncapped.potential)
+    assert capped.chi2 == uncapped.chi2
+
+
 def test_warm_start_from_previous_potential():
     y = torch.randn(300, 3)
     first = SemidiscreteSolver().solve(y, generator=gen(16), progress=False)
@@ -181,6 +208,8 @@ def test_warm_start_from_previous_potential():
         ("warm_start", "x"),
         ("ema_decay", 1.0),
         ("max_seconds", -3.0),
+        ("anneal_noise_level", 0.0),
+        ("anneal_noise_level", math.inf),
     ],
 )
 def test_bad_settings(field, value):

@@ -14,7 +14,8 @@ Algorithm (chosen by the comparison in BENCHMARKS.md, "Solver"):
 3. Entropic annealing first (as the DRAG schedule of POT's ``ot.semidiscrete``): soft assignments
    with eps decreasing geometrically from 100 s to 0.3 s (s the mean score gap) over
    ``anneal_length`` (10) samples per atom in batches of 1024, with steps
-   h_j += lr_anneal * (eps + s) * (1 - m_hat_j / b_j). The soft problem's dense Hessian moves mass
+   h_j += lr_anneal * (eps + s) * (1 - m_hat_j / b_j), lr_anneal <= 3 * batch / N (the noise cap of
+   step 4; it binds only beyond N = 10,240). The soft problem's dense Hessian moves mass
    across many cells at once, which steps on the hard problem do only by slow diffusion (the low
    modes of the cell-adjacency Laplacian): it fixes the coarse structure in low dimension.
 4. Then preconditioned stochastic ascent on the hard problem, batches of 4096:
@@ -125,6 +126,13 @@ class SemidiscreteSolver:
             cap bounds the iterate's noise (too noisy iterates average badly: the coupling is far
             from linear in h).
         lr_anneal: the same during the entropic annealing phase.
+        anneal_noise_level: caps the annealing step at ``anneal_noise_level * anneal_batch_size / N``
+            (None: no cap), for the same reason as ``noise_level``. Without it the annealed
+            potential's noise grows with N / anneal_batch_size: on a 64-d mixture of N = 50,000 the
+            first chi2 after the annealing was 1.45 instead of 0.34, and the solve had not reached
+            0.05 after 300 s (0.12) against 183 s with the cap (BENCHMARKS.md section 10). The default
+            3.0 leaves every N <= 10,240 unchanged (where the solver's defaults were chosen); beyond,
+            the annealing moves the potential as far in total as at N = 10,240.
         preconditioner: "cell" (per-cell gap scale) or "global" (one scale, the mean gap).
         optimizer: "sgd" or "adam" (Adam on the preconditioned gradient; for comparisons).
         lr_decay: step size decays as (1 + k / 100)^-lr_decay (0 = constant).
@@ -163,6 +171,7 @@ class SemidiscreteSolver:
     noise_level: float = 0.25
     anneal_batch_size: int = 1024
     lr_anneal: float = 0.3
+    anneal_noise_level: float | None = 3.0
     preconditioner: Literal["cell", "global"] = "cell"
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr_decay: float = 0.0
@@ -216,6 +225,14 @@ class SemidiscreteSolver:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+        if self.anneal_noise_level is not None and not (
+            isinstance(self.anneal_noise_level, (int, float))
+            and math.isfinite(self.anneal_noise_level)
+            and self.anneal_noise_level > 0
+        ):
+            raise ValueError(
+                f"anneal_noise_level: expected a finite number > 0 or None, got {self.anneal_noise_level!r}"
+            )
         for name in ("lr_decay", "batch_growth", "average_power"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -628,7 +645,10 @@ class _Run:
                     mom.mul_(0.9).add_(direction, alpha=0.1)
                     sq_avg.mul_(0.999).addcmul_(direction, direction, value=0.001)
                     direction = (mom / (1 - 0.9**k)) / ((sq_avg / (1 - 0.999**k)).sqrt() + 1e-8)
-                lr = s.lr_anneal if annealing else min(s.lr, s.noise_level * batch / self.n)
+                if annealing:
+                    lr = _capped(s.lr_anneal, s.anneal_noise_level, batch, self.n)
+                else:
+                    lr = _capped(s.lr, s.noise_level, batch, self.n)
                 if s.lr_decay > 0:
                     lr = lr * (1.0 + self.steps / 100.0) ** (-s.lr_decay)
                 h = h + lr * scale * direction
@@ -745,6 +765,11 @@ class _Anneal:
         self.eps *= math.exp(self.decay * batch)
         if self.eps <= self.end * (1 + 1e-9):
             self.eps = None
+
+
+def _capped(lr: float, noise_level: float | None, batch: int, n: int) -> float:
+    """The step size lr, capped at noise_level * batch / n (None: no cap)."""
+    return lr if noise_level is None else min(lr, noise_level * batch / n)
 
 
 def _converged(chi2: float, se: float, tol: float | None) -> bool:
