@@ -5,6 +5,7 @@
     python benchmarks/scale.py plot                      # redraw results/scale_pairing.png
     python benchmarks/scale.py solve --n 100000 --d 64 [--pca K] [--memory-limit B] [--max-seconds T]
     python benchmarks/scale.py faiss --n 200000 --d 64   # recall / chi2 / speed of flat, IVF, HNSW
+    python benchmarks/scale.py precision                 # solver: float32 vs bf16 scores, N 20,000 x 784
     python benchmarks/scale.py processes                 # 1 vs 2 gloo processes: solve and train
 
 Data: a mixture of 16 low-rank Gaussians (x = m_c + A_c z + 0.1 e, rank 16) written chunk by chunk to
@@ -225,6 +226,33 @@ def cmd_solve(args):
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
 
 
+def cmd_precision(args):
+    """The solver with float32 scores against bf16 scores with exact re-scoring, same seed."""
+    y = open_targets(make_data(args.n, args.d)).clone()
+    rows = []
+    for score_dtype in (None, "bfloat16"):
+        for anneal in (True, False):
+            solver = SemidiscreteSolver(
+                tol=args.tol, max_seconds=args.max_seconds, score_dtype=score_dtype, anneal=anneal
+            )
+            res = solver.solve(y, generator=torch.Generator().manual_seed(0), progress=not args.quiet)
+            hard = next((h for h in res.history if h.eps == 0), None)
+            row = {
+                "scores": score_dtype or "float32",
+                "anneal": anneal,
+                "seconds": res.seconds,
+                "annealing_seconds": None if hard is None or not anneal else hard.seconds,
+                "samples_per_atom": res.samples / args.n,
+                "chi2": res.chi2,
+                "chi2_stderr": res.chi2_stderr,
+                "converged": res.converged,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    name = f"scale_precision_n{args.n}_d{args.d}"
+    save(name, {"machine": machine(), "command": " ".join(sys.argv), "n": args.n, "d": args.d, "rows": rows})
+
+
 def cmd_faiss(args):
     from sdfm.transport.search import FaissCells, search_quality
 
@@ -415,6 +443,12 @@ def main():
     f.add_argument("--samples", type=int, default=65536)
     f.add_argument("--max-seconds", type=float, default=240.0)
     f.add_argument("--quiet", action="store_true")
+    r = sub.add_parser("precision")
+    r.add_argument("--n", type=int, default=20_000)
+    r.add_argument("--d", type=int, default=784)
+    r.add_argument("--tol", type=float, default=0.1)
+    r.add_argument("--max-seconds", type=float, default=600.0)
+    r.add_argument("--quiet", action="store_true")
     q = sub.add_parser("processes")
     q.add_argument("--n", type=int, default=100_000)
     q.add_argument("--d", type=int, default=64)
@@ -427,6 +461,7 @@ def main():
         "plot": lambda args: print(plot_pairing()),
         "solve": cmd_solve,
         "faiss": cmd_faiss,
+        "precision": cmd_precision,
         "processes": cmd_processes,
     }[args.cmd](args)
 

@@ -9,7 +9,13 @@ import torch
 from sdfm.artifacts import load_potential, save_potential
 from sdfm.couplings import SemidiscreteCoupling
 from sdfm.data.files import load_array
-from sdfm.transport import LaguerreCells, PCAProjection, SemidiscreteSolver, find_duplicates
+from sdfm.transport import (
+    LaguerreCells,
+    PCAProjection,
+    SemidiscreteSolver,
+    estimate_marginal,
+    find_duplicates,
+)
 from sdfm.transport.duplicates import _row_hashes
 
 
@@ -156,3 +162,79 @@ def test_cli_solve_pca_and_memory_limit(npy, tmp_path, capsys):
     assert err.value.code == 2 and "512MiB" in capsys.readouterr().err
     assert main(["solve", "--data", str(path), "--out", str(out), "--pca", "13"]) == 2
     assert "--pca" in capsys.readouterr().err
+
+
+def test_lowp_argmax_top2_is_exact_with_approximate_scores():
+    from sdfm.transport._stream import LowpKeys, stream_argmax_lowp
+
+    y = torch.randn(3000, 48, generator=gen(40), dtype=torch.float64)
+    y[1::2] = y[::2] + 1e-4  # near-ties: neighbours almost on top of each other
+    bias = torch.randn(3000, generator=gen(41), dtype=torch.float64) * 0.1
+    bias -= bias.max()
+    x = torch.randn(700, 48, generator=gen(42), dtype=torch.float64)
+    norms = y.norm(dim=1)
+    lowp = LowpKeys(
+        keys=y.to(torch.bfloat16),
+        norms=(norms * (1 + 2.0**-20)).float(),
+        norm_max=float(norms.max()),
+        bias32=bias.float(),
+        bias64=bias,
+        bias_abs_max=float(bias.abs().max()),
+        center64=torch.zeros(48, dtype=torch.float64),
+    )
+    idx, best, second = stream_argmax_lowp(x, lowp, targets=y, chunk=512, top2=True)
+    scores = x @ y.T + bias
+    assert torch.equal(idx, scores.argmax(1))
+    top = scores.topk(2, dim=1).values
+    tol = 0.02 * scores.abs().max()  # bf16: 8 bits of mantissa
+    assert (best.double() - top[:, 0]).abs().max() < tol
+    assert (second.double() - top[:, 1]).abs().max() < tol
+    assert stream_argmax_lowp(x, lowp, targets=y, chunk=512)[1:] == (None, None)
+
+
+def test_solver_low_precision_scores_assign_exactly():
+    y = torch.from_numpy(np.random.default_rng(3).normal(size=(1500, 40)).astype(np.float32))
+    exact = SemidiscreteSolver(dtype="float64", tol=0.5).solve(y, generator=gen(43), progress=False)
+    # From the same potential and noise, the chi2 measurement counts the same cells bit for bit:
+    # every low-precision argmax was re-scored to the float64 one.
+    measured = [
+        SemidiscreteSolver(dtype="float64", tol=1e9, score_dtype=sd).solve(
+            y, init=exact.potential, generator=gen(44), progress=False
+        )
+        for sd in (None, "bfloat16", "float16")
+    ]
+    assert measured[0].steps == 0 and measured[0].chi2 > 0
+    assert measured[1].chi2 == measured[0].chi2 and measured[2].chi2 == measured[0].chi2
+    # and a whole solve with bf16 scores converges like the default one
+    res = SemidiscreteSolver(score_dtype="bfloat16").solve(y, generator=gen(45), progress=False)
+    assert res.converged and res.settings["score_dtype"] == "bfloat16"
+    est = estimate_marginal(y, res.potential, num_samples=1 << 17, generator=gen(46), with_cost=False)
+    assert est.chi2 < 0.08
+
+
+def test_solver_low_precision_scores_refusals():
+    from sdfm.transport.sharding import Collective
+
+    y = torch.randn(400, 8, generator=gen(47))
+    with pytest.raises(ValueError, match="score_dtype"):
+        SemidiscreteSolver(score_dtype="bfloat16", eps=0.1)
+    with pytest.raises(ValueError, match="score_dtype"):
+        SemidiscreteSolver(score_dtype="int8")
+    with pytest.raises(ValueError, match="memory_limit"):
+        SemidiscreteSolver(score_dtype="bfloat16", memory_limit=1000).solve(y, progress=False)
+    one = Collective(rank=0, world_size=1, reduce=lambda t, op: t, gather=lambda t: t)
+    with pytest.raises(ValueError, match="one process"):
+        SemidiscreteSolver(score_dtype="bfloat16").solve(y, progress=False, collective=one)
+
+
+def test_cli_solve_low_precision(npy, tmp_path, capsys):
+    from sdfm.cli.main import main
+
+    path, y = npy
+    out = tmp_path / "p.safetensors"
+    args = ["solve", "--data", str(path), "--out", str(out), "--tol", "0.1", "--quiet"]
+    assert main([*args, "--pairing-precision", "bf16"]) == 0
+    pf = load_potential(out, targets=torch.from_numpy(y))
+    assert pf.meta["solver"]["score_dtype"] == "bfloat16" and pf.meta["chi2"] <= 0.1
+    assert main([*args, "--pairing-precision", "fp16", "--eps", "0.1"]) == 2
+    assert "--pairing-precision" in capsys.readouterr().err

@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes the solver may spend on its own copy of the targets (default 1GiB; larger "
         "targets, e.g. a memory-mapped .npy, are streamed chunk by chunk; 0 always streams)",
     )
+    solve.add_argument(
+        "--pairing-precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="scores of the hard phase and chi2 checks: fp32, or bf16/fp16 with exact float64 "
+        "re-scoring (the same assignments; faster where low-precision matmuls are: GPUs, high d)",
+    )
     solve.add_argument("--quiet", action="store_true", help="no progress bar")
 
     from sdfm.cli.train_cmd import add_train_parser
@@ -147,6 +154,10 @@ def cmd_solve(args) -> int:
             raise CliError(f"--pca: {args.pca} components for data of dimension {data.shape[1]}")
         projection = PCAProjection.fit(targets, args.pca, device=device)
         keys = projection.project_targets(targets)
+    if args.pairing_precision != "fp32" and (args.eps > 0 or parallel.world_size() > 1):
+        raise CliError(
+            f"--pairing-precision: {args.pairing_precision} scores are exact for --eps 0 in one process only"
+        )
     max_seconds = args.max_seconds if args.max_seconds else None
     solver = SemidiscreteSolver(
         eps=args.eps,
@@ -158,6 +169,7 @@ def cmd_solve(args) -> int:
         device=str(device),
         chunk_size=args.chunk_size,
         memory_limit=args.memory_limit,
+        score_dtype={"fp32": None, "bf16": "bfloat16", "fp16": "float16"}[args.pairing_precision],
     )
     n, d = data.shape
     world = parallel.world_size()

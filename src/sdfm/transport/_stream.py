@@ -337,7 +337,22 @@ class LowpKeys:
     center64: torch.Tensor
 
 
-def stream_argmax_lowp(x: torch.Tensor, lowp: LowpKeys, *, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+def _merge_top2(best: torch.Tensor, second: torch.Tensor, block: torch.Tensor):
+    """The running best and second-best values of each row, updated with a [n, m] score block."""
+    if block.shape[1] >= 2:
+        vals = block.topk(2, dim=1).values
+        v1, v2 = vals[:, 0], vals[:, 1]
+    else:
+        v1, v2 = block[:, 0], torch.full_like(best, float("-inf"))
+    better = v1 > best
+    return torch.where(better, v1, best), torch.where(
+        better, torch.maximum(best, v2), torch.maximum(second, v1)
+    )
+
+
+def stream_argmax_lowp(
+    x: torch.Tensor, lowp: LowpKeys, *, targets: torch.Tensor, chunk: int, top2: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Exact argmax_j <x, y_j - center> + bias_j with low-precision scores and exact re-scoring.
 
     The scores are computed with ``lowp.keys`` [N, d] (the centred targets already rounded to
@@ -347,11 +362,19 @@ def stream_argmax_lowp(x: torch.Tensor, lowp: LowpKeys, *, targets: torch.Tensor
     true argmax always is (its true score, below its upper bound, is at least every other true score,
     above their lower bounds). Candidates are re-scored in float64 from ``targets`` [N, d], so the
     result equals the float64 argmax (ties to the smallest index).
+
+    Returns:
+        index [n] (int64); with ``top2``, also the best and second-best **low-precision** scores
+        [n] (float32; within the error bound of the true ones: for the solver's gap statistics),
+        else None, None.
     """
     if x.shape[0] > ROW_BLOCK:
-        return torch.cat(
-            [stream_argmax_lowp(xb, lowp, targets=targets, chunk=chunk) for xb in _row_blocks(x)]
-        )
+        parts = [
+            stream_argmax_lowp(xb, lowp, targets=targets, chunk=chunk, top2=top2) for xb in _row_blocks(x)
+        ]
+        if not top2:
+            return torch.cat([p[0] for p in parts]), None, None
+        return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
     n, d = x.shape
     device = x.device
     c_in, c_out = lowp_error_coefficients(d, lowp.keys.dtype)
@@ -363,6 +386,8 @@ def stream_argmax_lowp(x: torch.Tensor, lowp: LowpKeys, *, targets: torch.Tensor
     # Every score has a certified interval [s - err, s + err]. The true argmax's upper end is at least
     # every lower end, so targets whose upper end is below the best lower end so far are dropped.
     lower = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
+    best = torch.full_like(lower, float("-inf")) if top2 else None
+    second = torch.full_like(lower, float("-inf")) if top2 else None
     rows, cols, vals = [], [], []
     num_targets = lowp.keys.shape[0]
     for start in range(0, num_targets, chunk):
@@ -370,6 +395,8 @@ def stream_argmax_lowp(x: torch.Tensor, lowp: LowpKeys, *, targets: torch.Tensor
         with full_accumulation(device):
             raw = xq @ lowp.keys[start:stop].T
         s = torch.add(raw, lowp.bias32[start:stop])  # float32
+        if top2:
+            best, second = _merge_top2(best, second, s)
         err = torch.addcmul(slack32[:, None], xcoef32[:, None], lowp.norms[None, start:stop])
         err.add_(raw.abs(), alpha=c_out)
         lower = torch.maximum(lower, (s - err).amax(dim=1))
@@ -390,4 +417,4 @@ def stream_argmax_lowp(x: torch.Tensor, lowp: LowpKeys, *, targets: torch.Tensor
     winner = exact == row_max[rows]
     index = torch.full((n,), num_targets, dtype=torch.long, device=device)
     index.scatter_reduce_(0, rows[winner], cols[winner], reduce="amin")
-    return index
+    return index, best, second

@@ -213,7 +213,7 @@ class LaguerreCells:
         x, keys, kw = self._query(x)
         query = self._query_classes(classes, x)
         if self.score_dtype is not None:
-            return stream_argmax_lowp(x, keys.lowp, targets=self.targets, chunk=kw["chunk"])
+            return stream_argmax_lowp(x, keys.lowp, targets=self.targets, chunk=kw["chunk"])[0]
         gumbel = False if self.eps == 0 else generator
         with full_precision(x.device):
             if query is None:

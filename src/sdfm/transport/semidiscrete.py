@@ -36,16 +36,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import torch
 
 from sdfm.transport import _checks
 from sdfm.transport._stream import (
+    LowpKeys,
     chunk_size_for,
     full_precision,
     stream_argmax,
+    stream_argmax_lowp,
     stream_softmax_columns,
     target_chunks,
 )
@@ -159,6 +161,17 @@ class SemidiscreteSolver:
             streamed chunk by chunk from where they are (a memory-mapped file, host memory feeding a
             GPU); 0 always streams. Beyond it the solver holds O(N) vectors (about 80 bytes per
             target) and one [batch, chunk] score block.
+        score_dtype: None (default: scores in ``dtype``), or "bfloat16" / "float16": the hard phase
+            and the chi2 measurements score in that dtype with certified error bounds and re-score
+            the candidates in float64 (``assign(score_dtype=)``'s method), so every assignment is the
+            exact argmax; only the cell-gap statistics of the step sizes use the low-precision
+            scores. It pays only where low-precision matmuls are fast (GPUs; CPUs at high d) and the
+            certified error (bf16: about 1% of |x| |y_j - mean|) is small against the gaps between
+            the best scores; otherwise the re-scored candidates dominate: on the 784-d mixture of
+            BENCHMARKS.md section 10 (clusters far from the mean) its hard phase was 6x slower on
+            CPU. Needs eps = 0, one process, and the solver's own copy of the targets (within
+            ``memory_limit``) plus a low-precision copy; the annealing phase scores in ``dtype``.
+            Opt-in; measure before use.
     """
 
     eps: float = 0.0
@@ -190,6 +203,7 @@ class SemidiscreteSolver:
     device: str | None = None
     chunk_size: int | None = None
     memory_limit: int = 1 << 30
+    score_dtype: Literal["bfloat16", "float16"] | None = None
 
     def __post_init__(self) -> None:
         _checks.check_eps(self.eps, "eps")
@@ -245,10 +259,16 @@ class SemidiscreteSolver:
             "averaging": ("poly", "ema", "uniform", "none"),
             "warm_start": ("auto", "gaussian", "zero", "nearest"),
             "dtype": tuple(_DTYPES),
+            "score_dtype": (None, "bfloat16", "float16"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+        if self.score_dtype is not None and self.eps > 0:
+            raise ValueError(
+                "score_dtype: low-precision scoring is exact for hard assignment (eps = 0) only; "
+                f"got eps={self.eps!r}"
+            )
 
     # ------------------------------------------------------------------------------------------
     def solve(
@@ -390,6 +410,7 @@ class _Run:
                 self.subset = self.rows[self.lo : self.hi].to(targets.device)
             self.center = mean.to(self.dtype)
         self.init = init
+        self.lowp = self._lowp_keys() if solver.score_dtype is not None else None
 
         self.eps_abs = solver.eps
         if solver.eps > 0 and solver.relative_eps:
@@ -403,6 +424,38 @@ class _Run:
         self.samples = 0
         self.steps = 0
         self.history: list[HistoryEntry] = []
+
+    def _lowp_keys(self) -> LowpKeys:
+        """Low-precision copy of the (copied, centred) atoms for exact low-precision argmax."""
+        s = self.s
+        if self.collective is not None:
+            raise ValueError("score_dtype: low-precision scoring needs one process (for now)")
+        dtype = getattr(torch, s.score_dtype)
+        need = (self.n * self.d * torch.finfo(self.dtype).bits) // 8
+        if self.center is not None or need + (self.n * self.d * 2) > s.memory_limit:
+            raise ValueError(
+                f"score_dtype: low-precision scoring re-scores from the solver's own copy of the targets "
+                f"and keeps a {s.score_dtype} copy: [{self.n}, {self.d}] needs "
+                f"{need + self.n * self.d * 2} bytes, over memory_limit={s.memory_limit}; raise memory_limit"
+            )
+        norms = torch.empty(self.n, dtype=torch.float64, device=self.device)
+        keys = torch.empty(self.n, self.d, dtype=dtype, device=self.device)
+        rows = max(1, (1 << 22) // self.d)
+        for start in range(0, self.n, rows):
+            stop = min(start + rows, self.n)
+            z = self.keys[start:stop]
+            keys[start:stop] = z.to(dtype)
+            norms[start:stop] = z.to(torch.float64).norm(dim=1)
+        zero = torch.zeros(1, dtype=torch.float64, device=self.device)
+        return LowpKeys(
+            keys=keys,
+            norms=(norms * (1 + 2.0**-20)).to(torch.float32),  # rounded up: the bound stays a bound
+            norm_max=float(norms.max()),
+            bias32=zero.float(),
+            bias64=zero,
+            bias_abs_max=0.0,
+            center64=torch.zeros(self.d, dtype=torch.float64, device=self.device),  # keys are centred
+        )
 
     # -- scoring helpers -----------------------------------------------------------------------
     def _draw(self, n):
@@ -436,6 +489,12 @@ class _Run:
 
     def _hard(self, x, h, top2=False):
         """Global (atom index, best score, second-best score or None) of each row of x."""
+        if self.lowp is not None:
+            bias64 = h - h.max()
+            lowp = replace(
+                self.lowp, bias32=bias64.to(torch.float32), bias64=bias64, bias_abs_max=float(-bias64.min())
+            )
+            return stream_argmax_lowp(x, lowp, targets=self.keys, chunk=self._chunk(x.shape[0]), top2=top2)
         idx, best, second = stream_argmax(
             x,
             self.keys,
