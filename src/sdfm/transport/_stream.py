@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -203,9 +203,7 @@ def stream_argmax(
             v2 = None
         better = v1 > best
         if top2:
-            lower = torch.maximum(second, v1)
-            upper = best if v2 is None else torch.maximum(best, v2)
-            second = torch.where(better, upper, lower)
+            second = _second_after_merge(best, second, v1, v2, better)
         best = torch.where(better, v1, best)
         index = torch.where(better, i1 + start, index)
     if subset is not None and not positions:
@@ -336,6 +334,36 @@ class LowpKeys:
     bias_abs_max: float
     center64: torch.Tensor
 
+    @classmethod
+    def build(cls, chunks, shape, dtype, bias64: torch.Tensor, center64: torch.Tensor) -> LowpKeys:
+        """From ``chunks`` of (start, stop, centred targets [m, d] float64) covering ``shape`` [N, d]."""
+        keys = torch.empty(shape, dtype=dtype, device=bias64.device)
+        norms = torch.empty(shape[0], dtype=torch.float64, device=bias64.device)
+        for start, stop, z in chunks:
+            keys[start:stop] = z.to(dtype)
+            norms[start:stop] = z.norm(dim=1)
+        return cls(
+            keys=keys,
+            norms=(norms * (1 + 2.0**-20)).to(torch.float32),  # rounded up: the bound stays a bound
+            norm_max=float(norms.max()),
+            bias32=bias64.to(torch.float32),
+            bias64=bias64,
+            bias_abs_max=float(bias64.abs().max()),
+            center64=center64,
+        )
+
+    def with_bias(self, bias64: torch.Tensor) -> LowpKeys:
+        """The same keys with another score bias [N] (float64)."""
+        return replace(
+            self, bias32=bias64.to(torch.float32), bias64=bias64, bias_abs_max=float(bias64.abs().max())
+        )
+
+
+def _second_after_merge(best, second, v1, v2, better):
+    """The running second-best of each row after a block with top values v1 (and v2, or None)."""
+    upper = best if v2 is None else torch.maximum(best, v2)
+    return torch.where(better, upper, torch.maximum(second, v1))
+
 
 def _merge_top2(best: torch.Tensor, second: torch.Tensor, block: torch.Tensor):
     """The running best and second-best values of each row, updated with a [n, m] score block."""
@@ -343,11 +371,9 @@ def _merge_top2(best: torch.Tensor, second: torch.Tensor, block: torch.Tensor):
         vals = block.topk(2, dim=1).values
         v1, v2 = vals[:, 0], vals[:, 1]
     else:
-        v1, v2 = block[:, 0], torch.full_like(best, float("-inf"))
+        v1, v2 = block[:, 0], None
     better = v1 > best
-    return torch.where(better, v1, best), torch.where(
-        better, torch.maximum(best, v2), torch.maximum(second, v1)
-    )
+    return torch.where(better, v1, best), _second_after_merge(best, second, v1, v2, better)
 
 
 def stream_argmax_lowp(

@@ -163,23 +163,8 @@ class LaguerreCells:
         return self._cache[key]
 
     def _lowp_keys(self, center, bias64, chunk, device) -> LowpKeys:
-        n_targets, d = self.targets.shape
-        keys = torch.empty(n_targets, d, dtype=self.score_dtype, device=device)
-        norms = torch.empty(n_targets, dtype=torch.float64, device=device)
-        for start, stop, z in target_chunks(
-            self.targets, chunk, device=device, dtype=torch.float64, center=center
-        ):
-            keys[start:stop] = z.to(self.score_dtype)
-            norms[start:stop] = z.norm(dim=1)
-        return LowpKeys(
-            keys=keys,
-            norms=(norms * (1 + 2.0**-20)).to(torch.float32),  # rounded up: the bound stays a bound
-            norm_max=float(norms.max()),
-            bias32=bias64.to(torch.float32),
-            bias64=bias64,
-            bias_abs_max=float(bias64.abs().max()),
-            center64=center,
-        )
+        chunks = target_chunks(self.targets, chunk, device=device, dtype=torch.float64, center=center)
+        return LowpKeys.build(chunks, tuple(self.targets.shape), self.score_dtype, bias64, center)
 
     def _query(self, x):
         x = _checks.as_queries(x, self.targets.shape[1])

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
@@ -438,24 +438,12 @@ class _Run:
                 f"and keeps a {s.score_dtype} copy: [{self.n}, {self.d}] needs "
                 f"{need + self.n * self.d * 2} bytes, over memory_limit={s.memory_limit}; raise memory_limit"
             )
-        norms = torch.empty(self.n, dtype=torch.float64, device=self.device)
-        keys = torch.empty(self.n, self.d, dtype=dtype, device=self.device)
-        rows = max(1, (1 << 22) // self.d)
-        for start in range(0, self.n, rows):
-            stop = min(start + rows, self.n)
-            z = self.keys[start:stop]
-            keys[start:stop] = z.to(dtype)
-            norms[start:stop] = z.to(torch.float64).norm(dim=1)
-        zero = torch.zeros(1, dtype=torch.float64, device=self.device)
-        return LowpKeys(
-            keys=keys,
-            norms=(norms * (1 + 2.0**-20)).to(torch.float32),  # rounded up: the bound stays a bound
-            norm_max=float(norms.max()),
-            bias32=zero.float(),
-            bias64=zero,
-            bias_abs_max=0.0,
-            center64=torch.zeros(self.d, dtype=torch.float64, device=self.device),  # keys are centred
+        chunks = target_chunks(
+            self.keys, max(1, (1 << 22) // self.d), device=self.device, dtype=torch.float64
         )
+        zeros = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        # the keys are centred already: centre 0; the bias is set per call (_hard)
+        return LowpKeys.build(chunks, (self.n, self.d), dtype, zeros, zeros.new_zeros(self.d))
 
     # -- scoring helpers -----------------------------------------------------------------------
     def _draw(self, n):
@@ -490,10 +478,7 @@ class _Run:
     def _hard(self, x, h, top2=False):
         """Global (atom index, best score, second-best score or None) of each row of x."""
         if self.lowp is not None:
-            bias64 = h - h.max()
-            lowp = replace(
-                self.lowp, bias32=bias64.to(torch.float32), bias64=bias64, bias_abs_max=float(-bias64.min())
-            )
+            lowp = self.lowp.with_bias(h - h.max())
             return stream_argmax_lowp(x, lowp, targets=self.keys, chunk=self._chunk(x.shape[0]), top2=top2)
         idx, best, second = stream_argmax(
             x,
