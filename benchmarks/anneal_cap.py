@@ -56,7 +56,7 @@ def main() -> None:
         for name, extra in configs.items():
             solver = SemidiscreteSolver(max_seconds=args.max_seconds, **extra)
             t = time.perf_counter()
-            res = solver.solve(y, generator=torch.Generator().manual_seed(0), progress=False)
+            res = solver.solve(y, generator=torch.Generator().manual_seed(0))
             seconds = time.perf_counter() - t
             first = next(e for e in res.history if e.chi2 is not None)
             row = {

@@ -35,12 +35,10 @@ def main() -> None:
         y = torch.from_numpy(Normalization.fit(ds.x, "standard").apply(ds.x))
         labels = torch.from_numpy(ds.labels).long()
         t0 = time.perf_counter()
-        cond = solve_per_class(
-            SemidiscreteSolver(), y, labels, generator=torch.Generator().manual_seed(0), progress=False
-        )
+        cond = solve_per_class(SemidiscreteSolver(), y, labels, generator=torch.Generator().manual_seed(0))
         cond_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        plain = SemidiscreteSolver().solve(y, generator=torch.Generator().manual_seed(0), progress=False)
+        plain = SemidiscreteSolver().solve(y, generator=torch.Generator().manual_seed(0))
         plain_s = time.perf_counter() - t0
         # independent re-measurement: masked pairing of fresh noise with classes drawn from p(c)
         cells = LaguerreCells(y, cond.potential, classes=labels)

@@ -117,7 +117,7 @@ def main():
         solver = SemidiscreteSolver(
             tol=0.1, max_seconds=seconds, max_steps=None, score_dtype=score_dtype, memory_limit=1 << 36
         )
-        res = solver.solve(keys, generator=torch.Generator(device=device).manual_seed(0), progress=False)
+        res = solver.solve(keys, generator=torch.Generator(device=device).manual_seed(0))
         report[name] = {
             **extra,
             "chi2": res.chi2,

@@ -55,9 +55,7 @@ def main() -> None:
         for variant in args.variants.split(","):
             solver = SemidiscreteSolver(max_seconds=args.cap, **VARIANTS[variant])
             t = time.perf_counter()
-            res = solver.solve(
-                torch.from_numpy(y), generator=torch.Generator().manual_seed(0), progress=False
-            )
+            res = solver.solve(torch.from_numpy(y), generator=torch.Generator().manual_seed(0))
             seconds = time.perf_counter() - t
             chi2, se = independent_chi2(y, res.potential)
             row = {

@@ -200,7 +200,7 @@ def cmd_solve(args):
         solver = SemidiscreteSolver(
             tol=args.tol, memory_limit=args.memory_limit, max_seconds=args.max_seconds, max_steps=None
         )
-        res = solver.solve(keys, generator=torch.Generator().manual_seed(0), progress=not args.quiet)
+        res = solver.solve(keys, generator=torch.Generator().manual_seed(0))
         result["seconds_total"] = time.perf_counter() - t0
     result.update(
         chi2=res.chi2,
@@ -235,7 +235,7 @@ def cmd_precision(args):
             solver = SemidiscreteSolver(
                 tol=args.tol, max_seconds=args.max_seconds, score_dtype=score_dtype, anneal=anneal
             )
-            res = solver.solve(y, generator=torch.Generator().manual_seed(0), progress=not args.quiet)
+            res = solver.solve(y, generator=torch.Generator().manual_seed(0))
             hard = next((h for h in res.history if h.eps == 0), None)
             row = {
                 "scores": score_dtype or "float32",
@@ -259,7 +259,7 @@ def cmd_faiss(args):
     y = open_targets(make_data(1_000_000, args.d))[: args.n].clone()
     t = time.perf_counter()
     res = SemidiscreteSolver(tol=args.tol, max_steps=None, max_seconds=args.max_seconds).solve(
-        y, generator=torch.Generator().manual_seed(0), progress=not args.quiet
+        y, generator=torch.Generator().manual_seed(0)
     )
     solve_s = time.perf_counter() - t
     cells = LaguerreCells(y, res.potential)
@@ -352,7 +352,7 @@ with warnings.catch_warnings():
 col = parallel.collective()
 solver = SemidiscreteSolver(anneal=False, tol=None, max_steps=int(sys.argv[3]), batch_size=4096)
 t = time.perf_counter()
-res = solver.solve(y, generator=torch.Generator().manual_seed(0), progress=False, collective=col)
+res = solver.solve(y, generator=torch.Generator().manual_seed(0), collective=col)
 solve_s = time.perf_counter() - t
 g = res.potential
 coupling = SemidiscreteCoupling(y, g, collective=col)

@@ -37,9 +37,7 @@ TOL = 0.05
 
 def run_sdfm(y: np.ndarray, seed: int = 0) -> dict:
     t = time.perf_counter()
-    res = SemidiscreteSolver().solve(
-        torch.from_numpy(y), generator=torch.Generator().manual_seed(seed), progress=False
-    )
+    res = SemidiscreteSolver().solve(torch.from_numpy(y), generator=torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - t
     chi2, se = independent_chi2(y, res.potential)
     curve = [(e.seconds, e.chi2) for e in res.history if e.chi2 is not None]

@@ -18,7 +18,7 @@ def solved():
     y = torch.randn(120, 3)
     y = torch.cat([y, y[:5]])  # with duplicates
     w = torch.rand(125, dtype=torch.float64) + 0.5
-    res = SemidiscreteSolver(max_steps=30, tol=None).solve(y, w, generator=gen(1), progress=False)
+    res = SemidiscreteSolver(max_steps=30, tol=None).solve(y, w, generator=gen(1))
     return y, w, res
 
 

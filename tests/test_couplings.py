@@ -15,7 +15,7 @@ from tests.conftest import gen
 def data():
     y = torch.randn(300, 3, generator=gen(5)) * 1.5 + 1
     labels = torch.arange(300) % 4
-    res = SemidiscreteSolver(tol=0.1).solve(y, generator=gen(0), progress=False)
+    res = SemidiscreteSolver(tol=0.1).solve(y, generator=gen(0))
     return y, labels, res
 
 
@@ -136,9 +136,7 @@ def test_semidiscrete_from_file_refuses_other_data(data, tmp_path):
 
 def test_semidiscrete_duplicates_split_mass():
     y = torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, 0.0]])
-    res = SemidiscreteSolver(tol=0.05).solve(
-        y, weights=torch.tensor([1.0, 3.0, 4.0]), generator=gen(0), progress=False
-    )
+    res = SemidiscreteSolver(tol=0.05).solve(y, weights=torch.tensor([1.0, 3.0, 4.0]), generator=gen(0))
     c = SemidiscreteCoupling.from_result(y, res)
     idx = c.sample(40000, generator=gen(1)).index
     freq = torch.bincount(idx, minlength=3).double() / 40000
@@ -175,7 +173,7 @@ def test_class_conditional_semidiscrete_coupling():
     labels = torch.tensor([0] * 150 + [1] * 50 + [2] * 100)
     y = torch.randn(300, 3, generator=g) + 3 * labels[:, None].float()
     w = torch.rand(300, generator=g, dtype=torch.float64) + 0.5
-    res = solve_per_class(SemidiscreteSolver(), y, labels, w, generator=gen(31), progress=False)
+    res = solve_per_class(SemidiscreteSolver(), y, labels, w, generator=gen(31))
     coupling = SemidiscreteCoupling.from_result(y, res)
     assert coupling.conditional
     b = w / w.sum()

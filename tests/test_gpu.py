@@ -31,7 +31,7 @@ def test_assign_cuda_equals_cpu_float64_and_ignores_tf32():
 def test_solver_on_cuda():
     y = torch.randn(2000, 8, device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(0)
-    res = SemidiscreteSolver().solve(y, generator=gen, progress=False)
+    res = SemidiscreteSolver().solve(y, generator=gen)
     assert res.converged and res.potential.device.type == "cuda"
     est = estimate_marginal(
         y, res.potential, num_samples=200_000, generator=torch.Generator(device="cuda").manual_seed(1)

@@ -16,6 +16,7 @@ LAYERS = {
     "metrics": 1,
     "artifacts": 1,
     "parallel": 1,
+    "progress": 1,
     "train": 2,
     "evaluation": 2,
     "cli": 3,

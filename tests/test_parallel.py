@@ -40,9 +40,7 @@ def _transport(col, rank):
         out[f"ct{eps}"] = cells.c_transform(x)
     out["assign"] = LaguerreCells(y, g, collective=col).assign(x)
     for limit in (1 << 30, 0):  # a copy of the shard, or streamed from the (duplicated) targets
-        res = SemidiscreteSolver(**HARD, memory_limit=limit).solve(
-            y, generator=gen(3), progress=False, collective=col
-        )
+        res = SemidiscreteSolver(**HARD, memory_limit=limit).solve(y, generator=gen(3), collective=col)
         out[f"solve{limit}"] = res.potential
         out[f"chi2{limit}"] = torch.tensor(res.chi2)
     coupling = SemidiscreteCoupling(y, g, collective=col)

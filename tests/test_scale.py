@@ -44,8 +44,8 @@ def test_memory_mapped_targets_are_streamed_not_copied(npy, tmp_path):
     with warnings.catch_warnings():  # read-only mapping: sdfm never writes to targets
         warnings.simplefilter("ignore", UserWarning)
         targets = torch.from_numpy(mm.view(np.ndarray))
-    streamed = SemidiscreteSolver(tol=0.1, memory_limit=0).solve(targets, generator=gen(0), progress=False)
-    copied = SemidiscreteSolver(tol=0.1).solve(torch.from_numpy(y), generator=gen(0), progress=False)
+    streamed = SemidiscreteSolver(tol=0.1, memory_limit=0).solve(targets, generator=gen(0))
+    copied = SemidiscreteSolver(tol=0.1).solve(torch.from_numpy(y), generator=gen(0))
     assert streamed.settings["targets_streamed"] and not copied.settings["targets_streamed"]
     assert streamed.converged and copied.converged
     # the same problem: both potentials pair fresh noise alike (float32 rounding of the keys differs)
@@ -75,7 +75,7 @@ def test_memory_limit_validated():
 def test_streamed_solve_with_duplicates_keeps_them_tied():
     y = torch.randn(600, 5, generator=gen(0))
     y[500:] = y[:100]  # 100 duplicates
-    res = SemidiscreteSolver(tol=0.1, memory_limit=0).solve(y, generator=gen(0), progress=False)
+    res = SemidiscreteSolver(tol=0.1, memory_limit=0).solve(y, generator=gen(0))
     assert res.converged and res.duplicates.num_duplicates == 100
     assert torch.equal(res.potential[500:], res.potential[:100])
 
@@ -107,7 +107,7 @@ def test_pca_matches_numpy_and_round_trips(tmp_path):
     assert abs(proj.explained - (sv[:4] ** 2).sum() / (sv**2).sum()) < 1e-10
     keys = proj.project_targets(y, chunk_size=77)
     torch.testing.assert_close(keys.double(), y.double() @ proj.components.T, rtol=1e-6, atol=1e-5)
-    res = SemidiscreteSolver(tol=0.1).solve(keys, generator=gen(0), progress=False)
+    res = SemidiscreteSolver(tol=0.1).solve(keys, generator=gen(0))
     save_potential(tmp_path / "p.safetensors", res, targets=y, projection=proj)
     pf = load_potential(tmp_path / "p.safetensors", targets=y)
     assert torch.equal(pf.projection.components, proj.components) and pf.meta["pca"]["k"] == 4
@@ -194,19 +194,19 @@ def test_lowp_argmax_top2_is_exact_with_approximate_scores():
 
 def test_solver_low_precision_scores_assign_exactly():
     y = torch.from_numpy(np.random.default_rng(3).normal(size=(1500, 40)).astype(np.float32))
-    exact = SemidiscreteSolver(dtype="float64", tol=0.5).solve(y, generator=gen(43), progress=False)
+    exact = SemidiscreteSolver(dtype="float64", tol=0.5).solve(y, generator=gen(43))
     # From the same potential and noise, the chi2 measurement counts the same cells bit for bit:
     # every low-precision argmax was re-scored to the float64 one.
     measured = [
         SemidiscreteSolver(dtype="float64", tol=1e9, score_dtype=sd).solve(
-            y, init=exact.potential, generator=gen(44), progress=False
+            y, init=exact.potential, generator=gen(44)
         )
         for sd in (None, "bfloat16", "float16")
     ]
     assert measured[0].steps == 0 and measured[0].chi2 > 0
     assert measured[1].chi2 == measured[0].chi2 and measured[2].chi2 == measured[0].chi2
     # and a whole solve with bf16 scores converges like the default one
-    res = SemidiscreteSolver(score_dtype="bfloat16").solve(y, generator=gen(45), progress=False)
+    res = SemidiscreteSolver(score_dtype="bfloat16").solve(y, generator=gen(45))
     assert res.converged and res.settings["score_dtype"] == "bfloat16"
     est = estimate_marginal(y, res.potential, num_samples=1 << 17, generator=gen(46), with_cost=False)
     assert est.chi2 < 0.08
@@ -221,10 +221,10 @@ def test_solver_low_precision_scores_refusals():
     with pytest.raises(ValueError, match="score_dtype"):
         SemidiscreteSolver(score_dtype="int8")
     with pytest.raises(ValueError, match="memory_limit"):
-        SemidiscreteSolver(score_dtype="bfloat16", memory_limit=1000).solve(y, progress=False)
+        SemidiscreteSolver(score_dtype="bfloat16", memory_limit=1000).solve(y)
     one = Collective(rank=0, world_size=1, reduce=lambda t, op: t, gather=lambda t: t)
     with pytest.raises(ValueError, match="one process"):
-        SemidiscreteSolver(score_dtype="bfloat16").solve(y, progress=False, collective=one)
+        SemidiscreteSolver(score_dtype="bfloat16").solve(y, collective=one)
 
 
 def test_cli_solve_low_precision(npy, tmp_path, capsys):

@@ -22,7 +22,7 @@ def brute(x, y, g):
 @pytest.fixture(scope="module")
 def solved():
     y = torch.randn(4000, 8, generator=gen(9))
-    res = SemidiscreteSolver(tol=0.1).solve(y, generator=gen(0), progress=False)
+    res = SemidiscreteSolver(tol=0.1).solve(y, generator=gen(0))
     return y, res.potential
 
 

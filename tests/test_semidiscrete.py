@@ -29,7 +29,7 @@ def test_1d_closed_form_gaussian_quantiles(weighted):
     n = 20
     y = torch.randn(n, 1) * 2 + 1
     w = torch.rand(n, dtype=torch.float64) + 0.5 if weighted else None
-    res = SemidiscreteSolver(tol=3e-4).solve(y, w, generator=gen(1), progress=False)
+    res = SemidiscreteSolver(tol=3e-4).solve(y, w, generator=gen(1))
     assert res.converged and res.potential.dtype == torch.float64
     order, bnd = boundaries_1d(y, res.potential)
     b = torch.full((n,), 1.0 / n, dtype=torch.float64) if w is None else w / w.sum()
@@ -52,7 +52,7 @@ def test_1d_closed_form_uniform_source():
     def uniform(m, d, *, generator, device, dtype):
         return torch.rand(m, d, generator=generator, device=device, dtype=dtype) * 2 - 1
 
-    res = SemidiscreteSolver(tol=1e-3).solve(y, generator=gen(2), noise=uniform, progress=False)
+    res = SemidiscreteSolver(tol=1e-3).solve(y, generator=gen(2), noise=uniform)
     _, bnd = boundaries_1d(y, res.potential)
     expected = -1 + 2 * torch.arange(1, n, dtype=torch.float64) / n
     assert res.converged
@@ -77,10 +77,10 @@ def test_2d_default_converges_and_is_reproducible():
     from sdfm.data.toy import checkerboard
 
     y = torch.from_numpy(checkerboard(400, seed=1))
-    res = SemidiscreteSolver().solve(y, generator=gen(3), progress=False)
+    res = SemidiscreteSolver().solve(y, generator=gen(3))
     assert res.converged and res.chi2 + 2 * res.chi2_stderr <= 0.05
     assert independent_chi2(y, res).chi2 < 0.06
-    again = SemidiscreteSolver().solve(y, generator=gen(3), progress=False)
+    again = SemidiscreteSolver().solve(y, generator=gen(3))
     torch.testing.assert_close(res.potential, again.potential)
     assert [e.samples for e in res.history] == sorted(e.samples for e in res.history)
     assert any(e.chi2 is not None for e in res.history)
@@ -90,7 +90,7 @@ def test_nonuniform_weights():
     torch.manual_seed(4)
     y = torch.randn(300, 3)
     w = torch.rand(300, dtype=torch.float64) ** 2 + 0.05
-    res = SemidiscreteSolver().solve(y, w, generator=gen(5), progress=False)
+    res = SemidiscreteSolver().solve(y, w, generator=gen(5))
     assert res.converged
     est = independent_chi2(y, res, w)
     assert est.chi2 < 0.06
@@ -103,7 +103,7 @@ def test_duplicates_are_merged_and_split_by_weight():
     torch.manual_seed(6)
     base = torch.randn(150, 2)
     y = torch.cat([base, base[:40], base[:10]])  # 40 atoms twice or three times
-    res = SemidiscreteSolver().solve(y, generator=gen(7), progress=False)
+    res = SemidiscreteSolver().solve(y, generator=gen(7))
     assert res.duplicates is not None and res.duplicates.num_duplicates == 50
     assert res.converged
     g = res.potential
@@ -122,20 +122,20 @@ def test_duplicates_are_merged_and_split_by_weight():
 def test_entropic_eps_relative():
     torch.manual_seed(10)
     y = torch.randn(200, 4) * 3
-    res = SemidiscreteSolver(eps=0.1).solve(y, generator=gen(11), progress=False)
+    res = SemidiscreteSolver(eps=0.1).solve(y, generator=gen(11))
     assert res.eps > 0 and res.converged
     assert res.settings["eps_abs"] == res.eps
     est = independent_chi2(y, res, eps=res.eps)
     assert est.chi2 < 0.06
     # absolute eps is taken as given
     res_abs = SemidiscreteSolver(eps=0.5, relative_eps=False, max_steps=5, tol=None).solve(
-        y, generator=gen(12), progress=False
+        y, generator=gen(12)
     )
     assert res_abs.eps == 0.5
 
 
 def test_single_target():
-    res = SemidiscreteSolver().solve(torch.tensor([[3.0, -1.0]]), progress=False)
+    res = SemidiscreteSolver().solve(torch.tensor([[3.0, -1.0]]))
     assert res.potential.shape == (1,) and res.converged and res.chi2 == 0.0
 
 
@@ -149,18 +149,16 @@ def test_badly_scaled_and_offset_data(transform):
         y = torch.from_numpy(digits()[0][:300] * 255.0 / 16.0)
     else:
         y = torch.from_numpy(checkerboard(300, seed=2)) + 1000.0
-    res = SemidiscreteSolver().solve(y, generator=gen(13), progress=False)
+    res = SemidiscreteSolver().solve(y, generator=gen(13))
     assert res.converged
     assert independent_chi2(y, res).chi2 < 0.06
 
 
 def test_stops_on_step_and_time_budgets():
     y = torch.randn(500, 2)
-    res = SemidiscreteSolver(max_steps=7, tol=None).solve(y, generator=gen(14), progress=False)
+    res = SemidiscreteSolver(max_steps=7, tol=None).solve(y, generator=gen(14))
     assert res.steps == 7 and not res.converged
-    res = SemidiscreteSolver(max_seconds=0.5, tol=None, max_steps=None).solve(
-        y, generator=gen(15), progress=False
-    )
+    res = SemidiscreteSolver(max_seconds=0.5, tol=None, max_steps=None).solve(y, generator=gen(15))
     assert res.seconds < 5.0 and not res.converged
 
 
@@ -168,7 +166,7 @@ def _annealed_only(y, batch, **extra):
     """The iterate at the end of the annealing phase (no hard step, no averaging) and its chi2."""
     steps = math.ceil(10.0 * y.shape[0] / batch)  # anneal_length 10 samples per atom
     solver = SemidiscreteSolver(anneal_batch_size=batch, max_steps=steps, tol=None, **extra)
-    return solver.solve(y, generator=gen(21), progress=False)
+    return solver.solve(y, generator=gen(21))
 
 
 def test_annealing_step_cap_bounds_the_noise_at_large_n_over_batch():
@@ -192,8 +190,8 @@ def test_annealing_step_cap_does_not_bind_at_small_n_over_batch():
 
 def test_warm_start_from_previous_potential():
     y = torch.randn(300, 3)
-    first = SemidiscreteSolver().solve(y, generator=gen(16), progress=False)
-    again = SemidiscreteSolver().solve(y, generator=gen(17), init=first.potential, progress=False)
+    first = SemidiscreteSolver().solve(y, generator=gen(16))
+    again = SemidiscreteSolver().solve(y, generator=gen(17), init=first.potential)
     assert again.converged and again.samples < first.samples
 
 
@@ -234,7 +232,7 @@ def test_no_stopping_rule_refused():
 )
 def test_bad_solve_inputs(targets, weights, match):
     with pytest.raises(ValueError, match=match):
-        SemidiscreteSolver(max_steps=3).solve(targets, weights, progress=False)
+        SemidiscreteSolver(max_steps=3).solve(targets, weights)
 
 
 def test_bad_noise_sampler():
@@ -242,7 +240,7 @@ def test_bad_noise_sampler():
         return torch.zeros(n, d + 1)
 
     with pytest.raises(ValueError, match="noise"):
-        SemidiscreteSolver(max_steps=3).solve(torch.randn(5, 2), noise=bad, progress=False)
+        SemidiscreteSolver(max_steps=3).solve(torch.randn(5, 2), noise=bad)
 
 
 # --- class-conditional potentials -------------------------------------------------------------------
@@ -256,7 +254,7 @@ def test_per_class_1d_closed_form():
     y = torch.randn(30, 1, generator=g, dtype=torch.float64) * 2
     classes = torch.tensor([0] * 12 + [2] * 18)
     w = torch.rand(30, generator=g, dtype=torch.float64) + 0.5
-    res = solve_per_class(SemidiscreteSolver(tol=3e-4), y, classes, w, generator=gen(22), progress=False)
+    res = solve_per_class(SemidiscreteSolver(tol=3e-4), y, classes, w, generator=gen(22))
     assert res.converged and set(res.chi2_per_class) == {0, 2}
     b = w / w.sum()
     torch.testing.assert_close(
@@ -278,7 +276,7 @@ def test_per_class_marginals_checked_with_masked_pairing():
 
     y = torch.from_numpy(checkerboard(600, seed=4))
     classes = (y[:, 0] > 0).long() + 2 * (y[:, 1] > 0).long()  # four quadrant classes
-    res = solve_per_class(SemidiscreteSolver(), y, classes, generator=gen(5), progress=False)
+    res = solve_per_class(SemidiscreteSolver(), y, classes, generator=gen(5))
     assert res.converged and res.chi2 + 2 * res.chi2_stderr <= 0.05 + 1e-12
     # independent check: noise classes drawn from p(c), paired within the class by the masked argmax
     m = 400_000
@@ -300,11 +298,11 @@ def test_per_class_shared_eps_and_duplicates():
     y = torch.randn(40, 2, generator=gen(8))
     y[5] = y[3]  # a duplicate inside class 0
     classes = torch.tensor([0] * 20 + [1] * 20)
-    res = solve_per_class(SemidiscreteSolver(eps=0.1), y, classes, generator=gen(9), progress=False)
+    res = solve_per_class(SemidiscreteSolver(eps=0.1), y, classes, generator=gen(9))
     assert res.eps == pytest.approx(0.1 * relative_eps_scale(y))
     assert all(r.eps == res.eps for r in res.per_class.values())
     assert res.duplicates is not None and res.duplicates.num_duplicates == 1
     assert int(res.duplicates.inverse[3]) == int(res.duplicates.inverse[5])
     assert int(res.duplicates.representative[res.duplicates.inverse[25]]) == 25
     with pytest.raises(ValueError, match="classes"):
-        solve_per_class(SemidiscreteSolver(), y, classes[:5], progress=False)
+        solve_per_class(SemidiscreteSolver(), y, classes[:5])

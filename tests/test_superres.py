@@ -27,9 +27,7 @@ def test_augmented_pairs_equal_brute_force(problem):
     y, z = problem
     beta = 2.0
     keys = augmented_keys(y, z, beta)
-    res = SemidiscreteSolver(tol=0.1).solve(
-        keys, noise=ConditionedNoise(z, beta), generator=gen(2), progress=False
-    )
+    res = SemidiscreteSolver(tol=0.1).solve(keys, noise=ConditionedNoise(z, beta), generator=gen(2))
     coupling = SemidiscreteCoupling.from_result(y, res, conditions=z, beta=beta)
     pairs = coupling.sample(500, generator=gen(3))
     # replay the draws: x0 ~ N(0, I_3), then the condition index i; brute-force augmented argmax

@@ -24,7 +24,7 @@ def test_sd_model_overfits_two_points_in_one_step():
     # Two atoms at (+-2, 0): the semidiscrete map is the half-plane split, so the velocity is
     # piecewise constant and one Euler step must land on the atoms.
     y = torch.tensor([[2.0, 0.0], [-2.0, 0.0]])
-    res = SemidiscreteSolver().solve(y, generator=gen(0), progress=False)
+    res = SemidiscreteSolver().solve(y, generator=gen(0))
     coupling = SemidiscreteCoupling.from_result(y, res)
     out = train(
         _model(), coupling, TrainConfig(steps=600, batch_size=128, lr=3e-3, warmup=20), progress=False

@@ -135,6 +135,7 @@ def cmd_solve(args) -> int:
     from sdfm import parallel
     from sdfm.artifacts import save_potential
     from sdfm.data import fingerprint, load_dataset
+    from sdfm.progress import solve_bar
     from sdfm.transport import PCAProjection, SemidiscreteSolver
 
     out = Path(args.out)
@@ -183,9 +184,8 @@ def cmd_solve(args) -> int:
         print(f"sdfm solve: {dataset.name} [{n}, {d}]{pca}{procs} -> {out}", file=sys.stderr)
     # the same seed on every process: they score the same noise against their own shards
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    result = solver.solve(
-        keys, generator=generator, progress=not args.quiet and main_rank, collective=parallel.collective()
-    )
+    with solve_bar(tol=solver.tol, num_targets=n, disable=args.quiet or not main_rank) as bar:
+        result = solver.solve(keys, generator=generator, callback=bar, collective=parallel.collective())
     if main_rank:
         save_potential(
             out,

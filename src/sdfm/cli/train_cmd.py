@@ -218,6 +218,7 @@ def _semidiscrete(args, run_dir: Path, targets, fp_train: str, fp_raw: str, devi
 
     from sdfm import parallel
     from sdfm.artifacts import load_potential, save_potential
+    from sdfm.progress import solve_bar
     from sdfm.transport import PCAProjection, SemidiscreteSolver
 
     if args.potential:
@@ -255,13 +256,13 @@ def _semidiscrete(args, run_dir: Path, targets, fp_train: str, fp_raw: str, devi
     if main_rank:
         print(f"sdfm train: solving the semidiscrete potential for {args.data} -> {out}", file=sys.stderr)
     gen = torch.Generator(device=device).manual_seed(args.seed)  # the same on every process
-    progress = not args.quiet and main_rank
-    if labels is not None:  # class-conditional: one sub-problem per class
-        from sdfm.transport import solve_per_class
+    with solve_bar(tol=solver.tol, num_targets=keys.shape[0], disable=args.quiet or not main_rank) as bar:
+        if labels is not None:  # class-conditional: one sub-problem per class
+            from sdfm.transport import solve_per_class
 
-        res = solve_per_class(solver, keys, labels, generator=gen, progress=progress)
-    else:
-        res = solver.solve(keys, generator=gen, progress=progress, collective=parallel.collective())
+            res = solve_per_class(solver, keys, labels, generator=gen, callback=bar)
+        else:
+            res = solver.solve(keys, generator=gen, callback=bar, collective=parallel.collective())
     if main_rank:
         save_potential(
             out,

@@ -153,17 +153,19 @@ def solve_potential(
 ):
     """The semidiscrete potential for the normalised data (default solver, tol 0.05, time cap); per
     class (:func:`sdfm.transport.solve_per_class`, the time cap per class) when ``conditional``."""
+    from sdfm.progress import solve_bar
     from sdfm.transport import SemidiscreteSolver, solve_per_class
 
     targets = torch.from_numpy(prep.train).to(device)
     solver = SemidiscreteSolver(eps=eps, device=str(device), max_seconds=budget.solver_seconds)
     generator = torch.Generator(device=device).manual_seed(seed)
-    if conditional:
-        if prep.dataset.labels is None:
-            raise ValueError(f"conditional: {prep.spec} has no labels")
-        labels = torch.from_numpy(prep.dataset.labels)
-        return solve_per_class(solver, targets, labels, generator=generator, progress=progress)
-    return solver.solve(targets, generator=generator, progress=progress)
+    if conditional and prep.dataset.labels is None:
+        raise ValueError(f"conditional: {prep.spec} has no labels")
+    with solve_bar(tol=solver.tol, num_targets=targets.shape[0], disable=not progress) as bar:
+        if conditional:
+            labels = torch.from_numpy(prep.dataset.labels)
+            return solve_per_class(solver, targets, labels, generator=generator, callback=bar)
+        return solver.solve(targets, generator=generator, callback=bar)
 
 
 def train_method(

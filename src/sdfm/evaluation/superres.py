@@ -66,6 +66,7 @@ def superres_coupling(
     """(coupling, solver result or None) for continuous conditions: ``independent`` (x1 = y_i with its
     own z_i) or ``semidiscrete`` (the augmented problem solved with ``solver``, default settings)."""
     from sdfm.couplings import IndependentCoupling, SemidiscreteCoupling
+    from sdfm.progress import solve_bar
     from sdfm.transport import ConditionedNoise, SemidiscreteSolver, augmented_keys
 
     if coupling == "independent":
@@ -76,9 +77,10 @@ def superres_coupling(
         )
     solver = solver or SemidiscreteSolver(device=str(targets.device))
     keys = augmented_keys(targets, conditions, task.beta)
-    result = solver.solve(
-        keys, noise=ConditionedNoise(conditions, task.beta), generator=generator, progress=progress
-    )
+    with solve_bar(tol=solver.tol, num_targets=keys.shape[0], disable=not progress) as bar:
+        result = solver.solve(
+            keys, noise=ConditionedNoise(conditions, task.beta), generator=generator, callback=bar
+        )
     pairing = SemidiscreteCoupling.from_result(targets, result, conditions=conditions, beta=task.beta)
     return pairing, result
 

@@ -20,17 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from sdfm.transport import _checks
-from sdfm.transport._stream import (
-    LowpKeys,
-    chunk_size_for,
-    full_precision,
-    stream_argmax,
-    stream_argmax_lowp,
-    stream_logsumexp,
-    stream_softmax_columns,
-    target_chunks,
-)
-from sdfm.transport.sharding import Collective, all_reduce_columns, combine_argmax, combine_logsumexp
+from sdfm.transport._stream import LowpKeys, chunk_size_for, full_precision, stream_argmax, target_chunks
+from sdfm.transport.scoring import Scorer
+from sdfm.transport.sharding import Collective
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -55,11 +47,15 @@ def center_and_sqnorms(
 class _Keys:
     """Score bias for one (device, dtype): scores are alpha <x, y - center> + bias (+ shift)."""
 
-    center: torch.Tensor  # [d] compute dtype
+    scorer: Scorer  # this process's targets, centred at ``center`` [d] (compute dtype)
     center64: torch.Tensor  # [d] float64
     bias: torch.Tensor  # [N] compute dtype, shifted so that its max is 0
     shift: float  # the constant removed from the bias
     lowp: LowpKeys | None = None  # low-precision scoring only
+
+    @property
+    def center(self) -> torch.Tensor:
+        return self.scorer.center
 
 
 class LaguerreCells:
@@ -131,7 +127,6 @@ class LaguerreCells:
             if collective.world_size > n_targets:
                 raise ValueError(f"collective: {collective.world_size} processes for {n_targets} targets")
         self.lo, self.hi = (0, n_targets) if collective is None else collective.shard(n_targets)
-        self.local_targets = self.targets if collective is None else self.targets[self.lo : self.hi]
 
     @property
     def num_targets(self) -> int:
@@ -153,8 +148,16 @@ class LaguerreCells:
             # Shift by a constant (argmax and softmax unchanged) so the cast keeps its precision.
             shift = scaled.max()
             bias64 = scaled - shift
-            self._cache[key] = _Keys(
+            scorer = Scorer(
+                self.targets[self.lo : self.hi],
+                n_targets,
+                self.lo,
                 center=center.to(dtype),
+                collective=self.collective,
+                chunk_size=self.chunk_size,
+            )
+            self._cache[key] = _Keys(
+                scorer=scorer,
                 center64=center,
                 bias=bias64.to(dtype),
                 shift=float(shift),
@@ -169,10 +172,7 @@ class LaguerreCells:
     def _query(self, x):
         x = _checks.as_queries(x, self.targets.shape[1])
         x = x.to(compute_dtype(x))
-        keys = self._keys(x.device, x.dtype)
-        chunk = chunk_size_for(x.shape[0], self.num_targets, self.targets.shape[1], self.chunk_size)
-        kwargs = {"chunk": chunk, "center": keys.center, "alpha": self.alpha}
-        return x, keys, kwargs
+        return x, self._keys(x.device, x.dtype)
 
     def _query_classes(self, classes, x: torch.Tensor) -> torch.Tensor | None:
         """The query classes [n] on x's device (shape checked); None without target classes."""
@@ -195,14 +195,14 @@ class LaguerreCells:
         softmax by Gumbel-max, with randomness from ``generator`` (on ``x.device``). With target
         classes, ``classes`` [n] gives each sample's class and the pairing stays within it.
         """
-        x, keys, kw = self._query(x)
+        x, keys = self._query(x)
         query = self._query_classes(classes, x)
         if self.score_dtype is not None:
-            return stream_argmax_lowp(x, keys.lowp, targets=self.targets, chunk=kw["chunk"])[0]
+            return keys.scorer.argmax_lowp(x, keys.lowp)[0]
         gumbel = False if self.eps == 0 else generator
         with full_precision(x.device):
             if query is None:
-                return self._argmax(x, keys, kw, gumbel)[0]
+                return keys.scorer.argmax(x, keys.bias, alpha=self.alpha, gumbel=gumbel)[0]
             # class by class, each scanning only its own targets (gathered chunk by chunk: no
             # per-class copy of the data, and O(N_c d) per sample instead of O(N d) with a mask)
             members = self._members(x.device)
@@ -213,6 +213,7 @@ class LaguerreCells:
                     f"classes: no target has class {missing[:5]} (noise samples of a class need targets)"
                 )
             index = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+            kw = {"chunk": keys.scorer.chunk(x.shape[0]), "center": keys.center, "alpha": self.alpha}
             for c in present:
                 rows = torch.nonzero(query == c).squeeze(1)
                 on_targets, on_x = members[c]
@@ -220,22 +221,6 @@ class LaguerreCells:
                     x[rows], self.targets, keys.bias[on_x], **kw, gumbel=gumbel, subset=on_targets
                 )[0]
         return index
-
-    def _argmax(self, x, keys, kw, gumbel=False):
-        """Global (index, best score) over this process's targets and, if sharded, every other's."""
-        index, best, _ = stream_argmax(
-            x, self.local_targets, keys.bias[self.lo : self.hi], **kw, gumbel=gumbel
-        )
-        if self.collective is None:
-            return index, best
-        index, best, _ = combine_argmax(
-            index + self.lo, best, None, self.collective, self.num_targets, self.lo, self.hi
-        )
-        return index, best
-
-    def _logsumexp(self, x, keys, kw):
-        lse = stream_logsumexp(x, self.local_targets, keys.bias[self.lo : self.hi], **kw)
-        return lse if self.collective is None else combine_logsumexp(lse, self.collective)
 
     def _members(self, device: torch.device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """class -> (its target indices on the targets' device, the same on ``device``), cached."""
@@ -256,25 +241,13 @@ class LaguerreCells:
         """Column sums over noise samples x [n, d] of the coupling rows s_i: S [N] and, if asked,
         Q = sum_i s_ij^2 [N] (float64). Rows are one-hot for eps = 0 (S = Q = counts) and the
         softmax for eps > 0; (S, Q) is what the unbiased chi2 estimator needs."""
-        x, keys, kw = self._query(x)
+        x, keys = self._query(x)
         with full_precision(x.device):
             if self.eps == 0:
-                index, _ = self._argmax(x, keys, kw)
+                index, _, _ = keys.scorer.argmax(x, keys.bias)
                 counts = torch.bincount(index, minlength=self.num_targets).to(torch.float64)
                 return counts, (counts if squares else None)
-            col = self.collective
-            sums, sq, _ = stream_softmax_columns(
-                x,
-                self.local_targets,
-                keys.bias[self.lo : self.hi],
-                **kw,
-                squares=squares,
-                combine_lse=None if col is None else (lambda lse: combine_logsumexp(lse, col)),
-            )
-        if self.collective is not None:
-            sums = all_reduce_columns(sums, self.collective, self.num_targets, self.lo)
-            if sq is not None:
-                sq = all_reduce_columns(sq, self.collective, self.num_targets, self.lo)
+            sums, sq, _ = keys.scorer.softmax_columns(x, keys.bias, alpha=self.alpha, squares=squares)
         return sums, sq
 
     def marginal(self, x: torch.Tensor) -> torch.Tensor:
@@ -292,15 +265,15 @@ class LaguerreCells:
         ``-eps log sum_j b_j exp((g_j - 1/2 |x - y_j|^2) / eps)``. The semi-dual objective is
         ``F(g) = mean(c_transform(x)) + <b, g>``.
         """
-        x, keys, kw = self._query(x)
+        x, keys = self._query(x)
         x64 = x.to(torch.float64)
         # c(x, y_j) - g_j = |x|^2/2 - <x, mean> - (<x, y_j - mean> + g_j - |y_j|^2/2)
         base = 0.5 * x64.square().sum(1) - x64 @ keys.center64
         with full_precision(x.device):
             if self.eps == 0:
-                _, best = self._argmax(x, keys, kw)
+                _, best, _ = keys.scorer.argmax(x, keys.bias)
                 return base - (best.to(torch.float64) + keys.shift)
-            lse = self._logsumexp(x, keys, kw)
+            lse = keys.scorer.logsumexp(x, keys.bias, alpha=self.alpha)
         return base - self.eps * (lse.to(torch.float64) + keys.shift)
 
 

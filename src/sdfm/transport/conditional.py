@@ -66,7 +66,7 @@ def solve_per_class(
     *,
     generator: torch.Generator | None = None,
     noise=None,
-    progress: bool = True,
+    callback=None,
 ) -> ClassConditionalResult:
     """Fits the class-conditional potential: one :meth:`SemidiscreteSolver.solve` per class on that
     class's targets (with weights b_j / p(c)).
@@ -75,6 +75,7 @@ def solve_per_class(
         solver: the hyper-parameters (its tolerance applies to every class).
         targets: data points [N, d]; classes: their class labels [N] (integers >= 0).
         weights: positive target weights [N] (None = uniform).
+        callback: passed to every class's solve (progress display).
     """
     t0 = time.perf_counter()
     targets = _checks.as_targets(targets)
@@ -96,7 +97,7 @@ def solve_per_class(
         idx = torch.nonzero(labels == c).squeeze(1)
         w = None if weights is None else b[idx]
         res = sub_solver.solve(
-            targets[idx.to(targets.device)], w, generator=generator, noise=noise, progress=progress
+            targets[idx.to(targets.device)], w, generator=generator, noise=noise, callback=callback
         )
         per_class[c] = res
         potential[idx] = res.potential.detach().to("cpu", torch.float64)

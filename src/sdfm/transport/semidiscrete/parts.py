@@ -1,0 +1,207 @@
+"""The named pieces the solver's step calls: warm starts, the annealing schedule, step sizes, per-cell
+Newton scales, the optimizer's direction and the averaging of the iterates.
+
+Each piece is small and has one job; :class:`~sdfm.transport.semidiscrete.SemidiscreteSolver` picks them
+from its settings (``warm_start``, ``preconditioner``, ``optimizer``, ``averaging``) through the tables
+at the bottom of this module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from sdfm.transport.semidiscrete.problem import SemidiscreteProblem
+
+# -- warm starts: the first iterate h ---------------------------------------------------------------
+
+
+def zero_start(problem: SemidiscreteProblem) -> torch.Tensor:
+    """h = 0: every noise goes to the atom with the largest <x, y_j - mean> (the default)."""
+    return torch.zeros(problem.n, dtype=torch.float64, device=problem.device)
+
+
+def nearest_start(problem: SemidiscreteProblem) -> torch.Tensor:
+    """g = 0 in the 1/2 |x - y|^2 convention (Voronoi cells): h = -|y - mean|^2 / 2."""
+    centred = problem.sqnorm - 2 * problem.dot_mean() + problem.mean.square().sum()
+    return -0.5 * centred
+
+
+def gaussian_start(problem: SemidiscreteProblem) -> torch.Tensor:
+    """The dual of the linear Monge map N(0, I) -> N(mean, Sigma): h = -z^T Sigma^{-1/2} z / 2."""
+    return -0.5 * problem.gaussian_quadratic()
+
+
+def auto_start(problem: SemidiscreteProblem) -> torch.Tensor:
+    """The best of h = -lam/2 z^T Sigma^{-1/2} z, lam in {0, 1/2, 1}, by chi2 on a small batch."""
+    z_quad = problem.gaussian_quadratic()
+    probe = min(4 * problem.n, 1 << 16)
+    best = None
+    for lam in (0.0, 0.5, 1.0):
+        h = -0.5 * lam * z_quad
+        c = problem.chi2_batch(h, probe)
+        if best is None or c < best[0]:
+            best = (c, h)
+    return best[1]
+
+
+WARM_STARTS = {"zero": zero_start, "nearest": nearest_start, "gaussian": gaussian_start, "auto": auto_start}
+
+
+def gap_scale(problem: SemidiscreteProblem, h: torch.Tensor) -> float:
+    """The mean gap between the best and second-best score on a probe batch: the global score scale."""
+    x = problem.draw(min(4096, max(256, 4 * problem.n)))
+    _, best, second = problem.hard(x, h, top2=True)
+    if problem.n < 2:
+        return 1.0
+    gap = (best - second).to(torch.float64)
+    return max(float(gap.mean()), 1e-30)
+
+
+# -- the annealing schedule -------------------------------------------------------------------------
+
+
+class AnnealSchedule:
+    """Geometric eps schedule of the entropic annealing phase; ``eps`` becomes None when it is over.
+
+    eps falls from ``start`` to ``end`` over ``length`` noise samples per atom.
+    """
+
+    def __init__(self, start: float, end: float, length: float, num_atoms: int):
+        self.eps: float | None = start
+        self.end = end
+        self.decay = math.log(end / start) / (length * num_atoms)
+
+    def update(self, batch: int) -> None:
+        self.eps *= math.exp(self.decay * batch)
+        if self.eps <= self.end * (1 + 1e-9):
+            self.eps = None
+
+
+# -- step sizes -------------------------------------------------------------------------------------
+
+
+def capped(lr: float, noise_level: float | None, batch: int, n: int) -> float:
+    """The step size lr, capped at noise_level * batch / n (None: no cap).
+
+    A step moves each cell by lr times its relative counting error, whose variance is n / batch, so the
+    cap bounds the iterate's noise (too noisy iterates average badly: the coupling is far from linear
+    in h)."""
+    return lr if noise_level is None else min(lr, noise_level * batch / n)
+
+
+def decayed(lr: float, step: int, power: float) -> float:
+    """lr (1 + step / 100)^-power (power 0: constant)."""
+    return lr if power <= 0 else lr * (1.0 + step / 100.0) ** (-power)
+
+
+# -- preconditioners: the step scale of each cell ---------------------------------------------------
+
+
+class CellScales:
+    """Per-cell Newton scale: the running mean gap between the best and second-best score of the noise
+    that falls in the cell (d m_j / d h_j ~ m_j / gap_j), so one step size fits small and large cells
+    whatever the units of the data. Exponentially weighted (decay 0.99 per step), with a prior of one
+    sample at the global scale."""
+
+    needs_gaps = True
+
+    def __init__(self, n: int, scale0: float, device):
+        self.scale0 = scale0
+        self.gap_sum = torch.zeros(n, dtype=torch.float64, device=device)
+        self.gap_count = torch.zeros_like(self.gap_sum)
+
+    def update(self, index: torch.Tensor, best: torch.Tensor, second: torch.Tensor) -> None:
+        gap = (best - second).to(torch.float64)
+        self.gap_sum.mul_(0.99).index_add_(0, index, gap)
+        self.gap_count.mul_(0.99).index_add_(0, index, torch.ones_like(gap))
+
+    def scale(self) -> torch.Tensor:
+        # Posterior mean of the cell's gap with a prior of one sample at the global scale.
+        return (self.gap_sum + self.scale0) / (self.gap_count + 1.0)
+
+    def reset(self) -> None:
+        """Forget the gaps measured at eps > 0 (the hard cells differ)."""
+        self.gap_sum.zero_()
+        self.gap_count.zero_()
+
+
+class GlobalScale:
+    """One scale for every cell: the mean gap at the start."""
+
+    needs_gaps = False
+
+    def __init__(self, n: int, scale0: float, device):
+        self.scale0 = scale0
+
+    def update(self, index, best, second) -> None:
+        pass
+
+    def scale(self) -> float:
+        return self.scale0
+
+    def reset(self) -> None:
+        pass
+
+
+PRECONDITIONERS = {"cell": CellScales, "global": GlobalScale}
+
+
+# -- optimizers: the direction of a step from the relative mass residual -----------------------------
+
+
+class SGD:
+    """The preconditioned gradient itself."""
+
+    def __init__(self, n: int, device):
+        pass
+
+    def direction(self, residual: torch.Tensor, step: int) -> torch.Tensor:
+        return residual
+
+
+class Adam:
+    """Adam (0.9, 0.999) on the preconditioned gradient (for comparisons)."""
+
+    def __init__(self, n: int, device):
+        self.mom = torch.zeros(n, dtype=torch.float64, device=device)
+        self.sq_avg = torch.zeros_like(self.mom)
+
+    def direction(self, residual: torch.Tensor, step: int) -> torch.Tensor:
+        k = step + 1
+        self.mom.mul_(0.9).add_(residual, alpha=0.1)
+        self.sq_avg.mul_(0.999).addcmul_(residual, residual, value=0.001)
+        return (self.mom / (1 - 0.9**k)) / ((self.sq_avg / (1 - 0.999**k)).sqrt() + 1e-8)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+# -- averaging of the iterates ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Averaging:
+    """h_avg += w_k (h - h_avg) after the k-th averaged step (the first average is h itself).
+
+    kind: "poly" (w_k = (p + 1) / (k + p + 1): polynomial-decay averaging, whose window grows with k so
+    the sampling noise keeps falling, with no floor as with a fixed EMA), "uniform" (Polyak, w_k = 1/k),
+    "ema" (w_k = 1 - decay) or "none" (the last iterate).
+    """
+
+    kind: str = "poly"
+    power: float = 2.0
+    ema_decay: float = 0.99
+
+    def update(self, average: torch.Tensor | None, h: torch.Tensor, k: int) -> torch.Tensor:
+        if average is None or self.kind == "none":
+            return h.clone()
+        if self.kind == "poly":
+            w = (self.power + 1.0) / (k + self.power + 1.0)
+        elif self.kind == "uniform":
+            w = 1.0 / k
+        else:
+            w = 1.0 - self.ema_decay
+        return average + w * (h - average)

@@ -1,0 +1,284 @@
+"""The semidiscrete problem as the solver sees it: distinct atoms with their weights, centred keys in the
+compute dtype (copied or streamed), the scorer, the noise source and the chi2 measurement.
+
+The solver works in the dot-product form on centred atoms, score_j(x) = <x, y_j - mean> + h_j: it is
+translation invariant and well scaled whatever the data's offset and units. ``h`` and the potential g of
+the 1/2 |x - y|^2 convention are related by g_j = h_j + |y_j|^2 / 2 (up to a constant).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sdfm.transport import _checks
+from sdfm.transport._stream import LowpKeys, chunk_size_for, target_chunks
+from sdfm.transport.diagnostics import MarginalAccumulator
+from sdfm.transport.duplicates import find_duplicates
+from sdfm.transport.scoring import Scorer
+from sdfm.transport.sharding import Collective
+from sdfm.transport.sources import draw, standard_normal
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def converged(chi2: float, se: float, tol: float | None) -> bool:
+    """Converged when chi2 is below tol with about 97.5% confidence (chi2 + 2 se <= tol)."""
+    return tol is not None and chi2 + 2.0 * (0.0 if math.isnan(se) else se) <= tol
+
+
+class SemidiscreteProblem:
+    """Targets prepared once for one solve (validation, duplicates, weights, keys, sharding).
+
+    Attributes:
+        n: number of distinct atoms (duplicates merged); n_all the number of targets.
+        d: dimension. b: atom weights [n] float64. mean: weighted mean [d]; sqnorm: |y_j|^2 [n].
+        scorer: scores over this process's atoms. lowp: low-precision keys (score_dtype) or None.
+        eps_abs: the absolute eps of the target coupling. eval_samples: samples per chi2 measurement.
+        samples: every noise sample drawn so far (training and measurement).
+    """
+
+    def __init__(self, solver, targets, weights, generator, noise, collective: Collective | None = None):
+        self.settings = solver
+        targets = _checks.as_targets(targets)
+        self.n_all, self.d = targets.shape
+        self.weights_all = _checks.as_weights(weights, self.n_all)
+        self.generator = generator
+        self.noise = standard_normal if noise is None else noise
+        if not callable(self.noise):
+            raise ValueError(f"noise: expected a callable sampler, got {type(noise).__name__}")
+        self.device = torch.device(solver.device) if solver.device else targets.device
+        if generator is not None and generator.device.type != self.device.type:
+            raise ValueError(f"generator: on {generator.device}, but the solver computes on {self.device}")
+        self.dtype = DTYPES[solver.dtype]
+
+        # Duplicates: one atom per distinct position, carrying the summed weight. Atoms are read from
+        # the targets through `rows` (their target indices; None: atom = target), never copied whole.
+        self.duplicates = find_duplicates(targets, self.weights_all)
+        self.src = targets
+        if self.duplicates is not None:
+            self.rows = self.duplicates.representative
+            w = self.duplicates.group_weights()
+        else:
+            self.rows, w = None, self.weights_all
+        self.n = self.n_all if self.rows is None else int(self.rows.shape[0])
+        self.b = (
+            torch.full((self.n,), 1.0 / self.n, dtype=torch.float64, device=self.device)
+            if w is None
+            else w.to(self.device)
+        )
+
+        # Sharding: this process scores atoms [lo, hi) only (all of them without a collective).
+        if collective is not None and collective.world_size > self.n:
+            raise ValueError(
+                f"collective: {collective.world_size} processes for {self.n} distinct targets; "
+                "use at most one process per target"
+            )
+        self.collective = collective
+        lo, hi = (0, self.n) if collective is None else collective.shard(self.n)
+
+        # Centred atoms in the compute dtype: this process's range is copied if it fits in
+        # memory_limit, otherwise streamed (with a centre) from the targets where they are.
+        chunk0 = chunk_size_for(solver.batch_size, self.n, self.d, solver.chunk_size)
+        mean = torch.zeros(self.d, dtype=torch.float64, device=self.device)
+        sq = torch.empty(self.n, dtype=torch.float64, device=self.device)
+        for start, stop, y in self.atom_chunks(chunk0):
+            mean += (self.b[start:stop, None] * y).sum(0)
+            sq[start:stop] = y.square().sum(1)
+        self.mean = mean
+        self.sqnorm = sq
+        itemsize = torch.finfo(self.dtype).bits // 8
+        subset = center = None
+        if (hi - lo) * self.d * itemsize <= solver.memory_limit:
+            keys = torch.empty(hi - lo, self.d, dtype=self.dtype, device=self.device)
+            for start, stop, y in self.atom_chunks(chunk0, lo, hi):
+                keys[start - lo : stop - lo] = (y - mean).to(self.dtype)
+        else:
+            if self.rows is None:
+                keys = targets[lo:hi]  # a view: nothing is read yet
+            else:
+                keys = targets
+                subset = self.rows[lo:hi].to(targets.device)
+            center = mean.to(self.dtype)
+        self.scorer = Scorer(
+            keys,
+            self.n,
+            lo,
+            center=center,
+            subset=subset,
+            collective=collective,
+            chunk_size=solver.chunk_size,
+        )
+        self.lowp = self._lowp_keys() if solver.score_dtype is not None else None
+
+        self.eps_abs = solver.eps
+        if solver.eps > 0 and solver.relative_eps:
+            self.eps_abs = solver.eps * relative_eps_scale_of(
+                targets, self.noise, device=self.device, rows=self.rows
+            )
+        tol = solver.tol if solver.tol is not None else 0.05
+        self.eval_samples = solver.eval_samples or int(
+            min(1 << 22, max(1 << 14, math.ceil(10.0 * math.sqrt(2.0 * self.n) / tol)))
+        )
+        self.samples = 0
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the atoms are read from the targets chunk by chunk (no copy of them was made)."""
+        return self.scorer.center is not None
+
+    def _lowp_keys(self) -> LowpKeys:
+        """Low-precision copy of the (copied, centred) atoms for exact low-precision argmax."""
+        s = self.settings
+        if self.collective is not None:
+            raise ValueError("score_dtype: low-precision scoring needs one process (for now)")
+        dtype = getattr(torch, s.score_dtype)
+        need = (self.n * self.d * torch.finfo(self.dtype).bits) // 8
+        if self.streamed or need + (self.n * self.d * 2) > s.memory_limit:
+            raise ValueError(
+                f"score_dtype: low-precision scoring re-scores from the solver's own copy of the targets "
+                f"and keeps a {s.score_dtype} copy: [{self.n}, {self.d}] needs "
+                f"{need + self.n * self.d * 2} bytes, over memory_limit={s.memory_limit}; raise memory_limit"
+            )
+        chunks = target_chunks(
+            self.scorer.keys, max(1, (1 << 22) // self.d), device=self.device, dtype=torch.float64
+        )
+        zeros = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        # the keys are centred already: centre 0; the bias is set per call (hard)
+        return LowpKeys.build(chunks, (self.n, self.d), dtype, zeros, zeros.new_zeros(self.d))
+
+    # -- noise and scores ------------------------------------------------------------------------
+    def draw(self, n: int) -> torch.Tensor:
+        """n fresh noise samples [n, d] in the compute dtype (counted in ``samples``)."""
+        x = draw(self.noise, n, self.d, generator=self.generator, device=self.device, dtype=self.dtype)
+        self.samples += n
+        return x
+
+    def bias(self, h: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+        """Score bias [n] in the compute dtype: h (eps = 0) or h / eps + log b, shifted to max 0."""
+        if eps == 0:
+            return (h - h.max()).to(self.dtype)
+        scaled = h / eps + torch.log(self.b)
+        return (scaled - scaled.max()).to(self.dtype)
+
+    def hard(self, x: torch.Tensor, h: torch.Tensor, top2: bool = False):
+        """(atom index [n], best score [n], second-best score [n] or None) of each noise sample."""
+        if self.lowp is not None:
+            return self.scorer.argmax_lowp(x, self.lowp.with_bias(h - h.max()), top2=top2)
+        return self.scorer.argmax(x, self.bias(h), top2=top2)
+
+    def soft(self, x: torch.Tensor, h: torch.Tensor, eps: float, squares: bool = False):
+        """Column sums [n] (and sums of squares) of the soft assignment at eps, over every shard."""
+        return self.scorer.softmax_columns(x, self.bias(h, eps), alpha=1.0 / eps, squares=squares)
+
+    # -- atoms -----------------------------------------------------------------------------------
+    def chunk(self, n: int) -> int:
+        return chunk_size_for(n, self.n, self.d, self.settings.chunk_size)
+
+    def atom_chunks(self, chunk: int, lo: int = 0, hi: int | None = None):
+        """(start, stop, atoms[start:stop]) in float64 on the compute device, for atoms [lo, hi)."""
+        hi = self.n if hi is None else hi
+        if self.rows is None:
+            for start, stop, y in target_chunks(
+                self.src[lo:hi], chunk, device=self.device, dtype=torch.float64
+            ):
+                yield start + lo, stop + lo, y
+        else:
+            subset = self.rows[lo:hi].to(self.src.device)
+            for start, stop, y in target_chunks(
+                self.src, chunk, device=self.device, dtype=torch.float64, subset=subset
+            ):
+                yield start + lo, stop + lo, y
+
+    def dot_mean(self) -> torch.Tensor:
+        """<y_j, mean> [n] (float64)."""
+        out = torch.empty(self.n, dtype=torch.float64, device=self.device)
+        for start, stop, y in self.atom_chunks(self.chunk(1)):
+            out[start:stop] = y @ self.mean
+        return out
+
+    def gaussian_quadratic(self) -> torch.Tensor:
+        """(y - mean)^T Sigma^{+1/2} (y - mean) per atom [n], Sigma the weighted covariance."""
+        cov = torch.zeros(self.d, self.d, dtype=torch.float64, device=self.device)
+        chunk = self.chunk(self.d)
+        for start, stop, y in self.atom_chunks(chunk):
+            z = y - self.mean
+            cov += (z * self.b[start:stop, None]).T @ z
+        evals, evecs = torch.linalg.eigh(cov)
+        floor = evals.max().clamp_min(1e-300) * 1e-10
+        inv_quarter = torch.where(evals > floor, evals.clamp_min(floor) ** -0.25, torch.zeros_like(evals))
+        proj = evecs * inv_quarter
+        out = torch.empty(self.n, dtype=torch.float64, device=self.device)
+        for start, stop, y in self.atom_chunks(chunk):
+            out[start:stop] = ((y - self.mean) @ proj).square().sum(1)
+        return out
+
+    def potential_of(self, h: torch.Tensor) -> torch.Tensor:
+        """g [n_all] (float64, 1/2 |x - y|^2 convention, b-weighted mean 0) of the iterate h [n]."""
+        g = h + 0.5 * self.sqnorm
+        g = g - (self.b * g).sum()
+        if self.duplicates is not None:
+            g = g[self.duplicates.inverse.to(g.device)]
+        return g.detach().to(torch.float64)
+
+    def iterate_of(self, potential: torch.Tensor) -> torch.Tensor:
+        """The iterate h [n] of a potential g [n_all] (1/2 |x - y|^2 convention)."""
+        g = _checks.as_potential(potential, self.n_all, "init")
+        if self.rows is not None:
+            g = g[self.rows.to(g.device)]
+        h = g.to(self.device, torch.float64) - 0.5 * self.sqnorm
+        return h - (self.b * h).sum()
+
+    # -- measurement -----------------------------------------------------------------------------
+    def chi2_batch(self, h: torch.Tensor, n: int) -> float:
+        """chi2 of potential h on n fresh samples (hard), for warm-start selection."""
+        acc = MarginalAccumulator(self.n, self.b, device=self.device, groups=1)
+        done = 0
+        while done < n:
+            m = min(4096, n - done)
+            idx, _, _ = self.hard(self.draw(m), h)
+            acc.add_index(idx)
+            done += m
+        return acc.chi2()[0]
+
+    def measure(self, h: torch.Tensor, tol: float | None = None) -> tuple[float, float]:
+        """chi2 and its standard error for potential h, on fresh samples.
+
+        Starts with eval_samples; while the verdict against ``tol`` is unclear (chi2 within two
+        standard errors of tol) the sample doubles, up to 8x.
+        """
+        acc = MarginalAccumulator(self.n, self.b, device=self.device)
+        batch = max(self.settings.batch_size, 4096)
+        target = self.eval_samples
+        while True:
+            while acc.num_samples < target:
+                m = min(batch, target - acc.num_samples)
+                x = self.draw(m)
+                if self.eps_abs == 0:
+                    idx, _, _ = self.hard(x, h)
+                    acc.add_index(idx)
+                else:
+                    sums, squares, _ = self.soft(x, h, self.eps_abs, squares=True)
+                    acc.add_soft(sums, squares, m)
+            chi2, se = acc.chi2()
+            undecided = tol is not None and abs(chi2 - tol) < 2 * se
+            # A first "converged" verdict is confirmed on twice the sample: stopping at the first
+            # lucky low estimate would bias the returned potential's chi2 upwards.
+            unconfirmed = converged(chi2, se, tol) and target < 2 * self.eval_samples
+            if not (undecided or unconfirmed) or target >= 8 * self.eval_samples:
+                return chi2, se
+            target *= 2
+
+
+def relative_eps_scale_of(targets, noise, *, device, n_ref=1024, max_targets=8192, rows=None) -> float:
+    """std of the cost matrix 1/2 |x - y|^2 between reference noise and (a stride of) the targets
+    (of ``targets[rows]`` when rows are given)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = draw(noise, n_ref, targets.shape[1], generator=gen, device=device, dtype=torch.float64)
+    count = targets.shape[0] if rows is None else rows.shape[0]
+    stride = max(1, count // max_targets)
+    picked = targets[::stride] if rows is None else targets[rows[::stride].to(targets.device)]
+    y = picked.to(device=device, dtype=torch.float64)
+    cost = 0.5 * torch.cdist(x, y).square()
+    return float(cost.std())

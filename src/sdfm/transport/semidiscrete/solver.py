@@ -1,0 +1,462 @@
+"""Semidiscrete OT solver: fits the dual potential g from a source (Gaussian noise) to N weighted atoms.
+
+Problem (arXiv 2509.25519, section 2): maximise the concave semi-dual
+``F_eps(g) = E_x[g^{c,eps}(x)] + <b, g>`` whose gradient is ``b - m(g)``, m_j(g) the mass the source
+sends to atom j. g is optimal iff m(g) = b; progress is measured by chi2(m || b).
+
+Algorithm (chosen by the comparison in BENCHMARKS.md, "Solver"), one :meth:`_Iteration.step` per batch:
+
+1. Work in the dot-product form on centred atoms, score_j(x) = <x, y_j - mean> + h_j
+   (:class:`~sdfm.transport.semidiscrete.problem.SemidiscreteProblem`).
+2. Warm start: h = 0 by default (``warm_start``; see :mod:`~sdfm.transport.semidiscrete.parts`).
+3. Entropic annealing first (as the DRAG schedule of POT's ``ot.semidiscrete``): soft assignments
+   with eps decreasing geometrically from 100 s to 0.3 s (s the mean score gap) over
+   ``anneal_length`` (10) samples per atom in batches of 1024, with steps
+   h_j += lr_anneal * (eps + s) * (1 - m_hat_j / b_j), lr_anneal <= 3 * batch / N (the noise cap of
+   step 4; it binds only beyond N = 10,240). The soft problem's dense Hessian moves mass
+   across many cells at once, which steps on the hard problem do only by slow diffusion (the low
+   modes of the cell-adjacency Laplacian): it fixes the coarse structure in low dimension.
+4. Then preconditioned stochastic ascent on the hard problem, batches of 4096:
+   h_j += lr * s_j * (1 - m_hat_j / b_j). s_j is the Newton scale of cell j, the mean gap between
+   the best and second-best score of the noise that falls in the cell (d m_j / d h_j ~ m_j / gap_j),
+   so one step size fits small and large cells whatever the units of the data. The step is capped
+   at lr <= noise_level * batch / N: the relative counting error of a cell has variance
+   N / batch, and iterates noisier than that average badly (the coupling is far from linear in h).
+5. Averaging after annealing: polynomial-decay averaging h_avg += (p + 1) / (k + p + 1) (h - h_avg),
+   whose window grows with k so the sampling noise keeps falling (no floor as with a fixed EMA).
+6. chi2 of the averaged potential is measured on fresh noise every ``eval_every`` measurement
+   sizes of training; the measurement grows (up to 8x) while chi2 is within two standard errors of
+   tol. The solver stops once chi2 + 2 stderr <= tol (so the true chi2 is below tol with about
+   97.5% confidence), after max_steps steps or after max_seconds seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import torch
+
+from sdfm.transport import _checks
+from sdfm.transport._stream import full_precision
+from sdfm.transport.diagnostics import chi2_from_sums
+from sdfm.transport.semidiscrete import parts
+from sdfm.transport.semidiscrete.problem import (
+    DTYPES,
+    SemidiscreteProblem,
+    converged,
+    relative_eps_scale_of,
+)
+from sdfm.transport.semidiscrete.state import HistoryEntry, Measurement, SemidiscreteResult, SolverState
+from sdfm.transport.sharding import Collective
+from sdfm.transport.sources import standard_normal
+
+#: records the history keeps between measurements: one every this many steps
+HISTORY_EVERY = 50
+
+
+@dataclass(frozen=True)
+class SemidiscreteSolver:
+    """Stochastic solver of the semidiscrete OT semi-dual. Defaults need no tuning.
+
+    Attributes:
+        eps: entropic regularisation of the target coupling (0 = hard assignment, the default).
+        relative_eps: if True (default) the absolute eps is ``eps * std(C)``, C the cost matrix
+            1/2 |x - y|^2 between 1024 reference noise samples and the targets (the paper's
+            convention); if False, eps is absolute (cost units).
+        tol: stop once the measured chi2 of the averaged potential plus two standard errors is
+            <= tol (None: never).
+        max_steps: stop after this many steps (batches) at the latest (None: no limit).
+        max_seconds: stop after this much wall time (None: no limit).
+        batch_size: noise samples per step.
+        lr: step size relative to the Newton scale of each cell, hard phase (upper bound).
+        anneal_batch_size: noise samples per step during annealing (the soft problem's smooth
+            dynamics gain from many small steps).
+        noise_level: caps the hard-phase step at ``noise_level * batch_size / N``: a step moves each
+            cell by lr times its relative counting error, whose variance is N / batch_size, so the
+            cap bounds the iterate's noise (too noisy iterates average badly: the coupling is far
+            from linear in h).
+        lr_anneal: the same during the entropic annealing phase.
+        anneal_noise_level: caps the annealing step at ``anneal_noise_level * anneal_batch_size / N``
+            (None: no cap), for the same reason as ``noise_level``. Without it the annealed
+            potential's noise grows with N / anneal_batch_size: on a 64-d mixture of N = 50,000 the
+            first chi2 after the annealing was 1.45 instead of 0.34, and the solve had not reached
+            0.05 after 300 s (0.12) against 183 s with the cap (BENCHMARKS.md section 10). The default
+            3.0 leaves every N <= 10,240 unchanged (where the solver's defaults were chosen); beyond,
+            the annealing moves the potential as far in total as at N = 10,240.
+        preconditioner: "cell" (per-cell gap scale) or "global" (one scale, the mean gap).
+        optimizer: "sgd" or "adam" (Adam on the preconditioned gradient; for comparisons).
+        lr_decay: step size decays as (1 + k / 100)^-lr_decay (0 = constant).
+        averaging: "poly" (polynomial decay), "ema", "uniform" (Polyak) or "none".
+        average_power: p of the polynomial-decay averaging.
+        ema_decay: decay of the "ema" averaging.
+        anneal: run the entropic annealing warm-up phase.
+        anneal_start: initial eps of the annealing, in units of the mean score gap.
+        anneal_end: final eps of the annealing, in units of the mean score gap.
+        anneal_length: length of the annealing in noise samples per atom.
+        batch_growth: the batch grows as batch_size * (1 + batch_growth * samples / N) (0 = fixed).
+        warm_start: "zero" (default), "auto", "gaussian" or "nearest" (g = 0: nearest neighbour).
+            "auto" / "gaussian" start from the potential of a Gaussian fitted to the data; it can
+            leave a bias that chi2 hardly sees (on the 2-D checkerboard at chi2 0.043, atoms
+            farther out than the median held 0.468 of the mass instead of 0.5), so they are opt-in.
+        eval_samples: noise samples per chi2 measurement (None: enough for a standard error near
+            tol / 10).
+        eval_every: samples between two measurements, as a multiple of eval_samples.
+        dtype: "float32" (default) or "float64" for the scores; the potential is kept in float64.
+        device: where to compute (None: the device of the targets).
+        chunk_size: targets per score block (None: automatic, about 4M elements per block).
+        memory_limit: bytes the solver may spend on its own copy of the centred targets in the
+            compute dtype, on the compute device (default 1 GiB). Larger targets are not copied but
+            streamed chunk by chunk from where they are (a memory-mapped file, host memory feeding a
+            GPU); 0 always streams. Beyond it the solver holds O(N) vectors (about 80 bytes per
+            target) and one [batch, chunk] score block.
+        score_dtype: None (default: scores in ``dtype``), or "bfloat16" / "float16": the hard phase
+            and the chi2 measurements score in that dtype with certified error bounds and re-score
+            the candidates in float64 (``assign(score_dtype=)``'s method), so every assignment is the
+            exact argmax; only the cell-gap statistics of the step sizes use the low-precision
+            scores. It pays only where low-precision matmuls are fast (GPUs; CPUs at high d) and the
+            certified error (bf16: about 1% of |x| |y_j - mean|) is small against the gaps between
+            the best scores; otherwise the re-scored candidates dominate: on the 784-d mixture of
+            BENCHMARKS.md section 10 (clusters far from the mean) its hard phase was 6x slower on
+            CPU. Needs eps = 0, one process, and the solver's own copy of the targets (within
+            ``memory_limit``) plus a low-precision copy; the annealing phase scores in ``dtype``.
+            Opt-in; measure before use.
+    """
+
+    eps: float = 0.0
+    relative_eps: bool = True
+    tol: float | None = 0.05
+    max_steps: int | None = 100_000
+    max_seconds: float | None = None
+    batch_size: int = 4096
+    lr: float = 0.1
+    noise_level: float = 0.25
+    anneal_batch_size: int = 1024
+    lr_anneal: float = 0.3
+    anneal_noise_level: float | None = 3.0
+    preconditioner: Literal["cell", "global"] = "cell"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr_decay: float = 0.0
+    averaging: Literal["poly", "ema", "uniform", "none"] = "poly"
+    average_power: float = 2.0
+    ema_decay: float = 0.99
+    anneal: bool = True
+    anneal_start: float = 100.0
+    anneal_end: float = 0.3
+    anneal_length: float = 10.0
+    batch_growth: float = 0.0
+    warm_start: Literal["auto", "gaussian", "zero", "nearest"] = "zero"
+    eval_samples: int | None = None
+    eval_every: float = 5.0
+    dtype: Literal["float32", "float64"] = "float32"
+    device: str | None = None
+    chunk_size: int | None = None
+    memory_limit: int = 1 << 30
+    score_dtype: Literal["bfloat16", "float16"] | None = None
+
+    def __post_init__(self) -> None:
+        _checks.check_eps(self.eps, "eps")
+        if self.tol is not None and not (isinstance(self.tol, (int, float)) and self.tol > 0):
+            raise ValueError(f"tol: expected a number > 0 or None, got {self.tol!r}")
+        _checks.check_positive_int(self.max_steps, "max_steps")
+        _checks.check_positive_int(self.batch_size, "batch_size", allow_none=False)
+        _checks.check_positive_int(self.anneal_batch_size, "anneal_batch_size", allow_none=False)
+        _checks.check_positive_int(self.eval_samples, "eval_samples")
+        _checks.check_positive_int(self.chunk_size, "chunk_size")
+        if (
+            isinstance(self.memory_limit, bool)
+            or not isinstance(self.memory_limit, int)
+            or self.memory_limit < 0
+        ):
+            raise ValueError(
+                f"memory_limit: expected an integer number of bytes >= 0, got {self.memory_limit!r}"
+            )
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds: expected a number > 0 or None, got {self.max_seconds!r}")
+        if self.tol is None and self.max_steps is None and self.max_seconds is None:
+            raise ValueError("tol, max_steps and max_seconds are all None: the solver would never stop")
+        positive = (
+            "lr",
+            "lr_anneal",
+            "noise_level",
+            "anneal_start",
+            "anneal_end",
+            "anneal_length",
+            "eval_every",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+        if self.anneal_noise_level is not None and not (
+            isinstance(self.anneal_noise_level, (int, float))
+            and math.isfinite(self.anneal_noise_level)
+            and self.anneal_noise_level > 0
+        ):
+            raise ValueError(
+                f"anneal_noise_level: expected a finite number > 0 or None, got {self.anneal_noise_level!r}"
+            )
+        for name in ("lr_decay", "batch_growth", "average_power"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay: expected a number in [0, 1), got {self.ema_decay!r}")
+        choices = {
+            "preconditioner": tuple(parts.PRECONDITIONERS),
+            "optimizer": tuple(parts.OPTIMIZERS),
+            "averaging": ("poly", "ema", "uniform", "none"),
+            "warm_start": tuple(parts.WARM_STARTS),
+            "dtype": tuple(DTYPES),
+            "score_dtype": (None, "bfloat16", "float16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+        if self.score_dtype is not None and self.eps > 0:
+            raise ValueError(
+                "score_dtype: low-precision scoring is exact for hard assignment (eps = 0) only; "
+                f"got eps={self.eps!r}"
+            )
+
+    def solve(
+        self,
+        targets: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        noise=None,
+        init: torch.Tensor | None = None,
+        callback: Callable[[SolverState], None] | None = None,
+        collective: Collective | None = None,
+    ) -> SemidiscreteResult:
+        """Fits the potential of the semidiscrete OT problem from ``noise`` to ``targets``.
+
+        Args:
+            targets: data points [N, d] (used as given: no rescaling). Identical rows are merged
+                (see :mod:`sdfm.transport.duplicates`).
+            weights: positive target weights [N] (normalised; None = uniform).
+            generator: randomness of the noise draws (on the compute device).
+            noise: source sampler ``noise(n, d, generator=, device=, dtype=) -> [n, d]``
+                (default: standard Gaussian).
+            init: a potential [N] to start from (warm start from an earlier solve).
+            callback: called with the :class:`SolverState` after every step (progress display:
+                ``sdfm.progress.solve_bar``); it must not draw from ``generator``.
+            collective: solve with the atoms sharded across processes
+                (:class:`~sdfm.transport.sharding.Collective`; ``sdfm.parallel.collective()`` under
+                torchrun). Every process passes the same targets (e.g. the same memory-mapped file)
+                and a generator with the same seed; each scores only its own range of atoms (and
+                copies only that range), the global argmax and the assignment histogram are
+                all-reduced, and every process returns the same result. With eps = 0 and no
+                annealing it equals the single-process solve for the same seed bit for bit; the
+                soft (annealing) phase agrees to float32 rounding (the shards' log-sum-exp are
+                combined), and the stochastic iteration then agrees in distribution.
+
+        Returns:
+            A :class:`SemidiscreteResult`.
+        """
+        t_start = time.perf_counter()
+        problem = SemidiscreteProblem(self, targets, weights, generator, noise, collective)
+        start = None if init is None else problem.iterate_of(init)
+        with full_precision(problem.device):
+            run = _Iteration(self, problem, t_start)
+            state = run.start(start)
+            while not run.done(state):
+                new = run.measure_if_due(run.step(state, problem.draw(run.batch_size(state))))
+                run.record(new, step_eps=state.eps)
+                state = new
+                if callback is not None:
+                    callback(state)
+            return run.result(state)
+
+    def settings(self) -> dict:
+        return asdict(self)
+
+
+def relative_eps_scale(targets, noise=None, *, device=None) -> float:
+    """The cost scale behind relative eps: std of 1/2 |x - y|^2 between 1024 fixed-seed noise samples
+    and (up to 8192 evenly strided) targets [N, d]. ``eps_abs = eps * relative_eps_scale(targets)``."""
+    targets = _checks.as_targets(targets)
+    device = torch.device(device) if device is not None else targets.device
+    return relative_eps_scale_of(targets, standard_normal if noise is None else noise, device=device)
+
+
+class _Iteration:
+    """One solve: the problem, the solver's named pieces, and the step that moves the state."""
+
+    def __init__(self, solver: SemidiscreteSolver, problem: SemidiscreteProblem, t_start: float):
+        self.s = solver
+        self.problem = problem
+        self.t_start = t_start
+        self.history: list[HistoryEntry] = []
+        self.optimizer = parts.OPTIMIZERS[solver.optimizer](problem.n, problem.device)
+        self.averaging = parts.Averaging(solver.averaging, solver.average_power, solver.ema_decay)
+        self.cells = None  # per-cell step scales, set by start()
+        self.schedule = None  # the annealing schedule, set by start()
+        self.finished = None  # (chi2, se, converged) when start() already decided
+
+    # -- the phases --------------------------------------------------------------------------------
+    def start(self, init: torch.Tensor | None) -> SolverState:
+        """The first state: a warm start (or ``init``), the score scale, the annealing schedule."""
+        s, problem = self.s, self.problem
+        if problem.n == 1:
+            self.finished = (0.0, 0.0, True)
+            return SolverState(potential=parts.zero_start(problem), converged=True)
+        h = parts.WARM_STARTS[s.warm_start](problem) if init is None else init
+        if init is not None:  # resuming: done already if the given potential is good enough
+            chi2, se = problem.measure(h, s.tol)
+            if converged(chi2, se, s.tol):
+                self.finished = (chi2, se, True)
+                return SolverState(potential=h, converged=True)
+        scale0 = parts.gap_scale(problem, h)
+        self.cells = parts.PRECONDITIONERS[s.preconditioner](problem.n, scale0, problem.device)
+        anneal_to = max(s.anneal_end * scale0, problem.eps_abs)
+        # Annealing builds the coarse structure; a warm start from a given potential has it.
+        if s.anneal and init is None and s.anneal_start * scale0 > anneal_to:
+            self.schedule = parts.AnnealSchedule(
+                s.anneal_start * scale0, anneal_to, s.anneal_length, problem.n
+            )
+        annealing = self.schedule is not None
+        return SolverState(
+            potential=h, eps=self.schedule.eps if annealing else problem.eps_abs, annealing=annealing
+        )
+
+    def batch_size(self, state: SolverState) -> int:
+        s = self.s
+        batch = s.anneal_batch_size if state.annealing else s.batch_size
+        if s.batch_growth > 0:
+            batch = int(batch * (1 + s.batch_growth * state.train_samples / self.problem.n))
+        return batch
+
+    def step(self, state: SolverState, x: torch.Tensor) -> SolverState:
+        """One stochastic step on the noise batch x [B, d]: masses, scales, direction, update, average."""
+        s, problem, batch = self.s, self.problem, x.shape[0]
+        mass, batch_chi2 = self._masses(state, x)
+        scale = self.cells.scale()
+        if state.eps > 0:
+            scale = scale + state.eps
+        direction = self.optimizer.direction(1.0 - mass / problem.b, state.step)
+        if state.annealing:
+            lr = parts.capped(s.lr_anneal, s.anneal_noise_level, batch, problem.n)
+        else:
+            lr = parts.capped(s.lr, s.noise_level, batch, problem.n)
+        h = state.potential + parts.decayed(lr, state.step, s.lr_decay) * scale * direction
+        chi2_iterate = state.chi2_iterate
+        if not math.isnan(batch_chi2):
+            chi2_iterate = batch_chi2 if math.isnan(chi2_iterate) else 0.9 * chi2_iterate + 0.1 * batch_chi2
+        new = replace(
+            state,
+            potential=h,
+            step=state.step + 1,
+            train_samples=state.train_samples + batch,
+            chi2_iterate=chi2_iterate,
+        )
+        if state.annealing:
+            return self._advance_annealing(new, batch)
+        average = self.averaging.update(state.average, h, state.num_averaged + 1)
+        due = state.next_measure
+        if due is None:
+            due = problem.samples + problem.eval_samples * s.eval_every
+        return replace(new, average=average, num_averaged=state.num_averaged + 1, next_measure=due)
+
+    def _masses(self, state: SolverState, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The batch's assignment masses m_hat [n] and its chi2 estimate (NaN while annealing)."""
+        problem, batch = self.problem, x.shape[0]
+        if state.eps > 0:
+            # The batch chi2 (display only) needs the squares: skipped while annealing.
+            sums, squares, _ = problem.soft(x, state.potential, state.eps, squares=not state.annealing)
+            chi2 = float("nan") if state.annealing else _batch_chi2(sums, squares, batch, problem)
+            return sums / batch, chi2
+        idx, best, second = problem.hard(x, state.potential, top2=self.cells.needs_gaps)
+        counts = torch.bincount(idx, minlength=problem.n).to(torch.float64)
+        if self.cells.needs_gaps:
+            self.cells.update(idx, best, second)
+        return counts / batch, _batch_chi2(counts, counts, batch, problem)
+
+    def _advance_annealing(self, state: SolverState, batch: int) -> SolverState:
+        self.schedule.update(batch)
+        if self.schedule.eps is not None:
+            return replace(state, eps=self.schedule.eps)
+        if self.problem.eps_abs == 0:
+            self.cells.reset()  # the gaps of the soft phase are not those of the hard cells
+        return replace(state, eps=self.problem.eps_abs, annealing=False)
+
+    def measure_if_due(self, state: SolverState) -> SolverState:
+        """Measures chi2 of the averaged iterate on fresh noise when a measurement is due."""
+        problem = self.problem
+        if state.next_measure is None or problem.samples < state.next_measure:
+            return replace(state, seconds=time.perf_counter() - self.t_start)
+        chi2, se = problem.measure(state.average, self.s.tol)
+        return replace(
+            state,
+            measured=Measurement(chi2, se, state.step),
+            next_measure=problem.samples + problem.eval_samples * self.s.eval_every,
+            converged=converged(chi2, se, self.s.tol),
+            seconds=time.perf_counter() - self.t_start,
+        )
+
+    def record(self, state: SolverState, step_eps: float) -> None:
+        """Appends a history entry after a measurement and every HISTORY_EVERY steps (``step_eps``:
+        the eps of the step that led to ``state``)."""
+        fresh = state.measured is not None and state.measured.step == state.step
+        if fresh or state.step % HISTORY_EVERY == 0:
+            self.history.append(
+                HistoryEntry(
+                    step=state.step,
+                    samples=self.problem.samples,
+                    seconds=state.seconds,
+                    eps=step_eps,
+                    chi2=state.measured.chi2 if fresh else None,
+                    chi2_stderr=state.measured.stderr if fresh else None,
+                    chi2_iterate=state.chi2_iterate,
+                )
+            )
+
+    def done(self, state: SolverState) -> bool:
+        s = self.s
+        if self.finished is not None or state.converged:
+            return True
+        if s.max_steps is not None and state.step >= s.max_steps:
+            return True
+        return s.max_seconds is not None and state.seconds >= s.max_seconds
+
+    def result(self, state: SolverState) -> SemidiscreteResult:
+        problem = self.problem
+        if self.finished is not None:
+            chi2, se, ok = self.finished
+        elif state.measured is not None and state.measured.step == state.step:
+            chi2, se, ok = state.measured.chi2, state.measured.stderr, state.converged
+        else:
+            chi2, se = problem.measure(state.best, self.s.tol)
+            ok = converged(chi2, se, self.s.tol)
+        settings = self.s.settings()
+        settings.update(
+            eps_abs=problem.eps_abs,
+            num_targets=problem.n_all,
+            dim=problem.d,
+            processes=1 if problem.collective is None else problem.collective.world_size,
+            targets_streamed=problem.streamed,
+        )
+        return SemidiscreteResult(
+            potential=problem.potential_of(state.best),
+            eps=problem.eps_abs,
+            chi2=float(chi2),
+            chi2_stderr=float(se),
+            chi2_samples=problem.eval_samples if problem.n > 1 else 0,
+            converged=bool(ok),
+            steps=state.step,
+            samples=problem.samples,
+            seconds=time.perf_counter() - self.t_start,
+            history=self.history,
+            weights=problem.weights_all,
+            duplicates=problem.duplicates,
+            settings=settings,
+        )
+
+
+def _batch_chi2(sums: torch.Tensor, squares: torch.Tensor, n: int, problem: SemidiscreteProblem) -> float:
+    """chi2 of one batch's assignments (NaN below two samples)."""
+    return float("nan") if n < 2 else chi2_from_sums(sums, squares, n, problem.b)
