@@ -34,7 +34,8 @@ def test_round_trip(tmp_path, solved):
     assert meta["cost"] == "half_sqeuclidean" and meta["num_targets"] == 125 and meta["dim"] == 3
     assert meta["fingerprint"] == fingerprint(y) and meta["data"] == "toy"
     assert meta["chi2"] == res.chi2 and meta["eps"] == res.eps
-    assert meta["solver"]["batch_size"] == 4096 and "sdfm_version" in meta
+    # the resolved batch (16 noise samples per distinct atom) is what the file records
+    assert meta["solver"]["batch_size"] == 4 * 120 and "sdfm_version" in meta
     json.dumps(meta)  # plain JSON
     # the loaded potential pairs exactly like the solved one
     x = torch.randn(64, 3)

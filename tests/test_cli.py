@@ -19,8 +19,23 @@ def test_solve_builtin_writes_potential(tmp_path, capsys):
     pf = load_potential(out)
     assert pf.shape == (300, 2) and pf.meta["data"] == "moons:n=300" and pf.meta["seed"] == 1
     assert pf.chi2 <= 0.05
+    assert "worst smooth mass error" in printed
+    assert {e["family"] for e in pf.meta["smooth_errors"]} >= {"radius", "pc1", "pc2"}
     assert main(["info", str(out)]) == 0
     assert '"fingerprint"' in capsys.readouterr().out
+
+
+def test_solve_1d_file_is_exact(tmp_path, capsys):
+    """The issue's new-user case: 64 sorted 1-D points; solved by quantiles, no noise drawn."""
+    z = np.random.default_rng(0).standard_normal(64)
+    np.save(tmp_path / "y.npy", np.sort(1.7 * z + 0.4)[:, None].astype(np.float32))
+    out = tmp_path / "g.safetensors"
+    assert (
+        main(["solve", "--data", str(tmp_path / "y.npy"), "--out", str(out), "--quiet", "--tol", "0.01"]) == 0
+    )
+    assert "0 samples" in capsys.readouterr().out
+    pf = load_potential(out)
+    assert pf.meta["solver"]["method"] == "exact_1d" and pf.chi2 < 1e-6
 
 
 def test_solve_file_and_eps(tmp_path):

@@ -7,8 +7,9 @@ Layout:
               ``pca_components`` [K, d], ``pca_mean`` [d], ``pca_variances`` [K] (float64) when the
               potential was solved in a PCA space (:class:`sdfm.transport.PCAProjection`).
     metadata  key ``sdfm``: JSON with format, cost, convention, eps, chi2 (and its standard error),
-              N, d, the sha256 fingerprint of the target array, data name, solver settings, work
-              done and the sdfm version.
+              the worst mass errors along smooth functions of the data (``smooth_errors``, see
+              :mod:`sdfm.transport.smoothness`), N, d, the sha256 fingerprint of the target array,
+              data name, solver settings, work done and the sdfm version.
 Files are written atomically. Loading against other data (shape or fingerprint) raises ValueError.
 """
 
@@ -140,6 +141,7 @@ def save_potential(
         "data": data_name,
         "duplicates": 0 if result.duplicates is None else result.duplicates.num_duplicates,
         "solver": result.settings,
+        "smooth_errors": [e.as_dict() for e in getattr(result, "smooth_errors", [])],
         "steps": result.steps,
         "samples": result.samples,
         "seconds": result.seconds,

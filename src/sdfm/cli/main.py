@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-seconds", type=_nonneg_float, default=None, help="time budget in seconds (default none)"
     )
     solve.add_argument(
-        "--batch-size", type=_positive_int, default=1024, help="noise samples per step (default 1024)"
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="noise samples per hard-phase step (default min(4096, max(256, 4 N)))",
     )
     solve.add_argument(
         "--tol",
@@ -202,9 +205,15 @@ def cmd_solve(args) -> int:
     status = "converged" if result.converged else "NOT converged"
     print(
         f"chi2 {result.chi2:.4f} ± {result.chi2_stderr:.4f} ({status}, tol {args.tol}), "
-        f"eps {result.eps:.4g}, {result.samples} samples, {result.steps} steps, "
-        f"{result.seconds:.1f} s -> {out}"
+        f"eps {result.eps:.4g}, {result.samples} samples ({result.samples / n:.0f} per target), "
+        f"{result.steps} steps, {result.seconds:.1f} s -> {out}"
     )
+    if result.smooth_errors:
+        worst = max(result.smooth_errors, key=lambda e: e.ratio)
+        print(
+            f"worst smooth mass error: {worst.family} group {worst.group} {100 * worst.relative_error:+.2f}% "
+            f"({worst.ratio:.1f}x its floor {100 * worst.floor:.2f}%; all: sdfm info {out})"
+        )
     return 0
 
 

@@ -8,7 +8,8 @@
   augmented cost c(x, y) + beta c(z, z') into an ordinary semidiscrete problem.
 - scale: :class:`PCAProjection` (the pairing cost in a PCA space), :class:`Collective` (atoms
   sharded across processes; the collective operations are passed in as callables).
-- diagnostics: chi2 with standard error, total variation and its sampling floor, usage, cost.
+- diagnostics: chi2 with standard error, total variation and its sampling floor, usage, cost; mass
+  errors along smooth functions of the atoms (:class:`SmoothGroups`, :class:`SmoothError`).
 """
 
 from sdfm.transport.assign import LaguerreCells, assign, c_transform, marginal
@@ -35,6 +36,7 @@ from sdfm.transport.semidiscrete import (
     relative_eps_scale,
 )
 from sdfm.transport.sharding import Collective, shard_range
+from sdfm.transport.smoothness import SmoothError, SmoothGroups
 from sdfm.transport.sources import standard_normal
 
 __all__ = [
@@ -49,6 +51,8 @@ __all__ = [
     "SemidiscreteResult",
     "SemidiscreteSolver",
     "SinkhornResult",
+    "SmoothError",
+    "SmoothGroups",
     "assign",
     "augmented_keys",
     "augmented_queries",

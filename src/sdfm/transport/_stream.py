@@ -136,6 +136,20 @@ def score_blocks(
         yield start, stop, out
 
 
+@dataclass(frozen=True)
+class Top2:
+    """The best and second-best score of each query row, with their target indices.
+
+    index / best: the argmax [n] (ties to the smallest index) and its score; second_index / second:
+    the runner-up [n] (its score equals ``best`` on a tie; -inf and index -1 when only one target).
+    """
+
+    index: torch.Tensor
+    best: torch.Tensor
+    second_index: torch.Tensor
+    second: torch.Tensor
+
+
 def stream_argmax(
     x: torch.Tensor,
     targets: torch.Tensor,
@@ -161,28 +175,44 @@ def stream_argmax(
     Returns:
         index [n] (int64), best score [n], second-best score [n] or None.
     """
+    kw = dict(chunk=chunk, center=center, alpha=alpha, gumbel=gumbel, subset=subset, positions=positions)
+    index, best, second, _ = _scan(x, targets, bias, **kw, second="score" if top2 else None)
+    return index, best, second
+
+
+def stream_top2(
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    chunk: int,
+    center: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    subset: torch.Tensor | None = None,
+    positions: bool = False,
+) -> Top2:
+    """The best and second-best targets of each row (indices and scores), streamed like
+    :func:`stream_argmax` (the pair of cells whose shared face a noise sample is nearest)."""
+    kw = dict(chunk=chunk, center=center, alpha=alpha, subset=subset, positions=positions)
+    index, best, second, second_index = _scan(x, targets, bias, **kw, second="index")
+    return Top2(index, best, second_index, second)
+
+
+def _scan(x, targets, bias, *, chunk, center, alpha, gumbel=False, subset=None, positions=False, second=None):
+    """(index, best, second score or None, second index or None) of each row; ``second`` is None,
+    "score" or "index" (score and index)."""
     if x.shape[0] > ROW_BLOCK:
+        kw = dict(chunk=chunk, center=center, alpha=alpha, gumbel=gumbel, subset=subset, positions=positions)
         parts = [
-            stream_argmax(
-                x[r : r + ROW_BLOCK],
-                targets,
-                bias,
-                chunk=chunk,
-                center=center,
-                alpha=alpha,
-                top2=top2,
-                gumbel=gumbel,
-                subset=subset,
-                positions=positions,
-            )
+            _scan(x[r : r + ROW_BLOCK], targets, bias, **kw, second=second)
             for r in range(0, x.shape[0], ROW_BLOCK)
         ]
-        second = torch.cat([p[2] for p in parts]) if top2 else None
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), second
+        return tuple(None if parts[0][i] is None else torch.cat([p[i] for p in parts]) for i in range(4))
     n = x.shape[0]
     best = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
     index = torch.zeros(n, dtype=torch.long, device=x.device)
-    second = torch.full_like(best, float("-inf")) if top2 else None
+    runner = torch.full_like(best, float("-inf")) if second else None
+    runner_index = torch.full_like(index, -1) if second == "index" else None
     noise_buf = None
     for start, _, block in score_blocks(
         x, targets, bias, chunk=chunk, center=center, alpha=alpha, subset=subset
@@ -195,20 +225,41 @@ def stream_argmax(
             torch.rand(g.shape, generator=gumbel, dtype=x.dtype, device=x.device, out=g)
             g.log_().neg_().log_().neg_()
             block.add_(g)
-        if top2 and block.shape[1] >= 2:
+        if second and block.shape[1] >= 2:
             vals, idx = block.topk(2, dim=1)
-            v1, i1, v2 = vals[:, 0], idx[:, 0], vals[:, 1]
+            v1, i1, v2, i2 = vals[:, 0], idx[:, 0], vals[:, 1], idx[:, 1]
+            if second == "index":  # topk orders ties arbitrarily: the smaller index is the best
+                swap = (v1 == v2) & (i2 < i1)
+                i1, i2 = torch.where(swap, i2, i1), torch.where(swap, i1, i2)
         else:
             v1, i1 = block.max(dim=1)
-            v2 = None
+            v2 = i2 = None
         better = v1 > best
-        if top2:
-            second = _second_after_merge(best, second, v1, v2, better)
+        if runner_index is not None:
+            runner_index = _second_index_after_merge(
+                best, index, runner, runner_index, v1, i1 + start, v2, i2, start, better
+            )
+        if second:
+            runner = _second_after_merge(best, runner, v1, v2, better)
         best = torch.where(better, v1, best)
         index = torch.where(better, i1 + start, index)
     if subset is not None and not positions:
-        index = subset.to(x.device)[index]
-    return index, best, second
+        lookup = subset.to(x.device)
+        index = lookup[index]
+        if runner_index is not None:
+            runner_index = torch.where(runner_index >= 0, lookup[runner_index.clamp_min(0)], runner_index)
+    return index, best, runner, runner_index
+
+
+def _second_index_after_merge(best, index, second, second_index, v1, i1, v2, i2, start, better):
+    """The index of the running second-best after a block (see :func:`_second_after_merge`)."""
+    # a new best: the runner-up is the better of the old best (none before the first block) and the
+    # block's second
+    old_best = torch.where(torch.isneginf(best), torch.full_like(index, -1), index)
+    up_idx = old_best if v2 is None else torch.where(v2 > best, i2 + start, old_best)
+    # no improvement of the best: the block's top value may still beat the runner-up
+    keep_old = second >= v1
+    return torch.where(better, up_idx, torch.where(keep_old, second_index, i1))
 
 
 def stream_logsumexp(

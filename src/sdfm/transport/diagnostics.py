@@ -42,6 +42,28 @@ def chi2_from_counts(counts: torch.Tensor, weights: torch.Tensor | None = None) 
     return chi2_from_sums(c, c, int(round(float(c.sum()))), weights)
 
 
+def chi2_stderr_from_counts(counts: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+    """Standard error of :func:`chi2_from_counts` from the counts [N] of M i.i.d. samples.
+
+    The estimator is a U-statistic of order 2 with kernel h(i, i') = 1[j_i = j_i'] / b_{j_i}, so
+    Var = 4 (M - 2) zeta_1 / (M (M - 1)) + 2 zeta_2 / (M (M - 1)) with
+    zeta_1 = sum_j m_j^3 / b_j^2 - theta^2, zeta_2 = sum_j m_j^2 / b_j^2 - theta^2 and
+    theta = sum_j m_j^2 / b_j, each moment of m estimated without bias from the counts (falling
+    factorials). Far less noisy than a jackknife over a few groups."""
+    c = counts.to(torch.float64)
+    m = float(c.sum())
+    if m < 3:
+        return float("nan")
+    inv_b = float(c.shape[0]) if weights is None else 1.0 / weights.to(c.device, torch.float64)
+    m2 = c * (c - 1.0) / (m * (m - 1.0))  # unbiased m_j^2
+    m3 = m2 * (c - 2.0) / (m - 2.0)  # unbiased m_j^3
+    theta = float((m2 * inv_b).sum())
+    zeta1 = max(float((m3 * inv_b * inv_b).sum()) - theta * theta, 0.0)
+    zeta2 = max(float((m2 * inv_b * inv_b).sum()) - theta * theta, 0.0)
+    var = (4.0 * (m - 2.0) * zeta1 + 2.0 * zeta2) / (m * (m - 1.0))
+    return var**0.5
+
+
 def total_variation(mass: torch.Tensor, weights: torch.Tensor | None = None) -> float:
     """1/2 |m - b|_1 for a marginal estimate ``mass`` [N] (sums to 1)."""
     m = mass.to(torch.float64)
@@ -149,10 +171,15 @@ class MarginalAccumulator:
         self._k = 0
 
     def add_index(self, index: torch.Tensor) -> None:
-        g = self._k % len(self.counts)
-        self.sums[g] += torch.bincount(index, minlength=self.sums.shape[1]).to(torch.float64)
-        self.counts[g] += index.numel()
-        self._k += 1
+        """Adds hard assignments [M]: the samples are dealt to the groups in contiguous slices, so the
+        jackknife has every group filled even from a single batch."""
+        groups = len(self.counts)
+        parts = torch.tensor_split(index, min(groups, max(1, index.numel())))
+        for part in parts:
+            g = self._k % groups
+            self.sums[g] += torch.bincount(part, minlength=self.sums.shape[1]).to(torch.float64)
+            self.counts[g] += part.numel()
+            self._k += 1
 
     def add_soft(self, sums: torch.Tensor, squares: torch.Tensor, n: int) -> None:
         g = self._k % len(self.counts)
@@ -168,10 +195,13 @@ class MarginalAccumulator:
         return sum(self.counts)
 
     def chi2(self) -> tuple[float, float]:
-        """(estimate, jackknife standard error)."""
+        """(estimate, standard error): for hard assignments the U-statistic's variance formula
+        (:func:`chi2_stderr_from_counts`), for soft rows a delete-one-group jackknife."""
         sq = self.sums if self.squares is None else self.squares
         total_s, total_q, m = self.sums.sum(0), sq.sum(0), self.num_samples
         value = chi2_from_sums(total_s, total_q, m, self.weights)
+        if self.squares is None:
+            return value, chi2_stderr_from_counts(total_s, self.weights)
         used = [g for g, c in enumerate(self.counts) if c > 0]
         if len(used) < 2:
             return value, float("nan")

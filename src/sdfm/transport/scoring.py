@@ -16,13 +16,21 @@ import torch
 
 from sdfm.transport._stream import (
     LowpKeys,
+    Top2,
     chunk_size_for,
     stream_argmax,
     stream_argmax_lowp,
     stream_logsumexp,
     stream_softmax_columns,
+    stream_top2,
 )
-from sdfm.transport.sharding import Collective, all_reduce_columns, combine_argmax, combine_logsumexp
+from sdfm.transport.sharding import (
+    Collective,
+    all_reduce_columns,
+    combine_argmax,
+    combine_logsumexp,
+    combine_top2,
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,23 @@ class Scorer:
         return combine_argmax(
             index + self.lo, best, second, self.collective, self.num_atoms, self.lo, self.hi
         )
+
+    def top2(self, x: torch.Tensor, bias: torch.Tensor) -> Top2:
+        """The best and second-best atom of each query x [n, d] (global indices and scores)."""
+        local = stream_top2(
+            x,
+            self.keys,
+            bias[self.lo : self.hi],
+            chunk=self.chunk(x.shape[0]),
+            center=self.center,
+            subset=self.subset,
+            positions=True,
+        )
+        shifted = torch.where(local.second_index >= 0, local.second_index + self.lo, local.second_index)
+        local = Top2(local.index + self.lo, local.best, shifted, local.second)
+        if self.collective is None:
+            return local
+        return combine_top2(local, self.collective, self.num_atoms, self.lo, self.hi)
 
     def argmax_lowp(
         self, x: torch.Tensor, lowp: LowpKeys, *, top2: bool = False

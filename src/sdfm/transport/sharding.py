@@ -88,6 +88,23 @@ def combine_argmax(
     return gindex, gbest, gsecond
 
 
+def combine_top2(top2, collective: Collective, total: int, start: int, stop: int):
+    """The global :class:`~sdfm.transport._stream.Top2` from every process's local one (indices global).
+
+    The runner-up of a process is its second if it holds the global best, else its best; the global
+    runner-up is the largest of those (ties to the smallest index)."""
+    index, best, second = combine_argmax(top2.index, top2.best, top2.second, collective, total, start, stop)
+    mine = (index >= start) & (index < stop)
+    proposed = torch.where(mine, top2.second_index, top2.index)
+    proposed_value = torch.where(mine, top2.second, top2.best)
+    candidate = torch.where(
+        (proposed_value == second) & (proposed >= 0), proposed, torch.full_like(proposed, total)
+    )
+    second_index = collective.reduce(candidate, "min")
+    second_index = torch.where(second_index >= total, torch.full_like(second_index, -1), second_index)
+    return type(top2)(index, best, second_index, second)
+
+
 def combine_logsumexp(lse: torch.Tensor, collective: Collective) -> torch.Tensor:
     """log sum_r exp(lse_r) across processes (rows of -inf on every process stay -inf)."""
     top = collective.reduce(lse.clone(), "max")

@@ -9,23 +9,45 @@ the 1/2 |x - y|^2 convention are related by g_j = h_j + |y_j|^2 / 2 (up to a con
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 
 from sdfm.transport import _checks
-from sdfm.transport._stream import LowpKeys, chunk_size_for, target_chunks
+from sdfm.transport._stream import LowpKeys, Top2, chunk_size_for, target_chunks
 from sdfm.transport.diagnostics import MarginalAccumulator
 from sdfm.transport.duplicates import find_duplicates
 from sdfm.transport.scoring import Scorer
 from sdfm.transport.sharding import Collective
+from sdfm.transport.smoothness import SmoothError, SmoothGroups, worst_ratio
 from sdfm.transport.sources import draw, standard_normal
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+#: the default ``quasi_random`` applies up to this dimension: scrambled Sobol points lowered the
+#: variance of cell counts by 3.5x in 2-D and 12% in 16-D, and not at all in 64-D
+QUASI_RANDOM_MAX_DIM = 16
 
 
 def converged(chi2: float, se: float, tol: float | None) -> bool:
     """Converged when chi2 is below tol with about 97.5% confidence (chi2 + 2 se <= tol)."""
     return tol is not None and chi2 + 2.0 * (0.0 if math.isnan(se) else se) <= tol
+
+
+@dataclass(frozen=True)
+class Check:
+    """One measurement of a potential on fresh noise: chi2 with its standard error, the number of
+    samples behind it, and the worst mass error along smooth functions of the atoms (per family)."""
+
+    chi2: float
+    stderr: float
+    samples: int
+    smooth: list[SmoothError] = field(default_factory=list)
+
+    def passes(self, tol: float | None, smooth_tol: float | None) -> bool:
+        """chi2 + 2 stderr <= tol and no smooth group off by more than smooth_tol floors."""
+        ok = converged(self.chi2, self.stderr, tol)
+        return ok and (smooth_tol is None or worst_ratio(self.smooth) <= smooth_tol)
 
 
 class SemidiscreteProblem:
@@ -48,6 +70,8 @@ class SemidiscreteProblem:
         self.noise = standard_normal if noise is None else noise
         if not callable(self.noise):
             raise ValueError(f"noise: expected a callable sampler, got {type(noise).__name__}")
+        #: whether the source is the standard Gaussian (closed forms and quasi-random draws apply)
+        self.gaussian = self.noise is standard_normal
         self.device = torch.device(solver.device) if solver.device else targets.device
         if generator is not None and generator.device.type != self.device.type:
             raise ValueError(f"generator: on {generator.device}, but the solver computes on {self.device}")
@@ -80,7 +104,9 @@ class SemidiscreteProblem:
 
         # Centred atoms in the compute dtype: this process's range is copied if it fits in
         # memory_limit, otherwise streamed (with a centre) from the targets where they are.
-        chunk0 = chunk_size_for(solver.batch_size, self.n, self.d, solver.chunk_size)
+        self.batch_size = solver.batch_size or int(min(4096, max(256, 4 * self.n)))
+        self.anneal_batch_size = solver.anneal_batch_size or int(min(1024, max(16, self.n // 4)))
+        chunk0 = chunk_size_for(self.batch_size, self.n, self.d, solver.chunk_size)
         mean = torch.zeros(self.d, dtype=torch.float64, device=self.device)
         sq = torch.empty(self.n, dtype=torch.float64, device=self.device)
         for start, stop, y in self.atom_chunks(chunk0):
@@ -119,9 +145,21 @@ class SemidiscreteProblem:
             )
         tol = solver.tol if solver.tol is not None else 0.05
         self.eval_samples = solver.eval_samples or int(
-            min(1 << 22, max(1 << 14, math.ceil(10.0 * math.sqrt(2.0 * self.n) / tol)))
+            min(1 << 22, max(1 << 10, math.ceil(10.0 * math.sqrt(2.0 * self.n) / tol)))
         )
         self.samples = 0
+        self._smooth = None
+        # Training draws (not measurements) are quasi-random for the Gaussian source in low d, where
+        # scrambled Sobol points count the cells with much less noise (2-D: 3.5x lower variance).
+        qmc = solver.quasi_random
+        if qmc is None:
+            qmc = self.gaussian and self.d <= QUASI_RANDOM_MAX_DIM
+        elif qmc and not self.gaussian:
+            raise ValueError("quasi_random: quasi-random draws need the default standard Gaussian source")
+        self.sobol = None
+        if qmc:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device))
+            self.sobol = torch.quasirandom.SobolEngine(self.d, scramble=True, seed=seed)
 
     @property
     def streamed(self) -> bool:
@@ -150,10 +188,21 @@ class SemidiscreteProblem:
 
     # -- noise and scores ------------------------------------------------------------------------
     def draw(self, n: int) -> torch.Tensor:
-        """n fresh noise samples [n, d] in the compute dtype (counted in ``samples``)."""
+        """n fresh i.i.d. noise samples [n, d] in the compute dtype (counted in ``samples``)."""
         x = draw(self.noise, n, self.d, generator=self.generator, device=self.device, dtype=self.dtype)
         self.samples += n
         return x
+
+    def draw_train(self, n: int) -> torch.Tensor:
+        """n noise samples for a step: scrambled Sobol points mapped by the normal quantile function
+        when quasi-random draws are on, else i.i.d. (measurements always draw i.i.d.: the chi2
+        estimator assumes independent samples)."""
+        if self.sobol is None:
+            return self.draw(n)
+        u = self.sobol.draw(n, dtype=torch.float64).clamp_(2.0**-53, 1.0 - 2.0**-53)
+        self.samples += n
+        x = math.sqrt(2.0) * torch.special.erfinv(2.0 * u - 1.0)
+        return x.to(device=self.device, dtype=self.dtype)
 
     def bias(self, h: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
         """Score bias [n] in the compute dtype: h (eps = 0) or h / eps + log b, shifted to max 0."""
@@ -167,6 +216,10 @@ class SemidiscreteProblem:
         if self.lowp is not None:
             return self.scorer.argmax_lowp(x, self.lowp.with_bias(h - h.max()), top2=top2)
         return self.scorer.argmax(x, self.bias(h), top2=top2)
+
+    def top2(self, x: torch.Tensor, h: torch.Tensor) -> Top2:
+        """Best and second-best atoms (indices and scores) of each noise sample."""
+        return self.scorer.top2(x, self.bias(h))
 
     def soft(self, x: torch.Tensor, h: torch.Tensor, eps: float, squares: bool = False):
         """Column sums [n] (and sums of squares) of the soft assignment at eps, over every shard."""
@@ -242,14 +295,45 @@ class SemidiscreteProblem:
             done += m
         return acc.chi2()[0]
 
-    def measure(self, h: torch.Tensor, tol: float | None = None) -> tuple[float, float]:
-        """chi2 and its standard error for potential h, on fresh samples.
+    def smooth_groups(self) -> SmoothGroups | None:
+        """The smooth-function groups of the atoms (built at the first check; None for n < 8)."""
+        if self._smooth is None and self.n >= 8:
+            chunk = self.chunk(self.d)
+            seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.device))
+            self._smooth = SmoothGroups.build(
+                lambda: self.atom_chunks(chunk),
+                self.n,
+                self.d,
+                self.mean,
+                self.b,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        return self._smooth
 
-        Starts with eval_samples; while the verdict against ``tol`` is unclear (chi2 within two
-        standard errors of tol) the sample doubles, up to 8x.
+    def check(self, h: torch.Tensor, tol: float | None = None, *, extend: bool = False) -> Check:
+        """chi2 (with standard error) and the smooth-group errors of h on eval_samples fresh i.i.d.
+        samples (see :meth:`measure`)."""
+        acc = self._accumulate(h, tol, extend)
+        chi2, se = acc.chi2()
+        groups = self.smooth_groups()
+        smooth = [] if groups is None else groups.errors(acc.mass(), chi2, acc.num_samples)
+        return Check(chi2, se, acc.num_samples, smooth)
+
+    def measure(
+        self, h: torch.Tensor, tol: float | None = None, *, extend: bool = False
+    ) -> tuple[float, float]:
+        """chi2 and its standard error for potential h, on eval_samples fresh i.i.d. samples.
+
+        With ``extend``, while the verdict against ``tol`` is unclear (chi2 within two standard errors
+        of tol) the sample doubles, up to 8x (for a final verdict; during a solve, more training is the
+        better use of samples).
         """
+        return self._accumulate(h, tol, extend).chi2()
+
+    def _accumulate(self, h: torch.Tensor, tol: float | None, extend: bool) -> MarginalAccumulator:
         acc = MarginalAccumulator(self.n, self.b, device=self.device)
-        batch = max(self.settings.batch_size, 4096)
+        # soft rows are summed per batch: eight batches at least, one per jackknife group
+        batch = max(self.batch_size, 4096) if self.eps_abs == 0 else -(-self.eval_samples // 8)
         target = self.eval_samples
         while True:
             while acc.num_samples < target:
@@ -263,11 +347,8 @@ class SemidiscreteProblem:
                     acc.add_soft(sums, squares, m)
             chi2, se = acc.chi2()
             undecided = tol is not None and abs(chi2 - tol) < 2 * se
-            # A first "converged" verdict is confirmed on twice the sample: stopping at the first
-            # lucky low estimate would bias the returned potential's chi2 upwards.
-            unconfirmed = converged(chi2, se, tol) and target < 2 * self.eval_samples
-            if not (undecided or unconfirmed) or target >= 8 * self.eval_samples:
-                return chi2, se
+            if not (extend and undecided) or target >= 8 * self.eval_samples:
+                return acc
             target *= 2
 
 

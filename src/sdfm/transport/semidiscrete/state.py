@@ -40,6 +40,9 @@ class SemidiscreteResult:
         weights: normalised target weights [N] (None = uniform).
         duplicates: groups of identical targets (None if there are none).
         settings: the solver's hyper-parameters plus the resolved ones (eps_abs, dtype, device).
+        smooth_errors: the worst mass error along smooth functions of the atoms per family
+            (:class:`~sdfm.transport.smoothness.SmoothError`), from the measurement behind ``chi2``;
+            empty where none was made (one atom, the closed-form 1-D solve).
     """
 
     potential: torch.Tensor
@@ -55,6 +58,7 @@ class SemidiscreteResult:
     weights: torch.Tensor | None = field(default=None, repr=False)
     duplicates: DuplicateGroups | None = field(default=None, repr=False)
     settings: dict = field(default_factory=dict, repr=False)
+    smooth_errors: list = field(default_factory=list, repr=False)
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ class SolverState:
         step: steps taken. train_samples: noise samples drawn by steps (measurements excluded).
         chi2_iterate: running chi2 estimate of the iterate from the training batches (NaN: none yet).
         measured: the last chi2 measurement of the averaged iterate (None: none yet).
-        next_measure: number of samples (``problem.samples``) at which the next measurement is due.
+        next_measure: training samples (``train_samples``) at which the next measurement is due.
         converged: the last measurement met the tolerance.
         seconds: wall time since the solve started.
     """

@@ -1,0 +1,125 @@
+"""k-means of the targets, streamed: the coarse structure the solver's coarse-space correction, the
+smooth-error diagnostics and the pruned exact search are built on.
+
+Lloyd's algorithm runs on a subsample (at most ``sample`` points, k-means++ seeding); the nearest
+centres of every point are then found in one streamed pass, so the cost is O(N k d) and no [N, k]
+matrix exists beyond one chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+#: (start, stop, points[start:stop] float64) chunks covering the N points
+Chunks = Callable[[], Iterator[tuple[int, int, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """k centres and the nearest of them for every point.
+
+    Attributes:
+        centres: [k, d] float64.
+        nearest: [N, m] int64, the m nearest centres of each point (nearest first).
+        sq_dist: [N, m] float64, the squared distances to them.
+    """
+
+    centres: torch.Tensor
+    nearest: torch.Tensor
+    sq_dist: torch.Tensor
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The nearest centre of each point [N]."""
+        return self.nearest[:, 0]
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.centres.shape[0])
+
+
+def _sq_dist(points: torch.Tensor, centres: torch.Tensor, centre_sq: torch.Tensor) -> torch.Tensor:
+    return ((points.square().sum(1, keepdim=True) - 2.0 * points @ centres.T) + centre_sq).clamp_min_(0.0)
+
+
+def kmeans(
+    chunks: Chunks,
+    num_points: int,
+    k: int,
+    *,
+    generator: torch.Generator | None = None,
+    device=None,
+    neighbours: int = 1,
+    iterations: int = 10,
+    sample: int = 65536,
+) -> Clustering:
+    """k-means of N points given as streamed chunks (float64), with the ``neighbours`` nearest centres of
+    every point.
+
+    Args:
+        chunks: a callable returning an iterator of (start, stop, points[start:stop]) over all points.
+        num_points: N. k: number of centres (at most N). generator: randomness of the subsample and
+        of the seeding (CPU). iterations: Lloyd iterations on the subsample. sample: subsample size.
+    """
+    k = max(1, min(int(k), num_points))
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    if num_points <= sample:
+        picked = torch.arange(num_points)
+    else:
+        picked = torch.sort(torch.randperm(num_points, generator=gen)[:sample]).values
+    sub = _gather(chunks, picked, device)
+    centres = _seed(sub, k, gen)
+    for _ in range(iterations):
+        dist = _sq_dist(sub, centres, centres.square().sum(1))
+        label = dist.argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, label, sub)
+        count = torch.bincount(label, minlength=k).to(sub.dtype)
+        alive = count > 0
+        centres[alive] = sums[alive] / count[alive, None]
+    m = max(1, min(int(neighbours), k))
+    nearest = torch.empty(num_points, m, dtype=torch.long, device=centres.device)
+    sq = torch.empty(num_points, m, dtype=torch.float64, device=centres.device)
+    centre_sq = centres.square().sum(1)
+    for start, stop, y in chunks():
+        dist = _sq_dist(y.to(centres.device, torch.float64), centres, centre_sq)
+        val, idx = dist.topk(m, dim=1, largest=False)
+        nearest[start:stop] = idx
+        sq[start:stop] = val
+    return Clustering(centres, nearest, sq)
+
+
+def _gather(chunks: Chunks, picked: torch.Tensor, device) -> torch.Tensor:
+    """The points at the sorted indices ``picked`` [s] (float64)."""
+    parts = []
+    pos = 0
+    for start, stop, y in chunks():
+        hi = pos
+        while hi < picked.shape[0] and int(picked[hi]) < stop:
+            hi += 1
+        if hi > pos:
+            rows = (picked[pos:hi] - start).to(y.device)
+            parts.append(y[rows])
+            pos = hi
+    out = torch.cat(parts).to(torch.float64)
+    return out if device is None else out.to(device)
+
+
+def _seed(points: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding (greedy-free: one candidate per centre)."""
+    n = points.shape[0]
+    first = int(torch.randint(0, n, (1,), generator=gen))
+    centres = [points[first]]
+    dist = (points - points[first]).square().sum(1)
+    for _ in range(1, k):
+        total = float(dist.sum())
+        if total <= 0:  # fewer distinct points than k: repeat one (its cluster stays empty)
+            centres.append(points[int(torch.randint(0, n, (1,), generator=gen))])
+            continue
+        probs = (dist / total).cpu()
+        nxt = int(torch.multinomial(probs, 1, generator=gen))
+        centres.append(points[nxt])
+        dist = torch.minimum(dist, (points - points[nxt]).square().sum(1))
+    return torch.stack(centres).clone()
