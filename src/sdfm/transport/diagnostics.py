@@ -244,6 +244,7 @@ def estimate_marginal(
     Args:
         targets: [N, d]; potential: [N] (1/2 |x - y|^2 convention); eps: absolute.
         duplicates: groups of identical targets; their mass is measured per group (merged cells).
+        dtype: of the scores (float32 or float64; one-dimensional targets always use float64).
     """
     from sdfm.transport.assign import LaguerreCells, compute_dtype
 
@@ -256,7 +257,7 @@ def estimate_marginal(
     device = torch.device(device) if device is not None else targets.device
     cells = LaguerreCells(targets, potential, eps=eps, weights=weights, chunk_size=chunk_size)
     w = cells.weights
-    dtype = compute_dtype(torch.empty(0, dtype=dtype))
+    dtype = compute_dtype(torch.empty(0, dtype=dtype), d)
     # eps = 0: identical targets share one cell, so their mass is measured per group. eps > 0: the
     # softmax already splits a shared cell by weight, so per-copy masses are the right measure.
     group_of = None

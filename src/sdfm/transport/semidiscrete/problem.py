@@ -75,7 +75,8 @@ class SemidiscreteProblem:
         self.device = torch.device(solver.device) if solver.device else targets.device
         if generator is not None and generator.device.type != self.device.type:
             raise ValueError(f"generator: on {generator.device}, but the solver computes on {self.device}")
-        self.dtype = DTYPES[solver.dtype]
+        # one-dimensional atoms are scored in float64 whatever ``dtype`` says (see assign.compute_dtype)
+        self.dtype = torch.float64 if targets.shape[1] == 1 else DTYPES[solver.dtype]
 
         # Duplicates: one atom per distinct position, carrying the summed weight. Atoms are read from
         # the targets through `rows` (their target indices; None: atom = target), never copied whole.

@@ -130,6 +130,8 @@ class SemidiscreteSolver:
             (past the annealing); then the span grows with the distance to tol, up to doubling the
             training so far (chi2 limited by sampling noise falls as 1 / samples).
         dtype: "float32" (default) or "float64" for the scores; the potential is kept in float64.
+            One-dimensional targets are always scored in float64 (their chain of narrow cells is
+            beyond float32 at N >= 1,000; ``settings["score_precision"]`` of the result says which).
         device: where to compute (None: the device of the targets).
         chunk_size: targets per score block (None: automatic, about 4M elements per block).
         memory_limit: bytes the solver may spend on its own copy of the centred targets in the
@@ -586,6 +588,7 @@ class _Iteration:
             anneal_batch_size=problem.anneal_batch_size,
             quasi_random=problem.sobol is not None,
             method=method,
+            score_precision=str(problem.dtype).removeprefix("torch."),
         )
         return SemidiscreteResult(
             potential=problem.potential_of(h),
