@@ -1,7 +1,7 @@
 """Sample quality across step budgets: I-FM, OT-FM (exact, n = 256), SD-FM (eps = 0 and 0.1 relative);
 class-conditional models (--suite conditional); mean-flow models (--suite meanflow).
 
-A small-scale version of the paper's Table 2 (../shared/PAPER.md section 6). For each problem and
+A small-scale version of the paper's Table 2 (arXiv 2509.25519). For each problem and
 seed, every method trains the same MLP (same initial weights, steps, batch 256, lr 1e-3, EMA 0.999)
 through sdfm.evaluation.compare, and is evaluated with the same noise at 1, 2, 4, 8, 16 Euler steps
 and dopri5 (rtol = atol = 1e-5, NFE reported) against held-out data: exact W2 (POT), energy

@@ -1,4 +1,4 @@
-"""Imports point down the layer stack (DESIGN.md): a lower layer never imports a higher one."""
+"""Imports point down the layer stack (README, Architecture): a lower layer never imports a higher one."""
 
 import ast
 from pathlib import Path

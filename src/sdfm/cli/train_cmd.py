@@ -171,7 +171,7 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
         metavar="PARTICLES",
         help="EXPERIMENTAL: correct guided samples towards the geometric mixture p_c^w p_u^(1-w) by "
         "drawing PARTICLES guided trajectories per sample and resampling one by its importance weight "
-        "(PAPER.md section 5; fixed-step solvers)",
+        "(arXiv 2509.25519; fixed-step solvers)",
     )
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")

@@ -1,5 +1,5 @@
 """MeanFlow (Geng et al. 2025): a network u(x, t, r) of the *average* velocity, for one- and few-step
-sampling. PAPER.md section 4.
+sampling (arXiv 2509.25519).
 
 Convention. sdfm puts noise at t = 0 and data at t = 1 (:mod:`sdfm.flow.paths`); MeanFlow puts noise at
 1. This module is the one place where the two meet: :func:`meanflow_times` draws (t, r) as MeanFlow does

@@ -1,4 +1,4 @@
-"""Experimental: the guidance correction (PAPER.md section 5) for classifier-free guidance.
+"""Experimental: the guidance correction (arXiv 2509.25519) for classifier-free guidance.
 
 Guidance integrates v = w v_c + (1 - w) v_u (v_c conditional, v_u unconditional). Its samples are NOT
 distributed as the geometric mixture p_c^w p_u^(1 - w) it aims at (except in special cases such as equal
@@ -9,7 +9,7 @@ the guided samples obeys
     d/dt L_t = w (w - 1) t / (1 - t) |v_c - v_u|^2,     L_0 = 0,
 
 (derivation: d/dt log p_t(x_t) = -div v_p + (v - v_p) . grad log p_t for each flow; the divergences cancel
-in the mixture, and v - v_c = (1 - w)(v_u - v_c), v - v_u = w (v_c - v_u)). PAPER.md writes the weight
+in the mixture, and v - v_c = (1 - w)(v_u - v_c), v - v_u = w (v_c - v_u)). The paper writes the weight
 with (1 - t) / t: that is the same formula in the convention where t = 1 is noise. So exp(L_1) is an
 importance weight: draw ``particles`` guided trajectories per sample and keep one with probability
 softmax(L_1). The weights assume exact velocity fields and the eps = 0 Tweedie identity; verified on

@@ -1,6 +1,6 @@
 """Pairing noise with data through a dual potential: exact streamed argmax and Gumbel-max sampling.
 
-Convention (PAPER.md section 2): cost c(x, y) = 1/2 |x - y|^2 and potential g, so the Laguerre cell of
+Convention (arXiv 2509.25519): cost c(x, y) = 1/2 |x - y|^2 and potential g, so the Laguerre cell of
 ``x`` is ``argmax_j <x, y_j> + g_j - |y_j|^2 / 2`` (a maximum inner product search) and, for eps > 0,
 ``j ~ softmax_j(log b_j + (g_j - c(x, y_j)) / eps)``.
 
@@ -258,7 +258,7 @@ class LaguerreCells:
         """Target marginal estimated from noise samples x [n, d]: m_hat [N] (float64, sums to 1).
 
         eps = 0: the histogram of cells / n. eps > 0: the mean of the softmax rows (Rao-Blackwellised).
-        ``b - marginal(x)`` is the stochastic gradient of the semi-dual (PAPER.md section 2).
+        ``b - marginal(x)`` is the stochastic gradient of the semi-dual (arXiv 2509.25519).
         """
         return self.column_sums(x)[0] / x.shape[0]
 

@@ -1,4 +1,4 @@
-"""Continuous conditions: semidiscrete OT under the augmented cost (PAPER.md section 3).
+"""Continuous conditions: semidiscrete OT under the augmented cost (arXiv 2509.25519).
 
 Each data point y_j comes with a condition vector z_j (e.g. a noisy low-resolution copy of an image).
 The source draws noise x0 ~ N(0, I_d) *and* a condition z0 = z_i of a data point i ~ b, and the cost is

@@ -3,10 +3,11 @@
 The marginal error of a potential is measured on fresh noise: the coupling's target marginal
 m_j (mass of cell j, or mean softmax for eps > 0) against the weights b_j.
 
-- chi2(m || b) = sum_j m_j^2 / b_j - 1, estimated without bias by the U-statistic of PAPER.md
-  section 2: ``sum_j (S_j^2 - Q_j) / (b_j M (M - 1)) - 1`` with S_j = sum_i s_ij and
+- chi2(m || b) = sum_j m_j^2 / b_j - 1, estimated without bias by the U-statistic of arXiv 2509.25519:
+  ``sum_j (S_j^2 - Q_j) / (b_j M (M - 1)) - 1`` with S_j = sum_i s_ij and
   Q_j = sum_i s_ij^2 (for eps = 0, s_ij is one-hot and Q_j = S_j = count_j). Its standard error is
-  a delete-one-group jackknife over the sample.
+  the U-statistic's variance formula for hard counts (:func:`chi2_stderr_from_counts`) and a
+  delete-one-group jackknife over the sample for soft rows.
 - total variation 1/2 |m_hat - b|_1, biased upwards by sampling noise: :func:`tv_sampling_floor`
   is its expected value for an exact coupling with the same number of samples.
 """
@@ -145,7 +146,7 @@ class MarginalEstimate:
         num_samples: number of noise samples M.
         mass: [N] float64, estimated target marginal m_hat (sums to 1).
         chi2: unbiased estimate of chi2(m || b).
-        chi2_stderr: its standard error (jackknife).
+        chi2_stderr: its standard error (analytic for eps = 0, jackknife for eps > 0).
         total_variation: 1/2 |m_hat - b|_1 (biased upwards by sampling noise).
         tv_floor: expected total variation of an exact coupling with M samples.
         cost: mean transport cost 1/2 |x - y|^2 of the coupling (None when not computed).

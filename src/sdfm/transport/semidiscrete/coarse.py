@@ -88,7 +88,6 @@ class CoarseCorrection:
         self.warmup = warmup  # batches in the flux estimate before the first correction
         self.reach = reach
         self.ridge = ridge
-        self.last_gamma = 0.0
 
     def restrict(self, v: torch.Tensor) -> torch.Tensor:
         """P^T v [K] for v [n]."""
@@ -122,12 +121,10 @@ class CoarseCorrection:
             self.flux.mul_(self.decay).add_(estimate, alpha=1.0 - self.decay)
         self.observed += 1
 
-    def step(self, residual: torch.Tensor, cell_scale: torch.Tensor, gamma: float) -> torch.Tensor:
-        """The correction gamma' P c [n] for the mass residual b - m_hat [n]: gamma' <= gamma such that
-        no pair of neighbouring cells seen in the last batch moves apart by more than ``trust`` of
-        the cell's gap scale."""
+    def step(self, residual: torch.Tensor, cell_scale: torch.Tensor) -> torch.Tensor:
+        """The correction gamma P c [n] for the mass residual b - m_hat [n], with gamma <= 1 the largest
+        step within the trust bounds (``trust``, ``reach``); zero before ``warmup`` batches."""
         if self.observed < self.warmup:
-            self.last_gamma = 0.0
             return torch.zeros_like(residual)
         rc = self.restrict(residual)
         a = self.flux
@@ -149,11 +146,9 @@ class CoarseCorrection:
         # neighbours seen in the last batch move apart by at most `trust` gaps, every cell by at most
         # `reach` gaps (faces not seen in the batch are not checked by the first bound)
         worst = max(float(move) / self.trust, float((delta.abs() / cell_scale).max()) / self.reach)
-        g = gamma if worst * gamma <= 1.0 else 1.0 / max(worst, 1e-300)
-        self.last_gamma = g
-        if not math.isfinite(g):
+        if not math.isfinite(worst):
             return torch.zeros_like(residual)
-        return g * delta
+        return (1.0 if worst <= 1.0 else 1.0 / worst) * delta
 
 
 def _solve(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:

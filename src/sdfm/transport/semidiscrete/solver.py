@@ -71,9 +71,11 @@ HISTORY_EVERY = 50
 FIRST_MEASURE = 5
 #: the smooth-error stop watches the training batches of about this many samples per atom
 SMOOTH_WINDOW = 10
-#: the relative mass residual 1 - m_hat_j / b_j of a step is clipped from below here: a cell holding
-#: 4x its weight or more shrinks at a bounded rate (unbounded outer cells otherwise overshoot and
-#: oscillate; measured on small 2-D mixtures: up to 1.5x fewer samples)
+#: the relative mass residual 1 - m_hat_j / b_j of a step is clipped from below here (times
+#: max(1, N / batch)): a cell holding 4x its weight or more shrinks at a bounded rate (unbounded outer
+#: cells otherwise overshoot and oscillate; measured on small 2-D mixtures: up to 1.5x fewer samples).
+#: Unscaled, the clip biased large-N steps, where a cell's count per batch is 0 or 1: at N = 100,000
+#: chi2 stalled near 0.3.
 RESIDUAL_FLOOR = -3.0
 
 
@@ -163,6 +165,12 @@ class SemidiscreteSolver:
             (quartiles of the radius and of the top two principal coordinates, k-means clusters;
             :mod:`~sdfm.transport.smoothness`) has a mass error above ``smooth_tol`` times the floor
             that chi2 and the measurement noise explain (None: chi2 alone decides).
+        smooth_max_n: the coarse-space correction and the smooth-error stop apply up to this many
+            atoms (None: at any N). Beyond, the steps are capped by the counting noise and the floor
+            of the smooth errors falls like 1 / sqrt(N): on the 64-d mixture of BENCHMARKS.md
+            section 10 at N = 100,000 chi2 reached 0.071 after 31 samples per atom, but the smooth
+            stop came only at 51 (905 s, against about 35 samples per atom without it); at
+            N = 30,000 it cost 41 against 38. Smooth errors are still measured and reported at any N.
         exact_1d: solve one-dimensional problems with eps = 0 by quantiles
             (:mod:`~sdfm.transport.semidiscrete.exact1d`: closed form for the Gaussian source, sample
             quantiles otherwise) instead of stochastic ascent, which converges slowly on their chain
@@ -204,6 +212,7 @@ class SemidiscreteSolver:
     coarse_size: int = 256
     coarse_neighbours: int = 4
     smooth_tol: float | None = 3.0
+    smooth_max_n: int | None = 16384
 
     def __post_init__(self) -> None:
         _checks.check_eps(self.eps, "eps")
@@ -233,6 +242,7 @@ class SemidiscreteSolver:
         ):
             raise ValueError(f"smooth_tol: expected a finite number > 0 or None, got {self.smooth_tol!r}")
         _checks.check_positive_int(self.coarse_neighbours, "coarse_neighbours", allow_none=False)
+        _checks.check_positive_int(self.smooth_max_n, "smooth_max_n")
         if (
             isinstance(self.coarse_size, bool)
             or not isinstance(self.coarse_size, int)
@@ -375,6 +385,9 @@ class _Iteration:
         self.coarse = None  # the coarse-space correction of the hard phase, set by _start_coarse()
         self.last_check = None  # the last measurement (chi2 and smooth errors)
         self.smooth = None  # smooth-group residuals of the training batches (hard phase), see start()
+        # the coarse correction and the smooth stop apply up to smooth_max_n atoms (see its docstring)
+        self.large_scale = solver.smooth_max_n is None or problem.n <= solver.smooth_max_n
+        self.smooth_tol = solver.smooth_tol if self.large_scale else None
 
     # -- the phases --------------------------------------------------------------------------------
     def start(self, init: torch.Tensor | None) -> SolverState:
@@ -386,7 +399,7 @@ class _Iteration:
         h = parts.WARM_STARTS[s.warm_start](problem) if init is None else init
         if init is not None:  # resuming: done already if the given potential is good enough
             self.last_check = problem.check(h, s.tol, extend=True)
-            if self.last_check.passes(s.tol, s.smooth_tol):
+            if self.last_check.passes(s.tol, self.smooth_tol):
                 self.finished = (self.last_check.chi2, self.last_check.stderr, True)
                 return SolverState(potential=h, converged=True)
         scale0 = parts.gap_scale(problem, h)
@@ -398,7 +411,7 @@ class _Iteration:
                 s.anneal_start * scale0, anneal_to, s.anneal_length, problem.n
             )
         annealing = self.schedule is not None
-        groups = problem.smooth_groups() if s.smooth_tol is not None and problem.eps_abs == 0 else None
+        groups = problem.smooth_groups() if self.smooth_tol is not None and problem.eps_abs == 0 else None
         if groups is not None:
             self.smooth = SmoothMonitor(groups, window=max(SMOOTH_WINDOW * problem.n, 8 * problem.batch_size))
         if not annealing:
@@ -421,14 +434,17 @@ class _Iteration:
         scale = self.cells.scale()
         if state.eps > 0:
             scale = scale + state.eps
-        direction = self.optimizer.direction((1.0 - mass / problem.b).clamp_(min=RESIDUAL_FLOOR), state.step)
+        # the floor scales with N / batch: a single hit of a cell expecting batch / N << 1 samples has
+        # residual 1 - N / batch, and clipping it would bias the step (cells never shrink enough)
+        floor = RESIDUAL_FLOOR * max(1.0, problem.n / batch)
+        direction = self.optimizer.direction((1.0 - mass / problem.b).clamp_(min=floor), state.step)
         if state.annealing:
             lr = parts.capped(s.lr_anneal, s.anneal_noise_level, batch, problem.n)
         else:
             lr = parts.capped(s.lr, s.noise_level, batch, problem.n)
         h = state.potential + parts.decayed(lr, state.step, s.lr_decay) * scale * direction
         if self.coarse is not None and not state.annealing and state.eps == 0:
-            h = h + self.coarse.step(problem.b - mass, scale, gamma=1.0)
+            h = h + self.coarse.step(problem.b - mass, scale)
         chi2_iterate = state.chi2_iterate
         if not math.isnan(batch_chi2):
             chi2_iterate = batch_chi2 if math.isnan(chi2_iterate) else 0.9 * chi2_iterate + 0.1 * batch_chi2
@@ -481,7 +497,13 @@ class _Iteration:
     def _start_coarse(self) -> None:
         """Sets up the coarse-space correction for the hard phase (where it applies)."""
         s, problem = self.s, self.problem
-        if s.coarse_size <= 0 or problem.eps_abs > 0 or problem.lowp is not None or problem.n < 8:
+        if (
+            s.coarse_size <= 0
+            or not self.large_scale
+            or problem.eps_abs > 0
+            or problem.lowp is not None
+            or problem.n < 8
+        ):
             return
         seed = int(torch.randint(0, 2**62, (1,), generator=problem.generator, device=problem.device))
         self.coarse = CoarseCorrection(
@@ -503,7 +525,7 @@ class _Iteration:
             # Stopping selects a measurement that came out low: the chi2 reported (and the verdict)
             # come from fresh noise that did not decide the stop.
             check = problem.check(state.average, tol)
-            ok = check.passes(tol, self.s.smooth_tol)
+            ok = check.passes(tol, self.smooth_tol)
         self.last_check = check
         return replace(
             state,
@@ -515,9 +537,9 @@ class _Iteration:
 
     def _smooth_ok(self, chi2: float) -> bool:
         """No smooth group of the recent training batches is off by more than smooth_tol floors."""
-        if self.s.smooth_tol is None or self.smooth is None:
+        if self.smooth_tol is None or self.smooth is None:
             return True
-        return worst_ratio(self.smooth.errors(chi2)) <= self.s.smooth_tol
+        return worst_ratio(self.smooth.errors(chi2)) <= self.smooth_tol
 
     def _next_measure(self, train_samples: int, chi2: float) -> int:
         """When to measure next: after a span of training that grows with the distance to tol (up to
@@ -563,7 +585,7 @@ class _Iteration:
         else:
             self.last_check = problem.check(state.best, self.s.tol, extend=True)
             chi2, se = self.last_check.chi2, self.last_check.stderr
-            ok = self.last_check.passes(self.s.tol, self.s.smooth_tol)
+            ok = self.last_check.passes(self.s.tol, self.smooth_tol)
         chi2_samples = problem.eval_samples if problem.n > 1 else 0
         return self._result(state.best, chi2, se, ok, state.step, chi2_samples, method="stochastic")
 
