@@ -7,6 +7,7 @@ import sdfm
 
 LAYERS = {
     "protocols": 0,
+    "checks": 0,
     "transport": 0,
     "couplings": 1,
     "flow": 1,

@@ -1,5 +1,7 @@
 """Minibatch OT: the exact assignment against POT's emd, Sinkhorn against POT's log-domain Sinkhorn."""
 
+import math
+
 import numpy as np
 import ot
 import pytest
@@ -52,7 +54,18 @@ def test_sinkhorn_matches_pot_and_marginals():
 def test_sinkhorn_relative_eps_and_errors():
     x0, x1 = torch.randn(20, 2, generator=gen(0)), torch.randn(20, 2, generator=gen(1))
     res = sinkhorn(x0, x1, 0.1)
-    assert res.eps == pytest.approx(0.1 * float(cost_matrix(x0, x1).std()), rel=1e-5)
+    centred = cost_matrix(x0 - x0.mean(0), x1 - x1.mean(0))
+    assert res.eps == pytest.approx(0.1 * float(centred.std()), rel=1e-5)
+    # the plan and the relative eps do not depend on where the clouds sit; f, g are in the given units
+    far = sinkhorn(x0.double(), x1.double() + 1e6, 0.1, tol=1e-9, max_iter=5000)
+    near = sinkhorn(x0.double(), x1.double(), 0.1, tol=1e-9, max_iter=5000)
+    assert far.eps == pytest.approx(near.eps, rel=1e-6)
+    torch.testing.assert_close(far.log_plan.exp(), near.log_plan.exp(), atol=1e-6, rtol=0)
+    c = cost_matrix(x0.double(), x1.double())
+    log_plan = (near.f[:, None] + near.g[None, :] - c) / near.eps - math.log(20 * 20)
+    torch.testing.assert_close(log_plan, near.log_plan, atol=1e-8, rtol=0)
+    with pytest.warns(RuntimeWarning, match="far from converged"):
+        sinkhorn(x0, x1, 0.001, max_iter=20)
     with pytest.raises(ValueError, match="eps"):
         sinkhorn(x0, x1, 0.0)
     with pytest.raises(ValueError, match="eps"):

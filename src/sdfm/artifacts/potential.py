@@ -9,8 +9,12 @@ Layout:
     metadata  key ``sdfm``: JSON with format, cost, convention, eps, chi2 (and its standard error),
               the worst mass errors along smooth functions of the data (``smooth_errors``, see
               :mod:`sdfm.transport.smoothness`), N, d, the sha256 fingerprint of the target array,
-              data name, solver settings, work done and the sdfm version.
-Files are written atomically. Loading against other data (shape or fingerprint) raises ValueError.
+              data name, solver settings, work done, the sdfm version, and ``checksum``: the sha256
+              of every tensor (name, dtype, shape, bytes) and of the rest of the metadata.
+Files are written atomically. Loading verifies the checksum (a flipped bit in g or in the metadata is
+refused), validates every tensor's shape, dtype and range and the metadata's types and bounds before
+anything is allocated from them, and raises ValueError naming the file; against other data (shape or
+fingerprint) it raises ValueError too.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pathlib import Path
 import torch
 
 from sdfm.artifacts.atomic import atomic_write
+from sdfm.artifacts.checksum import checksum
+from sdfm.checks import check_float, check_int, check_type
 from sdfm.data.files import fingerprint as data_fingerprint
 from sdfm.transport.duplicates import DuplicateGroups
 from sdfm.transport.projection import PCAProjection
@@ -159,7 +165,9 @@ def save_potential(
         }
     if extra:
         meta.update(extra)
-    text = json.dumps(meta, sort_keys=True, default=_json_default)
+    meta = json.loads(json.dumps(meta, default=_json_default))  # the stored (JSON) form, for the checksum
+    meta["checksum"] = checksum(tensors, meta)
+    text = json.dumps(meta, sort_keys=True)
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"sdfm": text}))
 
 
@@ -167,6 +175,68 @@ def _json_default(value):
     if isinstance(value, (torch.dtype, torch.device)):
         return str(value)
     raise TypeError(f"cannot store {type(value).__name__} in potential metadata")
+
+
+def _tensor(tensors: dict, name: str, n: int | None, *, floating: bool):
+    t = tensors.get(name)
+    if t is None:
+        return None
+    if floating != t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name}: dtype {t.dtype} (expected {'floating' if floating else 'integer'})")
+    if n is not None and (t.dim() != 1 or t.shape[0] != n):
+        raise ValueError(f"{name}: shape {list(t.shape)}, expected [{n}]")
+    if floating and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return t
+
+
+def _validated(tensors: dict, meta: dict):
+    """(g, weights, duplicates, classes, projection) of a potential file, every field checked."""
+    n = check_int("num_targets", meta.get("num_targets"), low=1, high=1 << 40)
+    dim = check_int("dim", meta.get("dim"), low=1, high=1 << 24)
+    check_float("eps", meta.get("eps"), low=0)
+    check_type("fingerprint", meta.get("fingerprint"), str)
+    g = _tensor(tensors, "g", n, floating=True).to(torch.float64)
+    weights = _tensor(tensors, "weights", n, floating=True)
+    if weights is not None and not (bool((weights >= 0).all()) and float(weights.sum()) > 0):
+        raise ValueError("weights: expected weights >= 0 with a positive sum")
+    duplicates = None
+    inverse = _tensor(tensors, "groups", n, floating=False)
+    if inverse is not None:
+        inverse = inverse.to(torch.int64)
+        if int(inverse.min()) < 0 or int(inverse.max()) >= n:
+            raise ValueError(
+                f"groups: expected group ids in [0, {n}), got [{int(inverse.min())}, {int(inverse.max())}]"
+            )
+        num_groups = int(inverse.max()) + 1
+        first = torch.full((num_groups,), n, dtype=torch.long)
+        first.scatter_reduce_(0, inverse, torch.arange(n), reduce="amin")
+        if int(first.max()) >= n:
+            raise ValueError("groups: some group ids below the largest have no member")
+        w = torch.full((n,), 1.0 / n, dtype=torch.float64) if weights is None else weights
+        duplicates = DuplicateGroups(inverse=inverse, representative=first, weights=w / w.sum())
+    classes = _tensor(tensors, "classes", n, floating=False)
+    if classes is not None and int(classes.min()) < 0:
+        raise ValueError("classes: expected labels >= 0")
+    projection = None
+    if "pca_components" in tensors:
+        comps = _tensor(tensors, "pca_components", None, floating=True).to(torch.float64)
+        mean = _tensor(tensors, "pca_mean", dim, floating=True)
+        variances = _tensor(tensors, "pca_variances", None, floating=True)
+        if mean is None or variances is None or comps.dim() != 2 or comps.shape[1] != dim:
+            raise ValueError(
+                f"pca_components: shape {list(comps.shape)}, or pca_mean / pca_variances missing"
+            )
+        if variances.dim() != 1 or variances.shape[0] != comps.shape[0]:
+            raise ValueError(f"pca_variances: shape {list(variances.shape)}, expected [{comps.shape[0]}]")
+        pca = check_type("pca", meta.get("pca"), dict)
+        projection = PCAProjection(
+            components=comps,
+            mean=mean.to(torch.float64),
+            variances=variances.to(torch.float64),
+            total_variance=check_float("pca.total_variance", pca.get("total_variance"), low=0, low_open=True),
+        )
+    return g, weights, duplicates, classes, projection
 
 
 def load_potential(path: str | Path, *, targets=None, fingerprint: str | None = None) -> PotentialFile:
@@ -186,40 +256,16 @@ def load_potential(path: str | Path, *, targets=None, fingerprint: str | None = 
     if raw is None or "g" not in tensors:
         raise ValueError(f"potential: {path} is not an sdfm potential file (no 'sdfm' metadata)")
     try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"potential: corrupt metadata in {path}: {exc}") from exc
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"potential: {path} has format {meta.get('format')!r}, expected {FORMAT}")
-    g = tensors["g"]
-    n = int(meta.get("num_targets", -1))
-    if g.dim() != 1 or g.shape[0] != n:
-        raise ValueError(f"potential: {path}: g has shape {list(g.shape)}, metadata says N={n}")
-    if not bool(torch.isfinite(g).all()):
-        raise ValueError(f"potential: {path}: g contains NaN or Inf")
-    weights = tensors.get("weights")
-    duplicates = None
-    if "groups" in tensors:
-        inverse = tensors["groups"].to(torch.int64)
-        num_groups = int(inverse.max()) + 1
-        first = torch.full((num_groups,), n, dtype=torch.long)
-        first.scatter_reduce_(0, inverse, torch.arange(n), reduce="amin")
-        w = torch.full((n,), 1.0 / n, dtype=torch.float64) if weights is None else weights
-        duplicates = DuplicateGroups(inverse=inverse, representative=first, weights=w / w.sum())
-    classes = tensors.get("classes")
-    if classes is not None and (classes.dim() != 1 or classes.shape[0] != n):
-        raise ValueError(f"potential: {path}: classes have shape {list(classes.shape)}, expected [{n}]")
-    projection = None
-    if "pca_components" in tensors:
-        comps = tensors["pca_components"].to(torch.float64)
-        if comps.dim() != 2 or comps.shape[1] != int(meta.get("dim", -1)):
-            raise ValueError(f"potential: {path}: pca_components have shape {list(comps.shape)}")
-        projection = PCAProjection(
-            components=comps,
-            mean=tensors["pca_mean"].to(torch.float64),
-            variances=tensors["pca_variances"].to(torch.float64),
-            total_variance=float(meta["pca"]["total_variance"]),
-        )
+        meta = check_type("metadata", json.loads(raw), dict)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r:.40}, expected {FORMAT}")
+        stored = meta.get("checksum")
+        if stored is not None and stored != checksum(tensors, meta):
+            raise ValueError("the checksum of its tensors and metadata does not match (modified or corrupt)")
+        parts = _validated(tensors, meta)
+    except (ValueError, RecursionError) as exc:  # (RecursionError: absurdly nested JSON)
+        raise ValueError(f"potential: {path}: {str(exc) or type(exc).__name__}") from None
+    g, weights, duplicates, classes, projection = parts
     out = PotentialFile(
         potential=g.to(torch.float64),
         weights=weights,

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 
 EXIT_BAD_INPUT = 2
+EXIT_IO_ERROR = 1
 
 
 class CliError(Exception):
     """A user error: printed as one line, exit code 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C (temporary files removed);
+    the command exits 143."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,3 +91,40 @@ def tensor_view(array):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _probe(folder) -> None:
+    """Creates and removes a file in ``folder`` (os.access misses read-only mounts and immutable files)."""
+    import tempfile
+
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
+def check_writable_folder(path, arg: str) -> None:
+    """CliError naming ``arg`` and the path unless ``path`` is (or can be made) a writable folder; checked
+    before any work, so that an unwritable ``--out`` is not found after a long solve."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{arg}: {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        _probe(path)
+    except OSError as exc:
+        raise CliError(f"{arg}: cannot write to {path}: {exc.strerror or exc}") from None
+
+
+def check_writable_file(path, arg: str) -> None:
+    """CliError naming ``arg`` and the path unless a file can be written at ``path`` (its folder is
+    created if missing; an existing folder or unwritable file at ``path`` is refused)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise CliError(f"{arg}: {path} is a folder; expected a file path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CliError(f"{arg}: cannot write {path}: permission denied")
+    check_writable_folder(path.parent, arg)

@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from sdfm.cli.common import CliError, device_from
+from sdfm.cli.common import CliError, check_writable_folder, device_from
 
 
 def _step_list(text: str) -> tuple[int, ...]:
@@ -114,6 +114,7 @@ def cmd_eval(args) -> int:
         info = read_run(args.run)
     except ValueError as exc:
         raise CliError(f"--run: {exc}") from None
+    check_writable_folder(Path(args.run) / "eval", "--run")
     if info["coupling"].get("superres"):
         return _eval_superres(args, device)
     config = EvalConfig(
@@ -162,12 +163,18 @@ def _eval_superres(args, device) -> int:
 
 
 def cmd_demo(args) -> int:
+    from sdfm.train import RunLock
+
+    out = Path(args.out)
+    check_writable_folder(out, "--out")
+    with RunLock(out):  # a second demo on the same folder is refused, not interleaved
+        return _demo_locked(args, out)
+
+
+def _demo_locked(args, out: Path) -> int:
     from sdfm.data import heldout_spec
     from sdfm.evaluation.compare import run_demo
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out: {out} exists and is not a folder")
     if (out / "runs").exists() or (out / "report.md").exists():
         if not args.overwrite:
             raise CliError(

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from sdfm.cli.common import (
     EXIT_BAD_INPUT,
+    EXIT_IO_ERROR,
     CliError,
+    Terminated,
     _bytes,
     _nonneg_float,
     _Parser,
     _positive_int,
+    check_writable_file,
     device_from,
     tensor_view,
 )
@@ -93,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         "re-scoring (the same assignments; faster where low-precision matmuls are: GPUs, high d)",
     )
     solve.add_argument("--quiet", action="store_true", help="no progress bar")
+    solve.add_argument(
+        "--save-on-interrupt",
+        action="store_true",
+        help="on Ctrl-C / SIGTERM, measure the potential so far and save it as OUT_STEM.interrupted"
+        ".safetensors (its chi2 in the metadata); without it an interrupted solve writes nothing",
+    )
 
     from sdfm.cli.train_cmd import add_train_parser
 
@@ -144,8 +154,7 @@ def cmd_solve(args) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise CliError(f"--out: expected a .safetensors path, got {args.out}")
-    if out.exists() and out.is_dir():
-        raise CliError(f"--out: {args.out} is a directory")
+    check_writable_file(out, "--out")
     device = parallel.init_from_env(device_from(args.device))
     main_rank = parallel.is_main()
     dataset = load_dataset(args.data)
@@ -188,7 +197,16 @@ def cmd_solve(args) -> int:
     # the same seed on every process: they score the same noise against their own shards
     generator = torch.Generator(device=device).manual_seed(args.seed)
     with solve_bar(tol=solver.tol, num_targets=n, disable=args.quiet or not main_rank) as bar:
-        result = solver.solve(keys, generator=generator, callback=bar, collective=parallel.collective())
+        result = solver.solve(
+            keys,
+            generator=generator,
+            callback=bar,
+            collective=parallel.collective(),
+            stop_on_interrupt=args.save_on_interrupt,
+        )
+    interrupted = bool(result.settings.get("interrupted"))
+    if interrupted:
+        out = out.with_name(out.stem + ".interrupted.safetensors")
     if main_rank:
         save_potential(
             out,
@@ -200,6 +218,14 @@ def cmd_solve(args) -> int:
             projection=projection,
         )
     parallel.barrier()
+    if interrupted:
+        if main_rank:
+            print(
+                f"sdfm solve: interrupted after {result.steps} steps; the potential so far (chi2 "
+                f"{result.chi2:.4f} ± {result.chi2_stderr:.4f}) -> {out}",
+                file=sys.stderr,
+            )
+        raise KeyboardInterrupt  # exit 130 (143 for SIGTERM) after saving
     if not main_rank:
         return 0
     status = "converged" if result.converged else "NOT converged"
@@ -231,6 +257,7 @@ def cmd_index(args) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise CliError(f"--out: expected a .safetensors path, got {args.out}")
+    check_writable_file(out, "--out")
     dataset = load_dataset(args.data)
     targets = tensor_view(np.ascontiguousarray(dataset.x))
     pf = load_potential(args.potential, targets=targets)
@@ -255,6 +282,8 @@ def cmd_index(args) -> int:
         file=sys.stderr,
     )
     if args.check > 0:
+        if args.check < 2:
+            raise CliError(f"--check: expected 0 (skip) or at least 2 noise samples, got {args.check}")
         cells = LaguerreCells(keys, pf.potential, weights=pf.weights)
         q = search_quality(
             search, cells, samples=args.check, generator=torch.Generator().manual_seed(args.seed)
@@ -279,7 +308,13 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
     from sdfm.cli.eval_cmd import cmd_demo, cmd_eval
@@ -294,15 +329,30 @@ def main(argv: list[str] | None = None) -> int:
         "eval": cmd_eval,
         "demo": cmd_demo,
     }
+    previous = None
+    with contextlib.suppress(ValueError):  # (only the main thread may install handlers)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    name = f"sdfm {args.command}"
     try:
         return handlers[args.command](args)
     except (CliError, ValueError) as exc:
         message = " ".join(str(exc).split())
-        print(f"sdfm {args.command}: error: {message}", file=sys.stderr)
+        print(f"{name}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"sdfm {args.command}: interrupted; nothing written", file=sys.stderr)
-        return 130
+    except OSError as exc:  # the file system refused (disk full, permissions, ...): one line, no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{name}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_IO_ERROR
+    except KeyboardInterrupt as exc:
+        signal_name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("interrupt", 130)
+        print(
+            f"{name}: stopped by {signal_name}; every file written is complete (no partial file was left)",
+            file=sys.stderr,
+        )
+        return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdfm.cli.common import CliError, device_from, tensor_view
+from sdfm.cli.common import CliError, check_writable_file, check_writable_folder, device_from, tensor_view
 
 DEFAULT_LR = {"mlp": 1e-3, "unet": 2e-4}
 DEFAULT_SINKHORN_EPS = 0.05
@@ -386,6 +386,24 @@ def _search_index(args, run_dir: Path, kind: str, targets, g, projection, fp_tra
 
 
 def cmd_train(args) -> int:
+    import os
+
+    from sdfm.train import RunLock
+
+    run_dir = Path(args.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CliError(f"--out: {run_dir} exists and is not a folder")
+    check_writable_folder(run_dir, "--out")
+    # rank 0 (the writer) holds the run folder's lock for the whole command
+    lock = RunLock(run_dir).acquire() if os.environ.get("RANK", "0") == "0" else None
+    try:
+        return _train_locked(args, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(args, run_dir: Path) -> int:
     import torch
 
     from sdfm import parallel
@@ -393,13 +411,15 @@ def cmd_train(args) -> int:
     from sdfm.data import fingerprint, load_dataset
     from sdfm.data.normalize import Normalization
     from sdfm.models import build_model
-    from sdfm.train import TrainConfig, read_run, run_info, train, write_run
+    from sdfm.train import TrainConfig, latest_checkpoint, read_run, run_info, train, write_run
 
-    run_dir = Path(args.out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CliError(f"--out: {run_dir} exists and is not a folder")
     existing = (run_dir / "run.json").exists()
     if existing and not args.resume:
+        if latest_checkpoint(run_dir / "checkpoints") is None:
+            raise CliError(
+                f"--out: {run_dir} holds a run stopped before its first checkpoint; pass --resume to "
+                "start it again (its potential is reused) or choose another folder"
+            )
         raise CliError(
             f"--out: {run_dir} already holds a run; pass --resume to continue it or choose another folder"
         )
@@ -597,6 +617,7 @@ def cmd_sample(args) -> int:
     out = Path(args.out)
     if out.suffix != ".npy":
         raise CliError(f"--out: expected a .npy path, got {args.out}")
+    check_writable_file(out, "--out")
     device = device_from(args.device)
     run = load_run(args.run, device=device, ema=not args.no_ema)
     dim = int(run.info["data"]["shape"][1])

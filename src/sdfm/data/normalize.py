@@ -15,6 +15,11 @@ import torch
 MODES = ("standard", "none")
 
 
+def _blocks(x, rows: int = 65536):
+    for start in range(0, x.shape[0], rows):
+        yield np.asarray(x[start : start + rows], dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class Normalization:
     """x_train = (x - shift) / scale, with shift [d] and a scalar scale."""
@@ -31,16 +36,22 @@ class Normalization:
         d = x.shape[1]
         if mode == "none":
             return cls(mode, np.zeros(d), 1.0)
-        total = np.zeros(d)
-        total_sq = np.zeros(d)
-        for start in range(0, x.shape[0], 65536):
-            block = np.asarray(x[start : start + 65536], dtype=np.float64)
-            total += block.sum(0)
-            total_sq += (block * block).sum(0)
         n = x.shape[0]
+        if n == 0:
+            raise ValueError("normalize: the data have no rows")
+        # two passes (mean, then centred squares): E[x^2] - mean^2 cancels catastrophically for data
+        # far from the origin (offset 1e6, std 1e-3 gave a scale 37x too large)
+        total = np.zeros(d)
+        for block in _blocks(x):
+            total += block.sum(0)
         mean = total / n
-        var = np.maximum(total_sq / n - mean * mean, 0.0)
-        scale = float(np.sqrt(var.mean()))
+        centred_sq = np.zeros(d)
+        for block in _blocks(x):
+            block = block - mean
+            centred_sq += (block * block).sum(0)
+        scale = float(np.sqrt((centred_sq / n).mean()))
+        if not np.isfinite(mean).all() or not np.isfinite(scale):
+            raise ValueError("normalize: the data contain NaN or Inf (or values too large for float64)")
         return cls(mode, mean, scale if scale > 0 else 1.0)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
@@ -57,5 +68,17 @@ class Normalization:
         return {"mode": self.mode, "shift": [float(v) for v in self.shift], "scale": self.scale}
 
     @classmethod
-    def from_dict(cls, d: dict) -> Normalization:
-        return cls(str(d["mode"]), np.asarray(d["shift"], dtype=np.float64), float(d["scale"]))
+    def from_dict(cls, d: dict, *, dim: int | None = None) -> Normalization:
+        """The normalisation stored by :meth:`to_dict`; ValueError unless it is well formed (a known
+        mode, ``dim`` finite shifts when given, a finite scale > 0)."""
+        try:
+            mode, shift, scale = d["mode"], np.asarray(d["shift"], dtype=np.float64), float(d["scale"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"normalization: malformed {d!r:.80}: {exc}") from None
+        if mode not in MODES:
+            raise ValueError(f"normalization: mode {mode!r} is not one of {MODES}")
+        if shift.ndim != 1 or (dim is not None and shift.shape[0] != dim):
+            raise ValueError(f"normalization: shift of shape {list(shift.shape)}, expected [{dim}]")
+        if not (np.isfinite(shift).all() and np.isfinite(scale) and scale > 0):
+            raise ValueError(f"normalization: shift and scale must be finite with scale > 0 (scale {scale})")
+        return cls(str(mode), shift, scale)

@@ -7,7 +7,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from sdfm.checks import check_float, check_int
 from sdfm.models.embeddings import Conditioning, rename_legacy_keys
+
+#: bounds on configs read from files (a corrupt or hostile run.json must not allocate terabytes)
+MAX_DIM = 1 << 24
+MAX_PARAMETERS = 1 << 31
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,22 @@ class MLPConfig:
     cond_dim: int | None = None
     mean_flow: bool = False
     time_scale: float | None = None
+
+    def __post_init__(self):
+        w = "mlp"
+        check_int("dim", self.dim, low=1, high=MAX_DIM, where=w)
+        check_int("hidden", self.hidden, low=1, high=65536, where=w)
+        check_int("depth", self.depth, low=0, high=1024, where=w)
+        check_int("time_dim", self.time_dim, low=2, high=65536, where=w)
+        check_int("num_classes", self.num_classes, low=1, high=1 << 24, none=True, where=w)
+        check_int("cond_dim", self.cond_dim, low=1, high=MAX_DIM, none=True, where=w)
+        check_float("time_scale", self.time_scale, low=0, low_open=True, none=True, where=w)
+        params = 2 * self.depth * self.hidden * (self.hidden + 1) + 2 * self.dim * self.hidden
+        if params > MAX_PARAMETERS:
+            raise ValueError(
+                f"mlp: about {params:.3g} parameters (hidden {self.hidden}, depth {self.depth}, dim "
+                f"{self.dim}); sdfm builds at most {MAX_PARAMETERS:.3g}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sdfm.checks import check_float, check_int
 from sdfm.models.embeddings import Conditioning, rename_legacy_keys
+from sdfm.models.mlp import MAX_DIM, MAX_PARAMETERS
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,22 @@ class UNetConfig:
     def __post_init__(self):
         object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
         object.__setattr__(self, "mults", tuple(int(m) for m in self.mults))
-        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
-            raise ValueError(f"image_shape: expected (C, H, W), got {self.image_shape}")
+        if len(self.image_shape) != 3 or min(self.image_shape) < 1 or max(self.image_shape) > 1 << 15:
+            raise ValueError(f"image_shape: expected (C, H, W) in [1, 32768], got {self.image_shape}")
+        w = "unet"
+        check_int("dim", self.dim, low=1, high=MAX_DIM, where=w)
+        check_int("base", self.base, low=1, high=4096, where=w)
+        if not 1 <= len(self.mults) <= 8 or not all(1 <= m <= 64 for m in self.mults):
+            raise ValueError(f"unet: mults: expected 1..8 multipliers in [1, 64], got {self.mults}")
+        check_int("num_res_blocks", self.num_res_blocks, low=1, high=64, where=w)
+        check_int("num_classes", self.num_classes, low=1, high=1 << 24, none=True, where=w)
+        check_int("cond_dim", self.cond_dim, low=1, high=MAX_DIM, none=True, where=w)
+        check_float("dropout", self.dropout, low=0, high=1, where=w)
+        check_float("time_scale", self.time_scale, low=0, low_open=True, none=True, where=w)
+        widest = self.base * max(self.mults)
+        params = 18 * widest * widest * self.num_res_blocks * len(self.mults)
+        if params > MAX_PARAMETERS:
+            raise ValueError(f"unet: about {params:.3g} parameters; sdfm builds at most {MAX_PARAMETERS:.3g}")
         factor = 2 ** (len(self.mults) - 1)
         _, h, w = self.image_shape
         if h % factor or w % factor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sdfm.samplers.fixed import CountingField, SampleResult
+from sdfm.samplers.fixed import CountingField, SampleResult, SamplingDiverged
 
 
 def integrate_adaptive(
@@ -24,14 +24,22 @@ def integrate_adaptive(
     k = points if trajectory else 2
     times = torch.linspace(t0, t1, k, dtype=torch.float64)
     # torchdiffeq calls func(t, y); its time tensor follows the state's dtype and device.
-    states = odeint(
-        lambda t, y: f(y, t),
-        x0,
-        times.to(device=x0.device, dtype=x0.dtype),
-        method="dopri5",
-        rtol=rtol,
-        atol=atol,
-    )
+    try:
+        states = odeint(
+            lambda t, y: f(y, t),
+            x0,
+            times.to(device=x0.device, dtype=x0.dtype),
+            method="dopri5",
+            rtol=rtol,
+            atol=atol,
+        )
+    except AssertionError as exc:  # torchdiffeq's "underflow in dt nan" when the field is not finite
+        raise SamplingDiverged(f"integrate: dopri5 failed after {f.nfe} evaluations: {exc}") from exc
+    if not bool(torch.isfinite(states[-1]).all()):
+        raise SamplingDiverged(
+            f"integrate: the samples became NaN or Inf (dopri5, {f.nfe} evaluations): the model returns "
+            "non-finite velocities (a diverged run?)"
+        )
     return SampleResult(
         x=states[-1],
         nfe=f.nfe,

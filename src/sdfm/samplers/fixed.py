@@ -127,6 +127,10 @@ class CountingField:
         return v_null + self.guidance * (v_cond - v_null)
 
 
+class SamplingDiverged(ValueError):
+    """The integrated state became NaN or Inf (the model returned non-finite values)."""
+
+
 def _check(x0: torch.Tensor, steps: int, method: str) -> None:
     if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
         raise ValueError(f"x0: expected a tensor [n, d], got {getattr(x0, 'shape', type(x0).__name__)}")
@@ -180,9 +184,19 @@ def integrate(
     dt = (t1 - t0) / steps
     x = x0
     states = [x0] if trajectory else None
+    first_bad = torch.zeros((), dtype=torch.long, device=x0.device)  # first step with NaN / Inf (no sync)
     for k in range(steps):
         x = step(f, x, t0 + k * dt, dt)
+        first_bad = torch.where(
+            (first_bad == 0) & ~torch.isfinite(x).all(), torch.full_like(first_bad, k + 1), first_bad
+        )
         if states is not None:
             states.append(x)
+    bad = int(first_bad)
+    if bad:
+        raise SamplingDiverged(
+            f"integrate: the samples became NaN or Inf at step {bad} of {steps} ({method}, t = "
+            f"{t0 + bad * dt:.4g}): the model returns non-finite velocities (a diverged run?)"
+        )
     times = torch.linspace(t0, t1, steps + 1) if trajectory else None
     return SampleResult(x=x, nfe=f.nfe, trajectory=torch.stack(states) if states else None, times=times)

@@ -1,16 +1,25 @@
 """Training (layer L2): the flow-matching loop, checkpoints (atomic, resumable), metrics log."""
 
-from sdfm.train.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
-from sdfm.train.run import LoadedRun, load_run, read_run, run_info, write_run
-from sdfm.train.trainer import TrainConfig, TrainResult, train
+from sdfm.train.checkpoint import (
+    Checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
+from sdfm.train.run import LoadedRun, RunLock, load_run, read_run, run_info, write_run
+from sdfm.train.trainer import TrainConfig, TrainingDiverged, TrainResult, train
 
 __all__ = [
     "Checkpoint",
     "LoadedRun",
+    "RunLock",
     "TrainConfig",
     "TrainResult",
+    "TrainingDiverged",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_latest_checkpoint",
     "load_run",
     "read_run",
     "run_info",

@@ -26,7 +26,7 @@ from sdfm import parallel
 from sdfm.artifacts.atomic import atomic_write
 from sdfm.flow import MeanFlowConfig, flow_matching_loss, get_time_sampler, meanflow_loss, meanflow_times
 from sdfm.models import make_ema
-from sdfm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sdfm.train.checkpoint import clean_partial, load_latest_checkpoint, save_checkpoint
 
 METRICS = "metrics.jsonl"
 
@@ -147,6 +147,36 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write(path, lambda p: p.write_text("".join(k + "\n" for k in kept)))
 
 
+def checkpoint_folder(run_dir: Path) -> Path:
+    """``run_dir/checkpoints``, refused when it is a symlink (it could lead out of the run)."""
+    folder = Path(run_dir) / "checkpoints"
+    if folder.is_symlink():
+        raise ValueError(f"run: {folder} is a symlink; refused (checkpoints must live inside the run)")
+    return folder
+
+
+def _restore(ckpt, model, ema, optimizer, scheduler, generator, world: int, rank: int) -> None:
+    """Loads a checkpoint's weights, EMA, optimiser, schedule and this process's generator state."""
+    try:
+        model.load_state_dict(ckpt.model)
+        ema.module.load_state_dict(ckpt.ema)
+        ema.n_averaged.copy_(ckpt.state["ema_n_averaged"])
+        optimizer.load_state_dict(ckpt.state["optimizer"])
+        scheduler.load_state_dict(ckpt.state["scheduler"])
+        states = ckpt.state.get("generators", [ckpt.state["generator"]])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"resume: checkpoint {ckpt.path} does not fit this run: {exc}") from exc
+    if len(states) != world:
+        raise ValueError(
+            f"resume: the checkpoint was written by {len(states)} processes, this run has {world}"
+        )
+    generator.set_state(states[rank].to(generator.get_state().device))
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or Inf; nothing from the diverged steps was written."""
+
+
 def train(
     model: torch.nn.Module,
     coupling,
@@ -191,23 +221,12 @@ def train(
     if resume:
         if run_dir is None:
             raise ValueError("resume: needs a run_dir")
-        path = latest_checkpoint(run_dir / "checkpoints")
-        if path is None:
-            raise ValueError(f"resume: no checkpoint in {run_dir / 'checkpoints'}")
-        ckpt = load_checkpoint(path)
-        model.load_state_dict(ckpt.model)
-        ema.module.load_state_dict(ckpt.ema)
-        ema.n_averaged.copy_(ckpt.state["ema_n_averaged"])
-        optimizer.load_state_dict(ckpt.state["optimizer"])
-        scheduler.load_state_dict(ckpt.state["scheduler"])
-        states = ckpt.state.get("generators", [ckpt.state["generator"]])
-        if len(states) != world:
-            raise ValueError(
-                f"resume: the checkpoint was written by {len(states)} processes, this run has {world}"
-            )
-        generator.set_state(states[rank].to(generator.get_state().device))
-        step = ckpt.step
+        ckpt = load_latest_checkpoint(checkpoint_folder(run_dir))
+        if ckpt is not None:  # (None: killed before its first checkpoint, so it starts again at 0)
+            _restore(ckpt, model, ema, optimizer, scheduler, generator, world, rank)
+            step = ckpt.step
         if main:
+            clean_partial(checkpoint_folder(run_dir))
             _truncate_metrics(run_dir / METRICS, step)
     forward = model
     if world > 1:
@@ -219,7 +238,21 @@ def train(
         device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda"
     )
 
+    first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step with a non-finite loss
+
+    def check_finite() -> None:
+        """Stops (a collective: every rank) when some step's loss was NaN or Inf, before it is saved."""
+        bad = int(first_bad)
+        if parallel.mean_scalar(float(bad > 0), device) == 0:
+            return
+        at = f"at step {bad}" if bad else "on another process"
+        raise TrainingDiverged(
+            f"train: the loss became NaN or Inf {at} (lr {config.lr:g}); stopped without writing the "
+            f"diverged weights (the last checkpoint is intact); lower the learning rate"
+        )
+
     def checkpoint(at: int) -> None:
+        check_finite()
         if run_dir is None:
             return
         generators = parallel.gather_objects(generator.get_state())  # a collective: every rank
@@ -276,6 +309,9 @@ def train(
                 )
             else:
                 loss, stats = flow_matching_loss(forward, pairs.x0, pairs.x1, t, cond)
+        first_bad = torch.where(
+            (first_bad == 0) & ~torch.isfinite(stats.loss), torch.full_like(first_bad, step + 1), first_bad
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = (
@@ -293,6 +329,7 @@ def train(
         window["pair_s"] += pair_s
         window["n"] += 1
         if step % config.log_every == 0 or step == config.steps:
+            check_finite()
             seconds = time.perf_counter() - window["t0"]
             record = {
                 "step": step,

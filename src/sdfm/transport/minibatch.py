@@ -12,6 +12,7 @@ Cost 1/2 |x - y|^2 everywhere, as in the rest of sdfm.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -82,21 +83,29 @@ def sinkhorn(
     relative: bool = True,
     max_iter: int = 2000,
     tol: float = 1e-4,
+    warn_above: float | None = 0.01,
 ) -> SinkhornResult:
     """Log-domain Sinkhorn between the uniform measures on x0 [n, d] and x1 [m, d].
 
     Args:
         x0, x1: the two point clouds (any device; float64 gives tighter marginals).
         eps: regularisation (> 0). Relative by default: ``eps_abs = eps * std(C)`` with C the cost
-            matrix of this batch, the convention of :class:`~sdfm.transport.SemidiscreteSolver`.
+            matrix of this batch after centring each cloud (which leaves the plan unchanged), the
+            convention of :class:`~sdfm.transport.SemidiscreteSolver`.
         relative: read ``eps`` relative to std(C) (True) or in cost units (False).
         max_iter: iteration cap; tol: stop when the L1 column-marginal error is below it.
+        warn_above: a RuntimeWarning when the cap is reached with the marginal error still above
+            this (the plan is far from a coupling; None: never).
     """
     x0, x1 = _check_pair(x0, x1)
     eps = check_eps(eps)
     if eps <= 0:
         raise ValueError(f"eps: Sinkhorn needs eps > 0, got {eps} (use exact_assignment for eps = 0)")
-    cost = cost_matrix(x0, x1)
+    # Centring each cloud changes C by row and column constants only, so the plan is the same; the
+    # relative eps and the float precision then do not depend on where the data sit (offset 1e6 data
+    # gave a 1e12-sized cost, an eps to match and a plan that never converged).
+    c0, c1 = x0 - x0.mean(0), x1 - x1.mean(0)
+    cost = cost_matrix(c0, c1)
     n, m = cost.shape
     scale = float(cost.std()) if (relative and cost.numel() > 1) else 1.0
     eps_abs = float(eps) * (scale if scale > 0 else 1.0)
@@ -115,6 +124,17 @@ def sinkhorn(
             if err < tol:
                 break
     log_plan = neg + (f / eps_abs + log_a)[:, None] + (g / eps_abs + log_b)[None, :]
+    if warn_above is not None and not err <= warn_above:
+        warnings.warn(
+            f"sinkhorn: marginal error {err:.3g} after {it} iterations (eps {eps_abs:.3g}): the plan is far "
+            "from converged; raise eps or max_iter",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    # potentials of the uncentred cost: C = C_centred + <c0_i, delta> - <c1_j, delta> + |delta|^2 / 2
+    delta = (x0.mean(0) - x1.mean(0)).to(cost.dtype)
+    f = f + c0.to(cost.dtype) @ delta + 0.5 * delta.dot(delta)
+    g = g - c1.to(device=cost.device, dtype=cost.dtype) @ delta
     return SinkhornResult(log_plan=log_plan, f=f, g=g, eps=eps_abs, iterations=it, marginal_error=err)
 
 

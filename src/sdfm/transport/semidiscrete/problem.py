@@ -355,12 +355,16 @@ class SemidiscreteProblem:
 
 def relative_eps_scale_of(targets, noise, *, device, n_ref=1024, max_targets=8192, rows=None) -> float:
     """std of the cost matrix 1/2 |x - y|^2 between reference noise and (a stride of) the targets
-    (of ``targets[rows]`` when rows are given)."""
+    (of ``targets[rows]`` when rows are given), centred. Centring the targets changes the cost by
+    terms that depend on x alone or on y alone, which leave the coupling unchanged, so the scale (and
+    a relative eps) does not depend on where the data sit: offset 1e6 data otherwise got an eps of
+    order 1e5 and an independent coupling in disguise."""
     gen = torch.Generator(device=device).manual_seed(0)
     x = draw(noise, n_ref, targets.shape[1], generator=gen, device=device, dtype=torch.float64)
     count = targets.shape[0] if rows is None else rows.shape[0]
     stride = max(1, count // max_targets)
     picked = targets[::stride] if rows is None else targets[rows[::stride].to(targets.device)]
     y = picked.to(device=device, dtype=torch.float64)
+    y = y - y.mean(0)
     cost = 0.5 * torch.cdist(x, y).square()
     return float(cost.std())

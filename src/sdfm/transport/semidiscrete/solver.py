@@ -87,7 +87,8 @@ class SemidiscreteSolver:
         eps: entropic regularisation of the target coupling (0 = hard assignment, the default).
         relative_eps: if True (default) the absolute eps is ``eps * std(C)``, C the cost matrix
             1/2 |x - y|^2 between 1024 reference noise samples and the targets (the paper's
-            convention); if False, eps is absolute (cost units).
+            convention), with the targets centred so that the scale does not change when the data
+            are shifted (the coupling does not either); if False, eps is absolute (cost units).
         tol: stop once the measured chi2 of the averaged potential plus two standard errors is
             <= tol (None: never).
         max_steps: stop after this many steps (batches) at the latest (None: no limit).
@@ -305,6 +306,7 @@ class SemidiscreteSolver:
         init: torch.Tensor | None = None,
         callback: Callable[[SolverState], None] | None = None,
         collective: Collective | None = None,
+        stop_on_interrupt: bool = False,
     ) -> SemidiscreteResult:
         """Fits the potential of the semidiscrete OT problem from ``noise`` to ``targets``.
 
@@ -327,6 +329,9 @@ class SemidiscreteSolver:
                 annealing it equals the single-process solve for the same seed bit for bit; the
                 soft (annealing) phase agrees to float32 rounding (the shards' log-sum-exp are
                 combined), and the stochastic iteration then agrees in distribution.
+            stop_on_interrupt: a KeyboardInterrupt (Ctrl-C, or SIGTERM as the CLI maps it) between
+                steps ends the solve like a budget: the averaged potential so far is measured and
+                returned with ``settings["interrupted"] = True`` (False: the interrupt propagates).
 
         Returns:
             A :class:`SemidiscreteResult`.
@@ -339,12 +344,19 @@ class SemidiscreteSolver:
             if self._exact_1d(problem):
                 return run.result_1d()
             state = run.start(start)
-            while not run.done(state):
-                new = run.measure_if_due(run.step(state, problem.draw_train(run.batch_size(state))))
-                run.record(new, step_eps=state.eps)
-                state = new
-                if callback is not None:
-                    callback(state)
+            try:
+                while not run.done(state):
+                    new = run.measure_if_due(run.step(state, problem.draw_train(run.batch_size(state))))
+                    run.record(new, step_eps=state.eps)
+                    state = new
+                    if callback is not None:
+                        callback(state)
+            except KeyboardInterrupt:
+                if not stop_on_interrupt:
+                    raise
+                result = run.result(state)  # the last complete step's averaged potential, measured
+                result.settings["interrupted"] = True
+                return result
             return run.result(state)
 
     def settings(self) -> dict:
