@@ -1,5 +1,18 @@
+import sys
+
 import pytest
 import torch
+
+#: ``sdfm`` under torchrun with two local processes
+TORCHRUN_SDFM = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node=2",
+    "-m",
+    "sdfm",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from sdfm.couplings import SemidiscreteCoupling
 from sdfm.models import build_model
 from sdfm.train import TrainConfig, train
 from sdfm.transport import Collective, LaguerreCells, SemidiscreteSolver, shard_range
+from tests.conftest import TORCHRUN_SDFM
 
 
 def gen(seed):
@@ -161,15 +161,7 @@ def test_collective_and_shards_validate():
 def test_torchrun_cli_solve_and_train(tmp_path):
     data = tmp_path / "x.npy"
     np.save(data, np.random.default_rng(0).normal(size=(600, 5)).astype(np.float32))
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "sdfm",
-    ]
+    torchrun = TORCHRUN_SDFM
     args = ["solve", "--data", str(data), "--quiet", "--tol", "0.1", "--out", str(tmp_path / "b.safetensors")]
     two = subprocess.run([*torchrun, *args], capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-2000:]

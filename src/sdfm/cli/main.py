@@ -225,7 +225,7 @@ def cmd_solve(args) -> int:
                 f"{result.chi2:.4f} ± {result.chi2_stderr:.4f}) -> {out}",
                 file=sys.stderr,
             )
-        raise KeyboardInterrupt  # exit 130 (143 for SIGTERM) after saving
+        raise Terminated if result.settings["interrupted"] == Terminated.__name__ else KeyboardInterrupt
     if not main_rank:
         return 0
     status = "converged" if result.converged else "NOT converged"

@@ -669,6 +669,10 @@ def cmd_sample(args) -> int:
     else:
         res = integrate(run.model, x0, steps=steps, method=solver, cond=cond, guidance=args.guidance)
     samples = run.normalization.undo(res.x)
+    if not np.isfinite(samples).all():
+        raise CliError(
+            f"--run: {args.run} (step {run.step}) gives NaN or Inf samples; nothing written (a diverged run?)"
+        )
 
     def write(p: Path) -> None:
         with open(p, "wb") as fh:

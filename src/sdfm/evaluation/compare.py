@@ -90,12 +90,23 @@ class Budget:
     eval_steps: tuple[int, ...] = (1, 2, 4, 8, 16)
     adaptive: bool = True
     solver_seconds: float | None = 120.0
+    solver_steps: int = 100_000
     checkpoint_every: int = 0
 
 
 #: quick: <= 5 minutes on 2 CPU cores for the 2-D default; full: ~10x the training
 BUDGETS = {
-    "tiny": Budget(steps=30, hidden=32, depth=1, num=128, path_num=32, eval_steps=(1, 2), solver_seconds=3.0),
+    # tiny caps the solve by steps, not seconds, so that it is repeatable on a busy machine
+    "tiny": Budget(
+        steps=30,
+        hidden=32,
+        depth=1,
+        num=128,
+        path_num=32,
+        eval_steps=(1, 2),
+        solver_seconds=None,
+        solver_steps=40,
+    ),
     "quick": Budget(steps=3000),
     "full": Budget(steps=30000, num=5000, path_num=1000, solver_seconds=600.0),
 }
@@ -157,7 +168,9 @@ def solve_potential(
     from sdfm.transport import SemidiscreteSolver, solve_per_class
 
     targets = torch.from_numpy(prep.train).to(device)
-    solver = SemidiscreteSolver(eps=eps, device=str(device), max_seconds=budget.solver_seconds)
+    solver = SemidiscreteSolver(
+        eps=eps, device=str(device), max_seconds=budget.solver_seconds, max_steps=budget.solver_steps
+    )
     generator = torch.Generator(device=device).manual_seed(seed)
     if conditional and prep.dataset.labels is None:
         raise ValueError(f"conditional: {prep.spec} has no labels")

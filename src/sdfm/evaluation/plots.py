@@ -156,7 +156,9 @@ def plot_metric_curves(rows: dict, path, *, metrics: dict) -> Path:
                     ax.axhline(r[key], color="0.5", ls="--", lw=1, label="data floor")
         ax.set_xscale("log", base=2)
         label, lower = metrics[key]
-        ax.set_yscale("log") if key != "accuracy" else None
+        values = [r[key] for rs in rows.values() for r in rs if key in r and r[key] is not None]
+        if key != "accuracy" and values and min(values) > 0:  # (an unbiased estimate can be <= 0)
+            ax.set_yscale("log")
         ax.set_title(f"{label} ({'lower' if lower else 'higher'} is better)", fontsize=9)
         ax.set_xlabel("NFE (star: dopri5)")
     axes[0][0].legend(fontsize=8)
@@ -186,8 +188,9 @@ def plot_trajectories(trajectories: dict, path, *, reference: np.ndarray, max_pa
 def plot_chi2(history, path, *, tol: float | None = None) -> Path:
     """The semidiscrete solver's measured chi2 (with +- 1 standard error) against noise samples seen."""
     plt = _figure()
-    pts = [(h.samples, h.chi2, h.chi2_stderr or 0.0) for h in history if h.chi2 is not None]
-    it = [(h.samples, h.chi2_iterate) for h in history if h.chi2_iterate is not None]
+    # (log axes: only points with samples > 0; chi2 is floored at 1e-6 below)
+    pts = [(h.samples, h.chi2, h.chi2_stderr or 0.0) for h in history if h.chi2 is not None and h.samples > 0]
+    it = [(h.samples, h.chi2_iterate) for h in history if h.chi2_iterate is not None and h.samples > 0]
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     if it:
         ax.plot(
@@ -200,8 +203,9 @@ def plot_chi2(history, path, *, tol: float | None = None) -> Path:
         )
     if tol:
         ax.axhline(tol, color="k", ls="--", lw=1, label=f"tol {tol}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    if pts or it:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
     from matplotlib.ticker import NullFormatter
 
     ax.xaxis.set_minor_formatter(NullFormatter())

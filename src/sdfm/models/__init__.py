@@ -16,16 +16,21 @@ from sdfm.models.unet import UNetConfig, UNetVelocity
 MODELS = {"mlp": (MLPConfig, MLPVelocity), "unet": (UNetConfig, UNetVelocity)}
 
 
-def build_model(name: str, config: dict):
-    """``build_model("mlp", {"dim": 2})``; ValueError for unknown names or config keys."""
+def model_config(name: str, config: dict):
+    """The checked config object of model ``name`` (types and bounds; nothing is allocated)."""
     if name not in MODELS:
-        raise ValueError(f"model: expected one of {sorted(MODELS)}, got {name!r}")
-    config_cls, model_cls = MODELS[name]
+        raise ValueError(f"model: expected one of {sorted(MODELS)}, got {name!r:.40}")
     try:
-        cfg = config_cls(**config)
+        return MODELS[name][0](**config)
     except TypeError as exc:
         raise ValueError(f"model: bad config for {name!r}: {exc}") from exc
-    return model_cls(cfg)
+
+
+def build_model(name: str, config: dict):
+    """``build_model("mlp", {"dim": 2})``; ValueError for unknown names, config keys or values out of
+    range."""
+    config = model_config(name, config)
+    return MODELS[name][1](config)
 
 
 __all__ = [
@@ -37,5 +42,6 @@ __all__ = [
     "UNetConfig",
     "UNetVelocity",
     "build_model",
+    "model_config",
     "make_ema",
 ]

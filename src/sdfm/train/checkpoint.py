@@ -3,7 +3,8 @@
 Layout of ``RUN_DIR/checkpoints/step_0000100/``:
     model.safetensors   model weights (``model.*``) and EMA weights (``ema.*``)
     state.pt            optimiser, LR schedule, EMA count and random-generator state (torch.save)
-    state.json          step, the run's config and metadata (data fingerprint, normalisation, ...)
+    state.json          step, the sha256 of the two files above, the run's config and metadata, and
+                        a checksum of itself
 The folder is written under a temporary name, every file fsynced, then renamed in one step; the
 text file ``checkpoints/latest`` (also replaced atomically) names the newest complete one. A crash at
 any point leaves the previous checkpoint intact and loadable.
@@ -28,9 +29,12 @@ from pathlib import Path
 
 import torch
 
+from sdfm import faults
 from sdfm.artifacts.atomic import atomic_write
+from sdfm.artifacts.checksum import checksum
 
 LATEST = "latest"
+BINARIES = ("model.safetensors", "state.pt")  # their sha256 is stored in state.json and checked on load
 _NAME = re.compile(r"step_(\d{8})")
 
 
@@ -44,6 +48,16 @@ class Checkpoint:
     ema: dict[str, torch.Tensor]
     state: dict
     meta: dict
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -69,16 +83,23 @@ def save_checkpoint(
         tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.items()})
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"step": str(step)})
         torch.save(state, tmp / "state.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **meta}, indent=2, sort_keys=True))
+        payload = json.loads(json.dumps({"step": step, **meta}))
+        payload["files"] = {name: _sha256(tmp / name) for name in BINARIES}
+        payload["checksum"] = checksum({}, payload)
+        (tmp / "state.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
+        faults.point("checkpoint.written", step, str(tmp))
         for f in tmp.iterdir():
             _fsync(f)
+        faults.point("checkpoint.synced", step, str(tmp))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    faults.point("checkpoint.renamed", step, str(final))
     atomic_write(folder / LATEST, lambda p: p.write_text(name + "\n"))
+    faults.point("checkpoint.latest", step, str(folder / LATEST))
     old = sorted(p for p in folder.glob("step_*") if p.is_dir() and p.name != name)
     for p in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
@@ -173,7 +194,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise ValueError(f"checkpoint: {path}: {', '.join(links)} is a symlink (refused: it may lead out)")
     try:
         meta = check_type("state.json", json.loads((path / "state.json").read_text()), dict)
+        stored_sum = meta.pop("checksum", None)
+        if stored_sum is not None and stored_sum != checksum({}, meta):
+            raise ValueError("state.json does not match its checksum (modified or corrupt)")
         step = check_int("step", meta.pop("step", None), low=0, high=1 << 62, where="state.json")
+        files = meta.pop("files", None)  # (checkpoints written before checksums have none)
+        if files is not None:
+            check_type("files", files, dict, where="state.json")
+            for name in BINARIES:
+                if files.get(name) != _sha256(path / name):
+                    raise ValueError(f"{name} does not match its sha256 in state.json (modified or corrupt)")
         stored = _stored_step(path)
         tensors = load_file(str(path / "model.safetensors"))
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)

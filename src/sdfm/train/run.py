@@ -25,7 +25,7 @@ import torch
 from sdfm.artifacts.atomic import atomic_write
 from sdfm.checks import check_int, check_type
 from sdfm.data.normalize import Normalization
-from sdfm.models import build_model
+from sdfm.models import build_model, model_config
 from sdfm.train.checkpoint import load_latest_checkpoint
 from sdfm.train.trainer import checkpoint_folder
 
@@ -129,6 +129,7 @@ def _validate(info: dict) -> None:
     config = check_type("model.config", info["model"].get("config"), dict)
     if "dim" in config and config["dim"] != dim:
         raise ValueError(f"model.config.dim: {config['dim']!r:.30} differs from the data's d = {dim}")
+    model_config(info["model"]["name"], config)  # types and bounds, before anything is allocated
     check_type("coupling.name", info["coupling"].get("name"), str)
     check_int("seed", info.get("seed"), low=-(1 << 63), high=(1 << 64) - 1)
 

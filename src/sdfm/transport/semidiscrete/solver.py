@@ -331,7 +331,8 @@ class SemidiscreteSolver:
                 combined), and the stochastic iteration then agrees in distribution.
             stop_on_interrupt: a KeyboardInterrupt (Ctrl-C, or SIGTERM as the CLI maps it) between
                 steps ends the solve like a budget: the averaged potential so far is measured and
-                returned with ``settings["interrupted"] = True`` (False: the interrupt propagates).
+                returned with ``settings["interrupted"]`` set to the exception's class name
+                (``"KeyboardInterrupt"``, or a subclass's); False: the interrupt propagates.
 
         Returns:
             A :class:`SemidiscreteResult`.
@@ -351,11 +352,11 @@ class SemidiscreteSolver:
                     state = new
                     if callback is not None:
                         callback(state)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 if not stop_on_interrupt:
                     raise
                 result = run.result(state)  # the last complete step's averaged potential, measured
-                result.settings["interrupted"] = True
+                result.settings["interrupted"] = type(exc).__name__
                 return result
             return run.result(state)
 
@@ -531,6 +532,12 @@ class _Iteration:
         if state.next_measure is None or state.train_samples < state.next_measure:
             return replace(state, seconds=time.perf_counter() - self.t_start)
         tol = self.s.tol
+        if not bool(torch.isfinite(state.average).all()):  # (a measurement syncs anyway)
+            raise ValueError(
+                f"solve: the potential became NaN or Inf by step {state.step} (eps_abs "
+                f"{problem.eps_abs:.3g}); the targets' scale is extreme for this precision: rescale the "
+                "data or raise eps"
+            )
         check = problem.check(state.average, tol)
         ok = check.passes(tol, None) and self._smooth_ok(check.chi2)
         if ok:
