@@ -148,7 +148,7 @@ def _leftovers(folder: Path) -> list:
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signals_during_train_solve_and_demo(data, tmp_path, sig, code):
-    """SIGINT / SIGTERM: one line, exit 130 / 143, no partial file; the run resumes."""
+    """SIGINT / SIGTERM during train, solve, eval and demo: one line, exit 130 / 143, no partial file."""
     run = tmp_path / "run"
     proc = _start(_args(data, "independent", run, "--checkpoint-every", "5", "--steps", "100000"))
     _wait_for(run / "checkpoints" / "latest", proc)
@@ -182,6 +182,13 @@ def test_signals_during_train_solve_and_demo(data, tmp_path, sig, code):
     proc.communicate(timeout=120)
     assert proc.returncode == code and not list(tmp_path.glob("g*.safetensors")) and not _leftovers(tmp_path)
 
+    proc = _start([*SDFM, "eval", "--run", str(run), "--num", "20000", "--reference", str(data), "--quiet"])
+    time.sleep(5.0)  # (the evaluation takes about a minute)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("sdfm eval: stopped by") and not _leftovers(run)
+
     demo = tmp_path / "demo"
     proc = _start([*SDFM, "demo", "--out", str(demo), "--budget", "tiny", "--quiet"])
     _wait_for(demo / ".lock", proc)
@@ -200,7 +207,7 @@ def _wait_until_solving(proc) -> None:
 
 def test_two_processes_on_one_folder(data, tmp_path):
     """The second writer is refused while the first runs; a killed holder leaves no stale lock; sample
-    reads the newest complete checkpoint of a run that is still training."""
+    and eval read the newest complete checkpoint of a run that is still training."""
     run = tmp_path / "run"
     first = _start(_args(data, "independent", run, "--checkpoint-every", "5", "--steps", "100000"))
     _wait_for(run / "checkpoints" / "latest", first)
@@ -208,6 +215,8 @@ def test_two_processes_on_one_folder(data, tmp_path):
     assert second.returncode == 2 and f"in use by another sdfm process (pid {first.pid})" in second.stderr
     sample = _run([*SDFM, "sample", "--run", str(run), "--out", str(tmp_path / "s.npy"), "--num", "16"])
     assert sample.returncode == 0, sample.stderr[-2000:]
+    evaluated = _run([*SDFM, "eval", "--run", str(run), "--num", "64", "--steps", "1", "--quiet"])
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     first.send_signal(signal.SIGKILL)
     first.wait()
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -397,3 +397,12 @@ def test_range_checks():
     for bad in (math.nan, math.inf, 0.0, "1", None):
         with pytest.raises(ValueError, match="x: expected a"):
             check_float("x", bad, low=0, low_open=True)
+
+
+def test_run_data_replaced_by_other_data_is_refused(tmp_path, data, capsys):
+    """run.json names its data file; when that file now holds other data, eval refuses (fingerprint)."""
+    run = tmp_path / "run"
+    assert _train(data, run) == 0
+    np.save(data, np.random.default_rng(1).normal(size=(300, 2)).astype(np.float32))
+    assert main(["eval", "--run", str(run), "--num", "64", "--steps", "1", "--quiet"]) == 2
+    assert "no longer match the run's fingerprint" in _err(capsys)
