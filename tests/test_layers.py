@@ -60,3 +60,73 @@ def test_transport_has_no_nn_files_or_distributed():
         text = path.read_text()
         for banned in ("torch.nn", "torch.distributed", "open(", "safetensors"):
             assert banned not in text, f"{path.name} uses {banned}"
+
+
+def _imports() -> dict[str, set[tuple[str, tuple[str, ...]]]]:
+    """module -> {(imported module, imported names)} for every sdfm import, function-level ones too."""
+    root = Path(sdfm.__file__).parent
+    out = {}
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root.parent).with_suffix("")
+        module = ".".join(rel.parts).removesuffix(".__init__")
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {(a.name, ()) for a in node.names if a.name.startswith("sdfm")}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.startswith("sdfm"):
+                    found.add((node.module, tuple(a.name for a in node.names)))
+        out[module] = found
+    return out
+
+
+def _package(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_import_circles_between_modules():
+    """Modules (package __init__ files aside, which only re-export) import each other in one direction:
+    no circle, at any layer, counting function-level imports."""
+    imports = _imports()
+    modules = {m for m in imports if not (Path(sdfm.__file__).parent.parent / m.replace(".", "/")).is_dir()}
+    graph = {}
+    for m in modules:
+        targets = set()
+        for name, names in imports[m]:
+            for candidate in [f"{name}.{n}" for n in names] + [name]:
+                if candidate in modules:
+                    targets.add(candidate)
+                    break
+        graph[m] = targets - {m}
+    state, stack, circles = {}, [], []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for t in sorted(graph[m]):
+            if state.get(t) == "open":
+                circles.append(stack[stack.index(t) :] + [t])
+            elif t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    assert not circles, circles
+
+
+def test_no_imports_of_another_packages_private_names():
+    """``_private`` modules and names stay inside their package (sdfm.transport._stream is transport's)."""
+    problems = []
+    for module, found in _imports().items():
+        for name, names in found:
+            if _package(name) == _package(module):
+                continue
+            private = [p for p in name.split(".") if p.startswith("_")] + [
+                n for n in names if n.startswith("_")
+            ]
+            if private:
+                problems.append(f"{module} imports {name}: {private}")
+    assert not problems, problems

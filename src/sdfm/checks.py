@@ -16,6 +16,14 @@ def _where(name: str, where: str | None) -> str:
     return f"{where}: {name}" if where else name
 
 
+def _bounds(low, high, low_open: bool = False) -> str:
+    if high is None:
+        return "" if low is None else f" {'>' if low_open else '>='} {low}"
+    if low is None:
+        return f" <= {high}"
+    return f" in {'(' if low_open else '['}{low}, {high}]"
+
+
 def check_int(
     name: str,
     value,
@@ -25,14 +33,15 @@ def check_int(
     none: bool = False,
     where: str | None = None,
 ):
-    """``value`` as an int in [low, high] (bools, floats and strings are refused); None when ``none``."""
+    """``value`` as an int in [low, high] (either bound may be None; bools, floats and strings are
+    refused); None when ``none``."""
     if value is None and none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{_where(name, where)}: expected an integer, got {value!r:.60}")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{_where(name, where)}: expected an integer in [{low}, {high}], got {value}")
+        raise ValueError(f"{_where(name, where)}: expected an integer{_bounds(low, high)}, got {value}")
     return value
 
 

@@ -17,7 +17,7 @@ import torch
 from sdfm.artifacts.atomic import atomic_write
 from sdfm.artifacts.checksum import checksum
 from sdfm.checks import check_int, check_type
-from sdfm.transport.search import FaissCells, _faiss, potential_fingerprint
+from sdfm.transport.search import FaissCells, faiss_module, potential_fingerprint
 
 FORMAT = "sdfm.faiss_index"
 
@@ -26,7 +26,7 @@ def save_index(path: str | Path, cells: FaissCells) -> Path:
     """Writes ``cells``' index (atomically) with what :func:`load_index` needs to check it."""
     from safetensors.torch import save_file
 
-    faiss = _faiss()
+    faiss = faiss_module()
     blob = torch.from_numpy(np.ascontiguousarray(faiss.serialize_index(cells.index)))
     meta = {
         "format": FORMAT,
@@ -47,7 +47,7 @@ def load_index(path: str | Path, potential, *, shape, data_fingerprint: str | No
     ``potential`` [N] over data of ``shape`` (N, d) with this ``data_fingerprint``."""
     from safetensors import safe_open
 
-    faiss = _faiss()
+    faiss = faiss_module()
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"index: no such file: {path}")

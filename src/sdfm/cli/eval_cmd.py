@@ -102,10 +102,10 @@ def cmd_eval(args) -> int:
     if args.fid_weights is not None and not Path(args.fid_weights).is_file():
         raise CliError(f"--fid-weights: {args.fid_weights} is not a file (sdfm never downloads weights)")
     if args.fid_weights is not None:
-        from sdfm.metrics.fid import _fid_class
+        from sdfm.metrics.fid import fid_metric_class
 
         try:
-            _fid_class()
+            fid_metric_class()
         except RuntimeError as exc:
             raise CliError(f"--fid-weights: {exc}") from None
     from sdfm.train import read_run

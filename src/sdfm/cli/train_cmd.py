@@ -283,7 +283,7 @@ def _semidiscrete(args, run_dir: Path, targets, fp_train: str, fp_raw: str, devi
 
 def _superres_task(args, dataset, info: dict | None):
     """The super-resolution task of --superres (or of the resumed run), checked; None otherwise."""
-    from sdfm.evaluation.superres import SuperResTask
+    from sdfm.data.superres import SuperResTask
 
     stored = None if info is None else info["coupling"].get("superres")
     if info is not None and (stored is not None) != (args.superres is not None):

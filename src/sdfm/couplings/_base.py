@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from sdfm.protocols import Pairs
-from sdfm.transport._checks import as_targets, as_weights, check_positive_int
 from sdfm.transport.sources import draw, standard_normal
+from sdfm.transport.validate import as_targets, as_weights, check_positive_int
 
 
 def check_labels(labels, n_targets: int) -> torch.Tensor | None:

@@ -7,9 +7,9 @@ import torch
 
 from sdfm.couplings._base import DataCoupling
 from sdfm.protocols import Pairs
-from sdfm.transport._checks import check_eps, check_positive_int
 from sdfm.transport.minibatch import exact_assignment, sample_plan_rows, sinkhorn
 from sdfm.transport.sources import standard_normal
+from sdfm.transport.validate import check_eps, check_positive_int
 
 METHODS = ("exact", "sinkhorn")
 

@@ -15,14 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdfm.evaluation.evaluate import (
-    CLASSIFIER_FILE,
-    ClassifierScorer,
-    EvalConfig,
-    EvalResult,
-    cached_scorer,
-    evaluate_model,
-)
+from sdfm.evaluation.evaluate import CLASSIFIER_FILE, ClassifierScorer, cached_scorer, evaluate_model
+from sdfm.evaluation.results import EvalConfig, EvalResult
 
 
 @dataclass(frozen=True)

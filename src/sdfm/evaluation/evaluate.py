@@ -12,16 +12,17 @@ was trained in (data minus the per-feature mean, divided by one global scale).
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sdfm.artifacts.classifier import load_classifier, save_classifier
+from sdfm.evaluation.report import write_report
+from sdfm.evaluation.results import EvalConfig, EvalResult
 from sdfm.metrics import (
-    ClassifierConfig,
     FeatureClassifier,
     accuracy,
     classifier_features,
@@ -33,95 +34,10 @@ from sdfm.metrics import (
     path_stats,
     wasserstein2,
 )
-from sdfm.samplers import SAMPLERS, default_method, integrate
+from sdfm.samplers import integrate
 
 EVAL_DIR = "eval"
 CLASSIFIER_FILE = "classifier.safetensors"
-#: metric key -> (label, lower is better)
-METRICS = {
-    "w2": ("W2", True),
-    "energy": ("energy distance", True),
-    "mmd": ("MMD^2 (RBF)", True),
-    "fd_classifier": ("classifier Frechet distance", True),
-    "label_tv": ("class-histogram TV", True),
-    "accuracy": ("classifier accuracy given label", False),
-    "fid": ("FID (Inception-v3, local weights)", True),
-}
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Which sampler settings to evaluate and on how many samples.
-
-    Attributes:
-        steps: step counts of the fixed-step ``solver``.
-        solver: one of :data:`sdfm.samplers.SAMPLERS` (euler, midpoint, heun, rk4, meanflow); None =
-            the model's own: ``meanflow`` jumps for mean-flow models, ``euler`` otherwise.
-        adaptive: also evaluate dopri5 (torchdiffeq) with ``rtol`` / ``atol``; its NFE is reported.
-        num: generated samples per setting (the same noise for every setting).
-        seed: seed of that noise (and of subsampling).
-        path_num, path_steps: samples and rk4 steps for the curvature / transport-cost measurement.
-    """
-
-    steps: tuple[int, ...] = (1, 2, 4, 8, 16)
-    solver: str | None = None
-    adaptive: bool = False
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    num: int = 2000
-    seed: int = 0
-    path_num: int = 1000
-    path_steps: int = 32
-
-    def __post_init__(self):
-        steps = tuple(int(s) for s in self.steps)
-        if not steps and not self.adaptive:
-            raise ValueError("steps: nothing to evaluate (no step counts and adaptive off)")
-        if any(s < 1 for s in steps):
-            raise ValueError(f"steps: expected integers >= 1, got {list(self.steps)}")
-        object.__setattr__(self, "steps", steps)
-        if self.solver is not None and self.solver not in SAMPLERS:
-            raise ValueError(f"solver: expected one of {sorted(SAMPLERS)} or None, got {self.solver!r}")
-        if self.num < 2 or self.path_num < 1 or self.path_steps < 1:
-            raise ValueError(
-                f"num / path_num / path_steps: expected >= 2 / 1 / 1, got {self.num}, "
-                f"{self.path_num}, {self.path_steps}"
-            )
-
-    def for_model(self, mean_flow: bool) -> EvalConfig:
-        """This config with ``solver`` resolved for a model (mean-flow or not); ValueError for the
-        meanflow sampler on a velocity field."""
-        if self.solver == "meanflow" and not mean_flow:
-            raise ValueError("solver: 'meanflow' needs a mean-flow model (trained with objective meanflow)")
-        if self.solver is not None:
-            return self
-        return replace(self, solver=default_method(mean_flow))
-
-    def settings(self) -> list[tuple[str, str, int | None]]:
-        """(name, solver, steps) for every setting, dopri5 last (``solver`` resolved)."""
-        if self.solver is None:
-            raise ValueError("solver: unresolved; call config.for_model(mean_flow) first")
-        out = [(f"{self.solver}-{s}", self.solver, s) for s in self.steps]
-        if self.adaptive:
-            out.append(("dopri5", "dopri5", None))
-        return out
-
-
-@dataclass
-class EvalResult:
-    """Rows (one dict per setting: setting, solver, steps, nfe, seconds and the metrics), the flow's
-    path statistics, and what the pictures need (samples per setting, trajectories, reference), all
-    in normalised units."""
-
-    rows: list[dict]
-    path: dict
-    info: dict
-    samples: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
-    trajectory: np.ndarray | None = field(repr=False, default=None)
-    reference: np.ndarray | None = field(repr=False, default=None)
-
-    def to_json(self) -> dict:
-        return {"rows": self.rows, "path": self.path, "info": self.info}
 
 
 @dataclass
@@ -156,7 +72,7 @@ def evaluate_model(
     model,
     reference,
     *,
-    config: EvalConfig = EvalConfig(),
+    config: EvalConfig | None = None,
     scorer: ClassifierScorer | None = None,
     train_data=None,
     num_classes: int | None = None,
@@ -174,6 +90,7 @@ def evaluate_model(
         num_classes: the model's number of classes when it is conditional (labels for the samples
             are drawn from the scorer's class frequencies, and accuracy is reported).
     """
+    config = EvalConfig() if config is None else config
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -296,41 +213,6 @@ def classifier_layout(dataset_name: str, image_shape, dim: int):
     return None
 
 
-def save_classifier(path: Path, scorer: ClassifierScorer, fingerprint: str) -> Path:
-    from safetensors.torch import save_file
-
-    from sdfm.artifacts.atomic import atomic_write
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in scorer.model.state_dict().items()}
-    tensors["__class_freq__"] = scorer.class_freq.double().contiguous()
-    meta = {
-        "config": json.dumps(scorer.model.config.to_dict()),
-        "fingerprint": fingerprint,
-        "test_accuracy": json.dumps(scorer.test_accuracy),
-    }
-    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
-
-
-def load_classifier(path: Path, fingerprint: str) -> ClassifierScorer | None:
-    """The cached classifier, or None when absent, unreadable or trained on other data."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        if meta.get("fingerprint") != fingerprint:
-            return None
-        model = FeatureClassifier(ClassifierConfig(**json.loads(meta["config"])))
-        freq = tensors.pop("__class_freq__")
-        model.load_state_dict(tensors)
-        return ClassifierScorer(model.eval(), freq, json.loads(meta.get("test_accuracy", "null")))
-    except (OSError, KeyError, ValueError, RuntimeError, json.JSONDecodeError):
-        return None
-
-
 def fit_scorer(
     x_train, labels, *, layout, reference=None, ref_labels=None, seed: int = 0
 ) -> ClassifierScorer:
@@ -409,14 +291,15 @@ def cached_scorer(
     on ``reference`` when given) and written there. None for unlabelled data."""
     if labels is None or int(labels.max()) < 1:
         return None
-    scorer = load_classifier(cache, fingerprint) if cache is not None else None
+    stored = load_classifier(cache, fingerprint) if cache is not None else None
+    scorer = None if stored is None else ClassifierScorer(*stored)
     if scorer is None:
         layout = classifier_layout(name, image_shape, train.shape[1])
         scorer = fit_scorer(
             train, labels, layout=layout, reference=reference, ref_labels=ref_labels, seed=seed
         )
         if cache is not None:
-            save_classifier(cache, scorer, fingerprint)
+            save_classifier(cache, scorer.model, scorer.class_freq, scorer.test_accuracy, fingerprint)
     return scorer
 
 
@@ -437,7 +320,7 @@ def run_scorer(run_dir: Path, info: dict, data: RunData, *, seed: int = 0) -> Cl
 
 def evaluate_run(
     run_dir: str | Path,
-    config: EvalConfig = EvalConfig(),
+    config: EvalConfig | None = None,
     *,
     reference: str | None = None,
     device: str | torch.device = "cpu",
@@ -450,18 +333,18 @@ def evaluate_run(
     ``metrics.json``, ``report.md``, ``samples.png``, ``metrics_vs_nfe.png``, ``trajectories.png``.
     With ``fid_weights`` (a local Inception-v3 FID weights file; image runs only; needs the ``fid``
     extra) every setting also gets real FID against the reference, in data units."""
-    from sdfm.evaluation.report import write_report
+    config = EvalConfig() if config is None else config
     from sdfm.train import load_run
 
     run_dir = Path(run_dir)
     run = load_run(run_dir, device=device, ema=ema)
     data = run_data(run.info, reference)
     if fid_weights is not None:
-        from sdfm.metrics.fid import _fid_class
+        from sdfm.metrics.fid import fid_metric_class
 
         if data.image_shape is None:
             raise ValueError(f"fid_weights: real FID needs image data; {data.name} rows are not images")
-        _fid_class()  # fail before the work when the extra is missing
+        fid_metric_class()  # fail before the work when the extra is missing
     scorer = run_scorer(run_dir, run.info, data, seed=config.seed)
     num_classes = run.info["model"]["config"].get("num_classes")
     result = evaluate_model(

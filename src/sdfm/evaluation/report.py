@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from sdfm.artifacts.atomic import atomic_write
-from sdfm.evaluation.evaluate import METRICS, EvalResult
 from sdfm.evaluation.plots import plot_metric_curves, plot_sample_grid, plot_trajectories
+from sdfm.evaluation.results import METRICS, EvalResult
 
 FILES = ("metrics.json", "report.md", "samples.png", "metrics_vs_nfe.png", "trajectories.png")
 

@@ -1,5 +1,5 @@
-"""Super-resolution with continuous conditions: the task (noisy low-resolution copies as conditions z),
-the couplings for it, and PSNR of conditional samples against the true high-resolution images.
+"""Super-resolution with continuous conditions: the couplings for the task (:class:`SuperResTask`, in
+:mod:`sdfm.data.superres`) and PSNR of conditional samples against the true high-resolution images.
 
 Conditions are built in the normalised training units: z = avgpool(x, factor) + noise * xi, with a
 numpy seed derived from the run's seed and the split (so a run's conditions can be rebuilt exactly).
@@ -8,49 +8,13 @@ numpy seed derived from the run's seed and the split (so a run's conditions can 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from sdfm.data.superres import noisy_lowres, upsample
+from sdfm.data.superres import SuperResTask, upsample
 from sdfm.metrics import psnr
 from sdfm.samplers import default_method, integrate
-
-_STREAM = {"train": 0x5E5, "test": 0x5E6}
-
-
-@dataclass(frozen=True)
-class SuperResTask:
-    """Attributes:
-    factor: downsampling factor of the conditions (8x8 digits -> 4x4 with 2).
-    noise: std of the Gaussian noise added to the low-resolution copy (normalised units).
-    beta: weight of the condition cost in the augmented semidiscrete cost (SD-FM only). Small beta
-        pairs noise with data of other conditions (the model then learns a blurred conditional);
-        on digits x2, beta = 3 / 10 / 30 gave one-step PSNR 12.7 / 17.5 / 18.8 dB against I-FM's
-        18.7 (BENCHMARKS.md section 8), hence the default 30.
-    """
-
-    factor: int = 2
-    noise: float = 0.1
-    beta: float = 30.0
-
-    def __post_init__(self):
-        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 2:
-            raise ValueError(f"factor: expected an integer >= 2, got {self.factor!r}")
-        if not (isinstance(self.noise, (int, float)) and self.noise >= 0):
-            raise ValueError(f"noise: expected a number >= 0, got {self.noise!r}")
-        if not (isinstance(self.beta, (int, float)) and self.beta >= 0):
-            raise ValueError(f"beta: expected a number >= 0, got {self.beta!r}")
-
-    def conditions(self, x: np.ndarray, image_shape, *, seed: int, split: str = "train") -> np.ndarray:
-        """The conditions z [N, k] of normalised images x [N, d] (``split`` picks the noise stream)."""
-        if split not in _STREAM:
-            raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
-        return noisy_lowres(x, image_shape, self.factor, self.noise, seed=[int(seed), _STREAM[split]])
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def superres_coupling(

@@ -14,7 +14,7 @@ import torch
 FID_EXTRA = "pip install 'sdfm[fid]'  (torchmetrics[image] with torch-fidelity)"
 
 
-def _fid_class():
+def fid_metric_class():
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
     except ImportError as exc:
@@ -59,7 +59,7 @@ def inception_fid(
             f"weights: {weights} is not a file; FID needs locally stored Inception-v3 FID weights "
             "(sdfm does not download them)"
         )
-    fid_cls = _fid_class()
+    fid_cls = fid_metric_class()
     real, fake = torch.as_tensor(real), torch.as_tensor(fake)
     dim = int(torch.tensor(image_shape).prod())
     for name, t in (("real", real), ("fake", fake)):

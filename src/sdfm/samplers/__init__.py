@@ -2,12 +2,10 @@
 exact NFE counts, and
 adaptive dopri5 through torchdiffeq. ``SAMPLERS`` is the registry of fixed-step methods."""
 
+from sdfm.samplers.base import NULL_LABEL, CountingField, SampleResult, SamplingDiverged
 from sdfm.samplers.fixed import (
-    NULL_LABEL,
     SAMPLERS,
     SOLVERS,
-    SampleResult,
-    SamplingDiverged,
     default_method,
     euler,
     heun,
@@ -20,6 +18,7 @@ from sdfm.samplers.guidance import CorrectedSamples, corrected_guidance
 
 __all__ = [
     "CorrectedSamples",
+    "CountingField",
     "NULL_LABEL",
     "SAMPLERS",
     "SOLVERS",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sdfm.samplers.fixed import CountingField, SampleResult, SamplingDiverged
+from sdfm.samplers.base import CountingField, SampleResult, SamplingDiverged
 
 
 def integrate_adaptive(

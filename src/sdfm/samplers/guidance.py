@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sdfm.samplers.fixed import SAMPLERS, CountingField
+from sdfm.samplers.base import CountingField
+from sdfm.samplers.fixed import SAMPLERS
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import torch
 
 from sdfm import parallel
 from sdfm.artifacts.atomic import atomic_write
+from sdfm.checks import check_float, check_int
 from sdfm.flow import MeanFlowConfig, flow_matching_loss, get_time_sampler, meanflow_loss, meanflow_times
 from sdfm.models import make_ema
 from sdfm.train.checkpoint import clean_partial, load_latest_checkpoint, save_checkpoint
@@ -32,6 +33,22 @@ METRICS = "metrics.jsonl"
 
 #: training objectives: flow matching of a velocity field, or MeanFlow of an average velocity
 OBJECTIVES = ("flow", "meanflow")
+
+
+#: the numeric fields of TrainConfig: name -> (type, low, high); lr > 0, label_dropout and ema_decay < 1
+_RANGES = {
+    "steps": (int, 1, None),
+    "batch_size": (int, 1, None),
+    "log_every": (int, 1, None),
+    "keep": (int, 1, None),
+    "warmup": (int, 0, None),
+    "checkpoint_every": (int, 0, None),
+    "lr": (float, 0, None),
+    "weight_decay": (float, 0, None),
+    "grad_clip": (float, 0, None),
+    "label_dropout": (float, 0, 1),
+    "ema_decay": (float, 0, 1),
+}
 
 
 @dataclass(frozen=True)
@@ -85,24 +102,16 @@ class TrainConfig:
             raise ValueError(
                 f"meanflow: expected a MeanFlowConfig or dict, got {type(self.meanflow).__name__}"
             )
-        if not (isinstance(self.label_dropout, (int, float)) and 0.0 <= self.label_dropout < 1.0):
-            raise ValueError(f"label_dropout: expected a number in [0, 1), got {self.label_dropout!r}")
-        for name in ("steps", "batch_size", "log_every", "keep"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        for name in ("warmup", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
-        for name in ("lr", "weight_decay", "grad_clip"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-        if self.lr == 0:
-            raise ValueError("lr: expected a number > 0, got 0")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay: expected a number in [0, 1), got {self.ema_decay!r}")
+        for name, (kind, low, high) in _RANGES.items():
+            if kind is int:
+                check_int(name, getattr(self, name), low=low, high=high)
+            else:
+                check_float(name, getattr(self, name), low=low, high=high, low_open=name == "lr")
+        if not self.label_dropout < 1.0 or not self.ema_decay < 1.0:
+            raise ValueError(
+                f"label_dropout / ema_decay: expected numbers in [0, 1), got {self.label_dropout}, "
+                f"{self.ema_decay}"
+            )
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule: expected 'constant' or 'cosine', got {self.schedule!r}")
         get_time_sampler(self.time_sampler)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdfm.transport import _checks
+from sdfm.transport import validate
 from sdfm.transport._stream import LowpKeys, chunk_size_for, full_precision, stream_argmax, target_chunks
 from sdfm.transport.scoring import Scorer
 from sdfm.transport.sharding import Collective
@@ -103,12 +103,12 @@ class LaguerreCells:
         classes=None,
         collective: Collective | None = None,
     ):
-        self.targets = _checks.as_targets(targets)
+        self.targets = validate.as_targets(targets)
         n_targets, d = self.targets.shape
-        self.potential = _checks.as_potential(potential, n_targets)
-        self.eps = _checks.check_eps(eps)
-        self.weights = _checks.as_weights(weights, n_targets)
-        self.chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
+        self.potential = validate.as_potential(potential, n_targets)
+        self.eps = validate.check_eps(eps)
+        self.weights = validate.as_weights(weights, n_targets)
+        self.chunk_size = validate.check_positive_int(chunk_size, "chunk_size")
         self.alpha = 1.0 if self.eps == 0 else 1.0 / self.eps
         if score_dtype not in (None, torch.bfloat16, torch.float16):
             raise ValueError(
@@ -119,7 +119,7 @@ class LaguerreCells:
                 "score_dtype: low-precision scoring is exact for eps = 0 only; use None for eps > 0"
             )
         self.score_dtype = score_dtype
-        self.classes = None if classes is None else _checks.as_labels(classes, n_targets, "classes")
+        self.classes = None if classes is None else validate.as_labels(classes, n_targets, "classes")
         if self.classes is not None and score_dtype is not None:
             raise ValueError("score_dtype: low-precision scoring does not support class-conditional pairing")
         self._class_cache: dict = {}
@@ -174,7 +174,7 @@ class LaguerreCells:
         return LowpKeys.build(chunks, tuple(self.targets.shape), self.score_dtype, bias64, center)
 
     def _query(self, x):
-        x = _checks.as_queries(x, self.targets.shape[1])
+        x = validate.as_queries(x, self.targets.shape[1])
         x = x.to(compute_dtype(x, self.targets.shape[1]))
         return x, self._keys(x.device, x.dtype)
 
@@ -188,7 +188,7 @@ class LaguerreCells:
             return None
         if classes is None:
             raise ValueError("classes: class-conditional cells need the class of every noise sample")
-        return _checks.as_labels(classes, x.shape[0], "classes").to(x.device)
+        return validate.as_labels(classes, x.shape[0], "classes").to(x.device)
 
     def assign(
         self, x: torch.Tensor, generator: torch.Generator | None = None, classes: torch.Tensor | None = None

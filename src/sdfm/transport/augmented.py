@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from sdfm.transport._checks import as_targets, as_weights
+from sdfm.transport.validate import as_targets, as_weights
 
 
 def _check_beta(beta) -> float:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from sdfm.transport import _checks
+from sdfm.transport import validate
 from sdfm.transport.duplicates import DuplicateGroups
 from sdfm.transport.semidiscrete import SemidiscreteResult, SemidiscreteSolver, relative_eps_scale
 
@@ -78,10 +78,10 @@ def solve_per_class(
         callback: passed to every class's solve (progress display).
     """
     t0 = time.perf_counter()
-    targets = _checks.as_targets(targets)
+    targets = validate.as_targets(targets)
     n = targets.shape[0]
-    labels = _checks.as_labels(classes, n, "classes").cpu()
-    b = _checks.as_weights(weights, n)
+    labels = validate.as_labels(classes, n, "classes").cpu()
+    b = validate.as_weights(weights, n)
     b = torch.full((n,), 1.0 / n, dtype=torch.float64) if b is None else b.to(torch.float64).cpu()
     sub_solver = solver
     if solver.eps > 0 and solver.relative_eps:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdfm.transport import _checks
+from sdfm.transport import validate
 from sdfm.transport.duplicates import DuplicateGroups
 from sdfm.transport.sources import draw, standard_normal
 
@@ -249,10 +249,10 @@ def estimate_marginal(
     """
     from sdfm.transport.assign import LaguerreCells, compute_dtype
 
-    targets = _checks.as_targets(targets)
+    targets = validate.as_targets(targets)
     n_targets, d = targets.shape
-    num_samples = _checks.check_positive_int(num_samples, "num_samples", allow_none=False)
-    batch_size = _checks.check_positive_int(batch_size, "batch_size", allow_none=False)
+    num_samples = validate.check_positive_int(num_samples, "num_samples", allow_none=False)
+    batch_size = validate.check_positive_int(batch_size, "batch_size", allow_none=False)
     if num_samples < 2:
         raise ValueError(f"num_samples: need at least 2, got {num_samples}")
     device = torch.device(device) if device is not None else targets.device
@@ -272,7 +272,7 @@ def estimate_marginal(
     while done < num_samples:
         n = min(batch_size, num_samples - done)
         x = draw(noise, n, d, generator=generator, device=device, dtype=dtype)
-        _checks.check_finite(x, "noise")
+        validate.check_finite(x, "noise")
         if cells.eps == 0:
             index = cells.assign(x)
             acc.add_index(index if group_of is None else group_of[index])

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdfm.transport._checks import as_queries, as_targets, check_eps
+from sdfm.transport.validate import as_queries, as_targets, check_eps
 
 
 def cost_matrix(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:

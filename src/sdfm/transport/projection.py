@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdfm.transport import _checks
+from sdfm.transport import validate
 from sdfm.transport._stream import chunk_size_for, target_chunks
 
 
@@ -51,7 +51,7 @@ class PCAProjection:
     def fit(cls, targets, k: int, *, device=None, chunk_size: int | None = None) -> PCAProjection:
         """The top-``k`` principal directions of ``targets`` [N, d] (streamed: one [d, d] covariance,
         two passes over the targets, which may be memory-mapped)."""
-        targets = _checks.as_targets(targets)
+        targets = validate.as_targets(targets)
         n, d = targets.shape
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d:
             raise ValueError(f"k: expected an integer in [1, {d}] (the data dimension), got {k!r}")
@@ -86,7 +86,7 @@ class PCAProjection:
     def project_targets(self, targets, *, chunk_size: int | None = None) -> torch.Tensor:
         """P y for targets [N, d] (may be memory-mapped), streamed: [N, K] in the targets' float dtype
         (float32 for lower precisions) on their device. Products are taken in float64."""
-        targets = _checks.as_targets(targets, check_values=False)
+        targets = validate.as_targets(targets, check_values=False)
         n, d = targets.shape
         if d != self.dim:
             raise ValueError(f"targets: expected [N, {self.dim}], got shape {tuple(targets.shape)}")

@@ -24,14 +24,14 @@ import math
 import numpy as np
 import torch
 
-from sdfm.transport import _checks
+from sdfm.transport import validate
 from sdfm.transport._stream import chunk_size_for, target_chunks
 from sdfm.transport.assign import center_and_sqnorms
 
 KINDS = ("flat", "ivf", "hnsw")
 
 
-def _faiss():
+def faiss_module():
     try:
         import faiss
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -86,20 +86,20 @@ class FaissCells:
         data_fingerprint: str | None = None,
         seed: int = 0,
     ):
-        faiss = _faiss()
-        targets = _checks.as_targets(targets)
+        faiss = faiss_module()
+        targets = validate.as_targets(targets)
         n, d = targets.shape
-        potential = _checks.as_potential(potential, n)
+        potential = validate.as_potential(potential, n)
         if kind not in KINDS:
             raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
         for name, value in (("nlist", nlist), ("nprobe", nprobe), ("train_size", train_size)):
-            _checks.check_positive_int(value, name)
+            validate.check_positive_int(value, name)
         for name, value in (
             ("hnsw_m", hnsw_m),
             ("ef_search", ef_search),
             ("ef_construction", ef_construction),
         ):
-            _checks.check_positive_int(value, name, allow_none=False)
+            validate.check_positive_int(value, name, allow_none=False)
         self.kind, self.num_targets, self.dim = kind, n, d
         self.fingerprint = potential_fingerprint(potential, (n, d), data_fingerprint)
         chunk = chunk_size_for(1, n, d)
@@ -159,7 +159,7 @@ class FaissCells:
 
     def assign(self, x: torch.Tensor, generator=None) -> torch.Tensor:
         """The (approximate) cell of each noise sample x [n, d]: int64 [n] on ``x.device``."""
-        x = _checks.as_queries(x, self.dim)
+        x = validate.as_queries(x, self.dim)
         q = np.empty((x.shape[0], self.dim + (1 if self.kind == "flat" else 2)), dtype=np.float32)
         q[:, : self.dim] = x.detach().cpu().to(torch.float32).numpy()
         q[:, self.dim] = self.scale

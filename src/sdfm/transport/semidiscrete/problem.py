@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sdfm.transport import _checks
+from sdfm.transport import validate
 from sdfm.transport._stream import LowpKeys, Top2, chunk_size_for, target_chunks
 from sdfm.transport.diagnostics import MarginalAccumulator
 from sdfm.transport.duplicates import find_duplicates
@@ -63,9 +63,9 @@ class SemidiscreteProblem:
 
     def __init__(self, solver, targets, weights, generator, noise, collective: Collective | None = None):
         self.settings = solver
-        targets = _checks.as_targets(targets)
+        targets = validate.as_targets(targets)
         self.n_all, self.d = targets.shape
-        self.weights_all = _checks.as_weights(weights, self.n_all)
+        self.weights_all = validate.as_weights(weights, self.n_all)
         self.generator = generator
         self.noise = standard_normal if noise is None else noise
         if not callable(self.noise):
@@ -278,7 +278,7 @@ class SemidiscreteProblem:
 
     def iterate_of(self, potential: torch.Tensor) -> torch.Tensor:
         """The iterate h [n] of a potential g [n_all] (1/2 |x - y|^2 convention)."""
-        g = _checks.as_potential(potential, self.n_all, "init")
+        g = validate.as_potential(potential, self.n_all, "init")
         if self.rows is not None:
             g = g[self.rows.to(g.device)]
         h = g.to(self.device, torch.float64) - 0.5 * self.sqnorm

@@ -49,7 +49,7 @@ from typing import Literal
 
 import torch
 
-from sdfm.transport import _checks
+from sdfm.transport import validate
 from sdfm.transport._stream import full_precision
 from sdfm.transport.diagnostics import chi2_from_sums
 from sdfm.transport.semidiscrete import parts
@@ -216,14 +216,14 @@ class SemidiscreteSolver:
     smooth_max_n: int | None = 16384
 
     def __post_init__(self) -> None:
-        _checks.check_eps(self.eps, "eps")
+        validate.check_eps(self.eps, "eps")
         if self.tol is not None and not (isinstance(self.tol, (int, float)) and self.tol > 0):
             raise ValueError(f"tol: expected a number > 0 or None, got {self.tol!r}")
-        _checks.check_positive_int(self.max_steps, "max_steps")
-        _checks.check_positive_int(self.batch_size, "batch_size")
-        _checks.check_positive_int(self.anneal_batch_size, "anneal_batch_size")
-        _checks.check_positive_int(self.eval_samples, "eval_samples")
-        _checks.check_positive_int(self.chunk_size, "chunk_size")
+        validate.check_positive_int(self.max_steps, "max_steps")
+        validate.check_positive_int(self.batch_size, "batch_size")
+        validate.check_positive_int(self.anneal_batch_size, "anneal_batch_size")
+        validate.check_positive_int(self.eval_samples, "eval_samples")
+        validate.check_positive_int(self.chunk_size, "chunk_size")
         if (
             isinstance(self.memory_limit, bool)
             or not isinstance(self.memory_limit, int)
@@ -242,8 +242,8 @@ class SemidiscreteSolver:
             and self.smooth_tol > 0
         ):
             raise ValueError(f"smooth_tol: expected a finite number > 0 or None, got {self.smooth_tol!r}")
-        _checks.check_positive_int(self.coarse_neighbours, "coarse_neighbours", allow_none=False)
-        _checks.check_positive_int(self.smooth_max_n, "smooth_max_n")
+        validate.check_positive_int(self.coarse_neighbours, "coarse_neighbours", allow_none=False)
+        validate.check_positive_int(self.smooth_max_n, "smooth_max_n")
         if (
             isinstance(self.coarse_size, bool)
             or not isinstance(self.coarse_size, int)
@@ -377,7 +377,7 @@ class SemidiscreteSolver:
 def relative_eps_scale(targets, noise=None, *, device=None) -> float:
     """The cost scale behind relative eps: std of 1/2 |x - y|^2 between 1024 fixed-seed noise samples
     and (up to 8192 evenly strided) targets [N, d]. ``eps_abs = eps * relative_eps_scale(targets)``."""
-    targets = _checks.as_targets(targets)
+    targets = validate.as_targets(targets)
     device = torch.device(device) if device is not None else targets.device
     return relative_eps_scale_of(targets, standard_normal if noise is None else noise, device=device)
 
