@@ -351,12 +351,12 @@ def test_checkpoints_are_confined_cross_checked_and_fall_back(tmp_path, data, ca
 
 def test_interrupt_message_and_index_check(tmp_path, data, capsys, monkeypatch):
     """Defect 12: Ctrl-C said "nothing written" although checkpoints existed; --check 1 gave ± nan."""
-    import sdfm.cli.train_cmd as train_cmd
+    import sdfm.train.recipe as recipe
 
-    def interrupted(args, run_dir):
+    def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_cmd, "_train_locked", interrupted)
+    monkeypatch.setattr(recipe, "_fit_locked", interrupted)
     assert _train(data, tmp_path / "run") == 130
     assert "no partial file was left" in _err(capsys)
     monkeypatch.undo()

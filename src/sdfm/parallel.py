@@ -107,3 +107,17 @@ def mean_scalar(value: float, device: torch.device) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t) / dist.get_world_size()
+
+
+def parse_device(name: str | None) -> torch.device:
+    """``--device`` as a torch device (None: cpu); ValueError naming the option when it is unknown or
+    CUDA is not available."""
+    if name is None:
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {name} requested but CUDA is not available")
+    return device

@@ -67,17 +67,13 @@ def _bytes(text: str) -> int:
 
 
 def device_from(name: str | None):
-    import torch
+    """``--device`` as a torch device (one-line error when unknown or unavailable)."""
+    from sdfm.parallel import parse_device
 
-    if name is None:
-        return torch.device("cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise CliError(f"--device: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device: {name} requested but CUDA is not available")
-    return device
+        return parse_device(name)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def tensor_view(array):

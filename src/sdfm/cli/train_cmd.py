@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sdfm.cli.common import CliError, check_writable_file, check_writable_folder, device_from, tensor_view
-
-DEFAULT_LR = {"mlp": 1e-3, "unet": 2e-4}
-DEFAULT_SINKHORN_EPS = 0.05
+from sdfm.cli.common import CliError, check_writable_file, check_writable_folder, device_from
+from sdfm.couplings import COUPLINGS
+from sdfm.flow import OBJECTIVES
 
 
 def add_train_parser(sub, positive_int, nonneg_float) -> None:
@@ -27,9 +26,7 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
     p.add_argument(
         "--data", required=True, help="dataset name (checkerboard, gmm, digits, mnist1d, ...) or file"
     )
-    p.add_argument(
-        "--coupling", required=True, choices=["independent", "minibatch-ot", "semidiscrete"], help="pairing"
-    )
+    p.add_argument("--coupling", required=True, choices=sorted(COUPLINGS), help="pairing")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--potential", default=None, help="potential file solved for the normalised data")
     p.add_argument(
@@ -102,7 +99,7 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
     )
     p.add_argument(
         "--objective",
-        choices=["flow", "meanflow"],
+        choices=sorted(OBJECTIVES),
         default="flow",
         help="flow: flow matching of a velocity field (default); meanflow: MeanFlow (Geng et al. 2025), "
         "a model of the average velocity u(x, t, r) for one- and few-step sampling (sdfm sample "
@@ -177,431 +174,45 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
     s.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
 
 
-def _model_config(args, dataset, dim: int) -> dict:
-    cfg = _model_shape(args, dataset, dim)
-    if args.conditional:
-        cfg["num_classes"] = int(dataset.num_classes)
-    if args.objective == "meanflow":
-        cfg["mean_flow"] = True
-    if getattr(args, "cond_dim", None):
-        cfg["cond_dim"] = int(args.cond_dim)
-    return cfg
+def spec_from_args(args):
+    """The :class:`sdfm.train.RunSpec` of ``sdfm train`` arguments."""
+    from sdfm.train import TrainConfig
+    from sdfm.train.recipe import DEFAULT_LR, RunSpec
 
-
-def _model_shape(args, dataset, dim: int) -> dict:
-    if args.model == "mlp":
-        cfg = {"dim": dim}
-        if args.width:
-            cfg["hidden"] = args.width
-        if args.depth:
-            cfg["depth"] = args.depth
-        return cfg
-    if dataset.image_shape is None:
-        raise CliError(
-            f"--model: unet needs image data ([N, H, W] or [N, C, H, W] files, or digits); "
-            f"{dataset.name} is flat [N, {dim}]; use --model mlp"
-        )
-    cfg = {"image_shape": list(dataset.image_shape)}
-    if args.width:
-        cfg["base"] = args.width
-    if min(dataset.image_shape[1:]) < 8:
-        raise CliError(f"--model: unet needs images of at least 8x8, got {dataset.image_shape}")
-    return cfg
-
-
-def _semidiscrete(args, run_dir: Path, targets, fp_train: str, fp_raw: str, device, labels=None):
-    """The coupling's potential: loaded from --potential (checked) or solved and saved in the run
-    (per class when ``labels`` are given: class-conditional pairing; in the top --pca directions).
-
-    Returns (g, eps, weights, duplicates, the potential's name for run.json, projection or None)."""
-    import torch
-
-    from sdfm import parallel
-    from sdfm.artifacts import load_potential, save_potential
-    from sdfm.progress import solve_bar
-    from sdfm.transport import PCAProjection, SemidiscreteSolver
-
-    if args.potential:
-        pf = load_potential(args.potential)
-        if pf.fingerprint == fp_raw and fp_raw != fp_train:
-            raise CliError(
-                f"--potential: {args.potential} was solved for the raw data, but training uses normalised "
-                "data; pass --normalize none, or omit --potential to solve for the normalised data"
-            )
-        pf.check_targets(targets, fingerprint=fp_train)
-        if labels is not None and (pf.classes is None or not torch.equal(pf.classes, labels.cpu())):
-            raise CliError(
-                f"--potential: {args.potential} is not a class-conditional potential for these labels "
-                "(omit --potential to solve one per class)"
-            )
-        if labels is None and pf.classes is not None:
-            raise CliError(f"--potential: {args.potential} is class-conditional; pass --conditional")
-        if args.eps is not None and abs(float(pf.meta.get("eps_relative", pf.eps)) - args.eps) > 1e-12:
-            raise CliError(
-                f"--eps: {args.eps} differs from the potential's eps ({pf.meta.get('eps_relative')})"
-            )
-        if args.pca is not None and (pf.projection is None or pf.projection.k != args.pca):
-            raise CliError(f"--pca: {args.potential} was not solved in {args.pca} principal directions")
-        name = str(Path(args.potential).resolve())
-        return pf.potential, pf.eps, pf.weights, pf.duplicates, name, pf.projection
-    out = run_dir / "potential.safetensors"
-    main_rank = parallel.is_main()
-    solver = SemidiscreteSolver(eps=args.eps or 0.0, device=str(device))
-    projection, keys = None, targets
-    if args.pca is not None:
-        if args.pca > targets.shape[1]:
-            raise CliError(f"--pca: {args.pca} components for data of dimension {targets.shape[1]}")
-        projection = PCAProjection.fit(targets, args.pca)
-        keys = projection.project_targets(targets)
-    if main_rank:
-        print(f"sdfm train: solving the semidiscrete potential for {args.data} -> {out}", file=sys.stderr)
-    gen = torch.Generator(device=device).manual_seed(args.seed)  # the same on every process
-    with solve_bar(tol=solver.tol, num_targets=keys.shape[0], disable=args.quiet or not main_rank) as bar:
-        if labels is not None:  # class-conditional: one sub-problem per class
-            from sdfm.transport import solve_per_class
-
-            res = solve_per_class(solver, keys, labels, generator=gen, callback=bar)
-        else:
-            res = solver.solve(keys, generator=gen, callback=bar, collective=parallel.collective())
-    if main_rank:
-        save_potential(
-            out,
-            res,
-            fingerprint=fp_train,
-            targets=targets,
-            data_name=args.data,
-            extra={"seed": args.seed},
-            projection=projection,
-        )
-        print(
-            f"sdfm train: potential chi2 {res.chi2:.4f} ± {res.chi2_stderr:.4f}, {res.seconds:.1f} s",
-            file=sys.stderr,
-        )
-    parallel.barrier()
-    return res.potential, res.eps, res.weights, res.duplicates, "potential.safetensors", projection
-
-
-def _superres_task(args, dataset, info: dict | None):
-    """The super-resolution task of --superres (or of the resumed run), checked; None otherwise."""
-    from sdfm.data.superres import SuperResTask
-
-    stored = None if info is None else info["coupling"].get("superres")
-    if info is not None and (stored is not None) != (args.superres is not None):
-        raise CliError("--resume: pass --superres exactly when the run was trained with it")
-    if args.superres is None:
-        if args.beta is not None or args.condition_noise is not None:
-            raise CliError("--beta/--condition-noise: only used with --superres")
-        return None
-    if dataset.image_shape is None:
-        raise CliError(f"--superres: needs image data; {dataset.name} rows are not images")
-    if args.conditional:
-        raise CliError("--superres: a model takes class labels or condition vectors, not both")
-    if args.coupling == "minibatch-ot":
-        raise CliError("--superres: supported couplings are independent and semidiscrete")
-    if args.potential:
-        raise CliError("--potential: not used with --superres (the augmented potential is solved in the run)")
-    _, h, w = dataset.image_shape
-    if h % args.superres or w % args.superres:
-        raise CliError(f"--superres: {args.superres} does not divide the image size {h}x{w}")
-    if stored is not None:
-        return SuperResTask(**stored)
-    defaults = SuperResTask()
     try:
-        task = SuperResTask(
-            factor=args.superres,
-            noise=defaults.noise if args.condition_noise is None else args.condition_noise,
-            beta=defaults.beta if args.beta is None else args.beta,
+        config = TrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr if args.lr else DEFAULT_LR[args.model],
+            warmup=args.warmup,
+            ema_decay=args.ema_decay,
+            time_sampler=args.time_sampler,
+            seed=args.seed,
+            checkpoint_every=args.checkpoint_every,
+            bf16=args.bf16,
+            compile=args.compile,
         )
     except ValueError as exc:
-        raise CliError(f"--superres: {exc}") from None
-    c = dataset.image_shape[0]
-    args.cond_dim = c * (h // task.factor) * (w // task.factor)
-    return task
-
-
-def _superres(args, run_dir: Path, task, dataset, x_train, targets, coupling_info: dict, device):
-    """The coupling of a super-resolution run (semidiscrete: the augmented potential, solved and saved
-    in the run, or loaded from it on --resume)."""
-    import torch
-
-    from sdfm.artifacts import load_potential, save_potential
-    from sdfm.couplings import IndependentCoupling, SemidiscreteCoupling
-    from sdfm.data import fingerprint
-    from sdfm.evaluation.superres import superres_coupling
-    from sdfm.transport import augmented_keys
-
-    z = torch.from_numpy(task.conditions(x_train, dataset.image_shape, seed=args.seed)).to(device)
-    coupling_info = {**coupling_info, "superres": task.to_dict()}
-    if args.coupling == "independent":
-        return IndependentCoupling(targets, conditions=z), coupling_info
-    keys = augmented_keys(targets, z, task.beta)
-    fp_keys = fingerprint(keys.cpu().numpy())
-    path = run_dir / "potential.safetensors"
-    if args.resume:
-        pf = load_potential(path)
-        pf.check_targets(keys, fingerprint=fp_keys)
-        coupling = SemidiscreteCoupling(
-            targets,
-            pf.potential,
-            eps=pf.eps,
-            weights=pf.weights,
-            duplicates=pf.duplicates,
-            conditions=z,
-            beta=task.beta,
-        )
-        return coupling, coupling_info
-    print(f"sdfm train: solving the augmented potential (beta {task.beta:g}) -> {path}", file=sys.stderr)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    coupling, res = superres_coupling(
-        "semidiscrete", targets, z, task, generator=gen, progress=not args.quiet
-    )
-    save_potential(
-        path, res, fingerprint=fp_keys, targets=keys, data_name=args.data, extra={"seed": args.seed}
-    )
-    print(
-        f"sdfm train: potential chi2 {res.chi2:.4f} ± {res.chi2_stderr:.4f}, {res.seconds:.1f} s",
-        file=sys.stderr,
-    )
-    return coupling, {
-        **coupling_info,
-        "potential": "potential.safetensors",
-        "eps": res.eps,
-        "eps_relative": 0.0,
-    }
-
-
-def _search_index(args, run_dir: Path, kind: str, targets, g, projection, fp_train: str):
-    """The FAISS index of a run: loaded from RUN_DIR/index.safetensors on --resume (refused if built
-    for another potential), else built over the pairing keys and saved there."""
-    from sdfm.artifacts import load_index, save_index
-    from sdfm.transport.search import FaissCells
-
-    path = run_dir / "index.safetensors"
-    keys = targets if projection is None else projection.project_targets(targets)
-    if args.resume:
-        return load_index(path, g, shape=tuple(keys.shape), data_fingerprint=fp_train)
-    cells = FaissCells(keys, g, kind=kind, data_fingerprint=fp_train)
-    save_index(path, cells)
-    return cells
+        raise CliError(f"--{str(exc).replace('_', '-')}") from None
+    names = ("data", "coupling", "model", "width", "depth", "normalize", "objective", "conditional")
+    names += ("label_dropout", "eps", "potential", "pca", "search", "pairing_precision", "ot_method")
+    names += ("ot_batch_size", "superres", "beta", "condition_noise", "device")
+    return RunSpec(**{name: getattr(args, name) for name in names}, train=config)
 
 
 def cmd_train(args) -> int:
-    import os
-
-    from sdfm.train import RunLock
-
-    run_dir = Path(args.out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CliError(f"--out: {run_dir} exists and is not a folder")
-    check_writable_folder(run_dir, "--out")
-    # rank 0 (the writer) holds the run folder's lock for the whole command
-    lock = RunLock(run_dir).acquire() if os.environ.get("RANK", "0") == "0" else None
-    try:
-        return _train_locked(args, run_dir)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _train_locked(args, run_dir: Path) -> int:
-    import torch
-
     from sdfm import parallel
-    from sdfm.couplings import IndependentCoupling, MinibatchOTCoupling, SemidiscreteCoupling
-    from sdfm.data import fingerprint, load_dataset
-    from sdfm.data.normalize import Normalization
-    from sdfm.models import build_model
-    from sdfm.train import TrainConfig, latest_checkpoint, read_run, run_info, train, write_run
+    from sdfm.train import fit
 
-    existing = (run_dir / "run.json").exists()
-    if existing and not args.resume:
-        if latest_checkpoint(run_dir / "checkpoints") is None:
-            raise CliError(
-                f"--out: {run_dir} holds a run stopped before its first checkpoint; pass --resume to "
-                "start it again (its potential is reused) or choose another folder"
-            )
-        raise CliError(
-            f"--out: {run_dir} already holds a run; pass --resume to continue it or choose another folder"
-        )
-    if args.resume and not existing:
-        raise CliError(f"--resume: {run_dir} holds no run to resume")
-    if args.coupling != "semidiscrete" and args.potential:
-        raise CliError(f"--potential: only used with --coupling semidiscrete, not {args.coupling}")
-    if args.warmup < 0 or args.checkpoint_every < 0:
-        raise CliError("--warmup/--checkpoint-every: expected integers >= 0")
-    if args.pca is not None and args.coupling != "semidiscrete":
-        raise CliError(f"--pca: only used with --coupling semidiscrete, not {args.coupling}")
-    device = parallel.init_from_env(device_from(args.device))
-    main_rank = parallel.is_main()
-    parallel.barrier()  # every process has checked the run folder before rank 0 writes to it
-    if parallel.active():
-        if args.superres or (args.conditional and args.coupling == "semidiscrete"):
-            raise CliError(
-                "torchrun: --superres and --conditional semidiscrete runs need one process (for now)"
-            )
-        if args.pairing_precision == "bf16":
-            raise CliError("--pairing-precision: bf16 scores need one process (for now)")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # the network's matmuls; pairing disables TF32 itself
-        torch.backends.cudnn.allow_tf32 = True
-    dataset = load_dataset(args.data)
-    fp_raw = fingerprint(np.ascontiguousarray(dataset.x))
-    if args.resume:
-        info = read_run(run_dir)
-        if info["data"]["fingerprint"] != fp_raw:
-            raise CliError(
-                f"--data: {args.data} is not the data of the run in {run_dir} (fingerprint differs)"
-            )
-        if info["coupling"]["name"] != args.coupling or info["model"]["name"] != args.model:
-            raise CliError(
-                f"--resume: the run was trained with --coupling {info['coupling']['name']} --model "
-                f"{info['model']['name']}, got {args.coupling} / {args.model}"
-            )
-        if info["train"].get("objective", "flow") != args.objective:
-            raise CliError(
-                f"--resume: the run was trained with --objective {info['train'].get('objective', 'flow')}"
-                f", got {args.objective}"
-            )
-        if bool(info["coupling"].get("conditional", False)) != args.conditional:
-            raise CliError(
-                f"--resume: the run was trained {'with' if args.conditional is False else 'without'} "
-                "--conditional; pass the same flags"
-            )
-        norm = Normalization.from_dict(info["normalization"])
-    else:
-        norm = Normalization.fit(dataset.x, args.normalize)
-    if args.conditional:
-        if dataset.labels is None or (dataset.num_classes or 0) < 2:
-            raise CliError(f"--conditional: {args.data} has no class labels (or a single class)")
-    elif args.label_dropout:
-        raise CliError("--label-dropout: only used with --conditional")
-    task = _superres_task(args, dataset, info if args.resume else None)
-    label_dropout = (
-        args.label_dropout if args.label_dropout is not None else (0.1 if args.conditional else 0.0)
-    )
-    if label_dropout >= 1:
-        raise CliError(f"--label-dropout: expected a number in [0, 1), got {label_dropout}")
-    x_train = norm.apply(dataset.x)
-    fp_train = fingerprint(x_train)
-    targets = tensor_view(x_train).to(device)
-    n, dim = x_train.shape
-    labels = None if dataset.labels is None else torch.from_numpy(dataset.labels)
-    lr = args.lr if args.lr else DEFAULT_LR[args.model]
-    config = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=lr,
-        warmup=args.warmup,
-        ema_decay=args.ema_decay,
-        time_sampler=args.time_sampler,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        bf16=args.bf16,
-        compile=args.compile,
-        label_dropout=label_dropout,
-        objective=args.objective,
-    )
-    if args.resume:
-        model_info, coupling_info = info["model"], info["coupling"]
-    else:
-        model_info = {"name": args.model, "config": _model_config(args, dataset, dim)}
-        coupling_info = {"name": args.coupling, "conditional": bool(args.conditional)}
-    if main_rank:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    parallel.barrier()
-    if task is not None:
-        coupling, coupling_info = _superres(
-            args, run_dir, task, dataset, x_train, targets, coupling_info, device
-        )
-    elif args.coupling == "independent":
-        coupling = IndependentCoupling(targets, labels=labels)
-    elif args.coupling == "minibatch-ot":
-        eps = DEFAULT_SINKHORN_EPS if args.eps is None else args.eps
-        if not args.resume:
-            coupling_info.update(
-                method=args.ot_method, batch_size=args.ot_batch_size or args.batch_size, eps=eps
-            )
-        coupling = MinibatchOTCoupling(
-            targets,
-            method=coupling_info["method"],
-            batch_size=coupling_info["batch_size"],
-            eps=coupling_info["eps"],
-            labels=labels,
-            conditional=args.conditional,
-        )
-    else:
-        if args.resume:
-            pot_path = coupling_info["potential"]
-            pot_path = pot_path if Path(pot_path).is_absolute() else str(run_dir / pot_path)
-            args.potential = pot_path
-            args.eps = None
-        g, eps_abs, weights, dups, pot_name, projection = _semidiscrete(
-            args, run_dir, targets, fp_train, fp_raw, device, labels=labels if args.conditional else None
-        )
-        if not args.resume:
-            coupling_info.update(potential=pot_name, eps=eps_abs, eps_relative=args.eps or 0.0)
-            if projection is not None:
-                coupling_info["pca"] = projection.k
-        lowp = args.pairing_precision == "bf16"
-        if lowp and eps_abs > 0:
-            raise CliError("--pairing-precision: bf16 scores are exact for eps = 0 only")
-        if lowp and args.conditional:
-            raise CliError("--pairing-precision: bf16 scores do not support --conditional pairing yet")
-        search_kind = coupling_info.get("search", "exact") if args.resume else args.search
-        search = None
-        if search_kind != "exact":
-            if eps_abs > 0 or args.conditional or lowp or parallel.active():
-                raise CliError("--search: a FAISS index pairs eps = 0, unconditional, one process only")
-            search = _search_index(args, run_dir, search_kind, targets, g, projection, fp_train)
-            coupling_info["search"] = search_kind
-        coupling = SemidiscreteCoupling(
-            targets,
-            g,
-            eps=eps_abs,
-            weights=weights,
-            duplicates=dups,
-            labels=labels,
-            score_dtype=torch.bfloat16 if lowp else None,
-            conditional=args.conditional,
-            projection=projection,
-            collective=parallel.collective(),
-            search=search,
-        )
-    info = run_info(
-        spec=args.data,
-        dataset=dataset,
-        fingerprint_raw=fp_raw,
-        fingerprint_train=fp_train,
-        normalization=norm,
-        model=model_info,
-        coupling=coupling_info,
-        train=config.to_dict(),
-        seed=args.seed,
-    )
-    torch.manual_seed(args.seed)  # the network's initial weights
-    model = build_model(model_info["name"], model_info["config"]).to(device)
-    if main_rank:
-        write_run(run_dir, info)
-        procs = "" if parallel.world_size() == 1 else f", {parallel.world_size()} processes"
-        print(
-            f"sdfm train: {args.coupling} on {dataset.name} [{n}, {dim}], {args.model}{procs} -> {run_dir}",
-            file=sys.stderr,
-        )
-    result = train(
-        model,
-        coupling,
-        config,
-        run_dir,
-        resume=args.resume,
-        meta={"data_fingerprint": fp_raw, "coupling": args.coupling},
-        progress=not args.quiet,
-    )
-    if not main_rank:
+    check_writable_folder(Path(args.out), "--out")
+    spec = spec_from_args(args)
+    result = fit(spec, args.out, resume=args.resume, progress=not args.quiet)
+    if not parallel.is_main():
         return 0
     last = result.metrics[-1] if result.metrics else {}
     print(
         f"trained {result.step} steps; loss {last.get('loss', float('nan')):.4f}, "
-        f"{last.get('pairs_per_s', 0):.0f} pairs/s -> {run_dir}"
+        f"{last.get('pairs_per_s', 0):.0f} pairs/s -> {args.out}"
     )
     return 0
 

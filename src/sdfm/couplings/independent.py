@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from sdfm.couplings._base import DataCoupling
+from sdfm.couplings.registry import register_coupling
 from sdfm.protocols import Pairs
 
 
@@ -17,3 +18,11 @@ class IndependentCoupling(DataCoupling):
         n = self._check_n(n)
         index = self.draw_index(n, generator)
         return self.pairs(self.draw_noise(n, generator), index)
+
+
+@register_coupling("independent", conditions=True)
+def build_independent(spec, ctx):
+    """I-FM for a run: data points drawn by weight (with their labels or continuous conditions)."""
+    if ctx.conditions is not None:
+        return IndependentCoupling(ctx.targets, conditions=ctx.conditions), {}
+    return IndependentCoupling(ctx.targets, labels=ctx.labels), {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from sdfm.couplings._base import DataCoupling
+from sdfm.couplings.registry import register_coupling
 from sdfm.protocols import Pairs
 from sdfm.transport.minibatch import exact_assignment, sample_plan_rows, sinkhorn
 from sdfm.transport.sources import standard_normal
@@ -90,3 +91,27 @@ class MinibatchOTCoupling(DataCoupling):
             local = self._pair(x0[sl], self.data[index[sl]], generator, classes)
             out[sl] = index[sl][local]
         return self.pairs(x0, out)
+
+
+#: Sinkhorn's relative eps when a run does not set one
+DEFAULT_SINKHORN_EPS = 0.05
+
+
+@register_coupling("minibatch-ot", options=("eps", "ot_method", "ot_batch_size"))
+def build_minibatch_ot(spec, ctx):
+    """OT-FM for a run: exact or Sinkhorn OT in batches of ``spec.ot_batch_size`` (default: the
+    training batch), within classes when ``spec.conditional``."""
+    info = ctx.stored or {
+        "method": spec.ot_method,
+        "batch_size": spec.ot_batch_size or ctx.batch_size,
+        "eps": DEFAULT_SINKHORN_EPS if spec.eps is None else spec.eps,
+    }
+    coupling = MinibatchOTCoupling(
+        ctx.targets,
+        method=info["method"],
+        batch_size=info["batch_size"],
+        eps=info["eps"],
+        labels=ctx.labels,
+        conditional=spec.conditional,
+    )
+    return coupling, {k: info[k] for k in ("method", "batch_size", "eps")}

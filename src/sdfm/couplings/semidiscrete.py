@@ -175,3 +175,28 @@ class SemidiscreteCoupling(DataCoupling):
         if self.duplicates is not None:
             index = self.duplicates.spread(index, generator)
         return self.pairs(x0, index, cond)
+
+
+def augmented_coupling(
+    targets: torch.Tensor,
+    conditions: torch.Tensor,
+    beta: float,
+    *,
+    generator: torch.Generator | None = None,
+    solver=None,
+    progress: bool = False,
+):
+    """(coupling, solver result) for continuous conditions z [N, k]: the augmented problem
+    c(x, y) + beta c(z, z') solved with ``solver`` (default settings) from the source
+    :class:`~sdfm.transport.ConditionedNoise`, and the coupling that pairs by it."""
+    from sdfm.progress import solve_bar
+    from sdfm.transport import ConditionedNoise, SemidiscreteSolver
+
+    solver = solver or SemidiscreteSolver(device=str(targets.device))
+    keys = augmented_keys(targets, conditions, beta)
+    with solve_bar(tol=solver.tol, num_targets=keys.shape[0], disable=not progress) as bar:
+        result = solver.solve(
+            keys, noise=ConditionedNoise(conditions, beta), generator=generator, callback=bar
+        )
+    coupling = SemidiscreteCoupling.from_result(targets, result, conditions=conditions, beta=beta)
+    return coupling, result

@@ -186,83 +186,53 @@ def train_method(
     potential=None,
     progress: bool = False,
 ):
-    """Trains one method into ``run_dir`` (a run folder ``sdfm eval`` / ``sdfm sample`` can read);
-    ``potential`` is the solver result for semidiscrete methods. Returns the TrainResult."""
+    """Trains one method into ``run_dir`` (a run folder ``sdfm eval`` / ``sdfm sample`` can read) with
+    the run recipe :func:`sdfm.train.fit`; ``potential`` is the solver result for semidiscrete methods
+    (solved once for all of them, saved in the run and loaded by the recipe). Returns the TrainResult."""
     from sdfm.artifacts import save_potential
-    from sdfm.couplings import IndependentCoupling, MinibatchOTCoupling, SemidiscreteCoupling
-    from sdfm.models import build_model
-    from sdfm.train import TrainConfig, run_info, train, write_run
+    from sdfm.train import RunSpec, TrainConfig, fit
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    targets = torch.from_numpy(prep.train).to(device)
-    labels = None if prep.dataset.labels is None else torch.from_numpy(prep.dataset.labels)
-    if method.conditional and labels is None:
+    if method.conditional and prep.dataset.labels is None:
         raise ValueError(f"method: {method.name} is conditional but {prep.spec} has no labels")
-    info = {"name": method.coupling, "conditional": method.conditional}
-    if method.coupling == "independent":
-        coupling = IndependentCoupling(targets, labels=labels)
-    elif method.coupling == "minibatch-ot":
-        ot_batch = method.ot_batch_size or budget.batch_size
-        coupling = MinibatchOTCoupling(
-            targets, method="exact", batch_size=ot_batch, labels=labels, conditional=method.conditional
-        )
-        info.update(method="exact", batch_size=ot_batch, eps=0.0)
-    else:
+    potential_file = None
+    if method.coupling == "semidiscrete":
         if potential is None:
             raise ValueError(f"potential: method {method.name} is semidiscrete and needs a solved potential")
+        potential_file = run_dir / "potential.safetensors"
         save_potential(
-            run_dir / "potential.safetensors",
+            potential_file,
             potential,
             fingerprint=prep.fingerprint_train,
-            targets=targets,
+            targets=torch.from_numpy(prep.train),
             data_name=prep.spec,
             extra={"seed": seed},
         )
-        coupling = SemidiscreteCoupling.from_result(
-            targets, potential, labels=labels, conditional=method.conditional
-        )
-        info.update(potential="potential.safetensors", eps=potential.eps, eps_relative=method.eps)
     config = TrainConfig(
         steps=budget.steps,
         batch_size=budget.batch_size,
         lr=budget.lr,
         seed=seed,
         checkpoint_every=budget.checkpoint_every,
+    )
+    spec = RunSpec(
+        data=prep.spec,
+        coupling=method.coupling,
+        width=budget.hidden,
+        depth=budget.depth,
         objective=method.objective,
-        label_dropout=method.label_dropout if method.conditional else 0.0,
+        conditional=method.conditional,
+        label_dropout=method.label_dropout if method.conditional else None,
+        potential=None if potential_file is None else str(potential_file),
+        ot_batch_size=(method.ot_batch_size or budget.batch_size)
+        if method.coupling == "minibatch-ot"
+        else None,
+        train=config,
+        device=str(device),
     )
-    model_config = {"dim": int(prep.train.shape[1]), "hidden": budget.hidden, "depth": budget.depth}
-    if method.conditional:
-        model_config["num_classes"] = int(prep.dataset.num_classes)
-    if method.objective == "meanflow":
-        model_config["mean_flow"] = True
-    model_info = {"name": "mlp", "config": model_config}
-    write_run(
-        run_dir,
-        run_info(
-            spec=prep.spec,
-            dataset=prep.dataset,
-            fingerprint_raw=prep.fingerprint_raw,
-            fingerprint_train=prep.fingerprint_train,
-            normalization=prep.normalization,
-            model=model_info,
-            coupling=info,
-            train=config.to_dict(),
-            seed=seed,
-        ),
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the same initial weights for every method
-        model = build_model("mlp", model_info["config"]).to(device)
-    return train(
-        model,
-        coupling,
-        config,
-        run_dir,
-        meta={"data_fingerprint": prep.fingerprint_raw, "coupling": method.coupling},
-        progress=progress,
-    )
+    with torch.random.fork_rng(devices=[]):  # the same initial weights for every method
+        return fit(spec, run_dir, progress=progress, log=lambda message: None)
 
 
 def scorer_for(prep: Prepared, cache: Path | None, *, seed: int = 0) -> ClassifierScorer | None:

@@ -28,10 +28,10 @@ def superres_coupling(
     progress: bool = False,
 ):
     """(coupling, solver result or None) for continuous conditions: ``independent`` (x1 = y_i with its
-    own z_i) or ``semidiscrete`` (the augmented problem solved with ``solver``, default settings)."""
-    from sdfm.couplings import IndependentCoupling, SemidiscreteCoupling
-    from sdfm.progress import solve_bar
-    from sdfm.transport import ConditionedNoise, SemidiscreteSolver, augmented_keys
+    own z_i) or ``semidiscrete`` (the augmented problem solved with ``solver``, default settings:
+    :func:`sdfm.couplings.semidiscrete.augmented_coupling`)."""
+    from sdfm.couplings import IndependentCoupling
+    from sdfm.couplings.semidiscrete import augmented_coupling
 
     if coupling == "independent":
         return IndependentCoupling(targets, conditions=conditions), None
@@ -39,14 +39,9 @@ def superres_coupling(
         raise ValueError(
             f"coupling: continuous conditions support independent or semidiscrete, got {coupling!r}"
         )
-    solver = solver or SemidiscreteSolver(device=str(targets.device))
-    keys = augmented_keys(targets, conditions, task.beta)
-    with solve_bar(tol=solver.tol, num_targets=keys.shape[0], disable=not progress) as bar:
-        result = solver.solve(
-            keys, noise=ConditionedNoise(conditions, task.beta), generator=generator, callback=bar
-        )
-    pairing = SemidiscreteCoupling.from_result(targets, result, conditions=conditions, beta=task.beta)
-    return pairing, result
+    return augmented_coupling(
+        targets, conditions, task.beta, generator=generator, solver=solver, progress=progress
+    )
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ from sdfm.train.checkpoint import (
     load_latest_checkpoint,
     save_checkpoint,
 )
+from sdfm.train.recipe import RunSpec, fit
 from sdfm.train.run import LoadedRun, RunLock, load_run, read_run, run_info, write_run
 from sdfm.train.trainer import TrainConfig, TrainingDiverged, TrainResult, train
 
@@ -14,9 +15,11 @@ __all__ = [
     "Checkpoint",
     "LoadedRun",
     "RunLock",
+    "RunSpec",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
+    "fit",
     "latest_checkpoint",
     "load_checkpoint",
     "load_latest_checkpoint",

@@ -1,8 +1,8 @@
 """The training loop (layer L2): one loop for every coupling; only ``coupling.sample`` differs.
 
 pairs = coupling.sample(n, generator)      # Pairs(x0, x1, index, cond)
-t = time_sampler(n, generator)             # objective "meanflow": (t, r) = meanflow_times(n, generator)
-loss = |v(x_t, t, cond) - (x1 - x0)|^2     # objective "meanflow": meanflow_loss (sdfm.flow.meanflow)
+t, r = objective.times(n, generator)       # flow: t from the time sampler; meanflow: (t, r)
+loss = objective.loss(...)                 # flow: |v(x_t, t, cond) - (x1 - x0)|^2; meanflow: MeanFlow's
 AdamW step (warm-up, gradient clipping), EMA update
 every log_every: a JSONL line; every checkpoint_every and at the end: an atomic checkpoint
 
@@ -25,14 +25,11 @@ import torch
 from sdfm import parallel
 from sdfm.artifacts.atomic import atomic_write
 from sdfm.checks import check_float, check_int
-from sdfm.flow import MeanFlowConfig, flow_matching_loss, get_time_sampler, meanflow_loss, meanflow_times
+from sdfm.flow import OBJECTIVES, MeanFlowConfig, get_time_sampler, make_objective
 from sdfm.models import make_ema
 from sdfm.train.checkpoint import clean_partial, load_latest_checkpoint, save_checkpoint
 
 METRICS = "metrics.jsonl"
-
-#: training objectives: flow matching of a velocity field, or MeanFlow of an average velocity
-OBJECTIVES = ("flow", "meanflow")
 
 
 #: the numeric fields of TrainConfig: name -> (type, low, high); lr > 0, label_dropout and ema_decay < 1
@@ -95,7 +92,7 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective: expected one of {list(OBJECTIVES)}, got {self.objective!r}")
+            raise ValueError(f"objective: expected one of {sorted(OBJECTIVES)}, got {self.objective!r}")
         if isinstance(self.meanflow, dict):
             object.__setattr__(self, "meanflow", MeanFlowConfig(**self.meanflow))
         if not isinstance(self.meanflow, MeanFlowConfig):
@@ -212,8 +209,8 @@ def train(
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
-    if config.objective == "meanflow" and getattr(getattr(model, "config", None), "mean_flow", True) is False:
-        raise ValueError("objective: 'meanflow' needs a model built with mean_flow=True (it takes r)")
+    objective = make_objective(config.objective, config)
+    objective.check_model(model)
     run_dir = Path(run_dir) if run_dir is not None else None
     world, rank = parallel.world_size(), parallel.rank()
     if config.batch_size % world:
@@ -222,7 +219,6 @@ def train(
     main = rank == 0
     writes = run_dir if main else None  # rank 0 alone writes
     generator = torch.Generator(device=device).manual_seed(parallel.rank_seed(config.seed, rank))
-    sample_t = get_time_sampler(config.time_sampler)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
     ema = make_ema(model, config.ema_decay)
@@ -300,24 +296,13 @@ def train(
         t_pair = time.perf_counter()
         pairs = coupling.sample(batch, generator=generator)
         pair_s = time.perf_counter() - t_pair
-        if config.objective == "meanflow":
-            t, r = meanflow_times(
-                batch, config.meanflow, generator=generator, device=device, dtype=pairs.x0.dtype
-            )
-        else:
-            t = sample_t(batch, generator=generator, device=device, dtype=pairs.x0.dtype)
+        t, r = objective.times(batch, generator=generator, device=device, dtype=pairs.x0.dtype)
         cond = pairs.cond
         if cond is not None and config.label_dropout > 0:  # (no extra draws otherwise: runs unchanged)
             drop = torch.rand(cond.shape[0], generator=generator, device=device) < config.label_dropout
             cond = torch.where(drop, torch.full_like(cond, -1), cond)
         with autocast:
-            if config.objective == "meanflow":
-                # gradient through `forward` (compiled / DDP wrapper), JVP target through the plain module
-                loss, stats = meanflow_loss(
-                    forward, pairs.x0, pairs.x1, t, r, cond, config=config.meanflow, jvp_model=model
-                )
-            else:
-                loss, stats = flow_matching_loss(forward, pairs.x0, pairs.x1, t, cond)
+            loss, stats = objective.loss(forward, pairs.x0, pairs.x1, t, r, cond, model=model)
         first_bad = torch.where(
             (first_bad == 0) & ~torch.isfinite(stats.loss), torch.full_like(first_bad, step + 1), first_bad
         )
