@@ -130,3 +130,18 @@ def test_no_imports_of_another_packages_private_names():
             if private:
                 problems.append(f"{module} imports {name}: {private}")
     assert not problems, problems
+
+
+def test_long_functions_say_why():
+    """No function in src/ over 80 lines without a reason written beside it (a ``# long: ...`` line
+    right above its ``def``)."""
+    root = Path(sdfm.__file__).parent
+    problems = []
+    for path in root.rglob("*.py"):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                if node.end_lineno - first + 1 > 80 and not lines[first - 2].strip().startswith("# long:"):
+                    problems.append(f"{path.relative_to(root)}:{node.lineno} {node.name}")
+    assert not problems, problems

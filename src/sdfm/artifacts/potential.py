@@ -102,8 +102,6 @@ def save_potential(
     """
     from safetensors.torch import save_file
 
-    import sdfm
-
     g = result.potential.detach().to(torch.float64).cpu().contiguous()
     n = int(g.shape[0])
     if targets is None and fingerprint is None:
@@ -130,6 +128,17 @@ def save_potential(
     classes = getattr(result, "classes", None)  # class-conditional result
     if classes is not None:
         tensors["classes"] = classes.to(torch.int64).cpu().contiguous()
+    meta = _metadata(result, n, dim, fingerprint, data_name, classes, projection, extra)
+    meta = json.loads(json.dumps(meta, default=_json_default))  # the stored (JSON) form, for the checksum
+    meta["checksum"] = checksum(tensors, meta)
+    text = json.dumps(meta, sort_keys=True)
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"sdfm": text}))
+
+
+def _metadata(result, n: int, dim: int, fingerprint: str, data_name, classes, projection, extra) -> dict:
+    """The JSON metadata of a potential file (before its checksum)."""
+    import sdfm
+
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -165,10 +174,7 @@ def save_potential(
         }
     if extra:
         meta.update(extra)
-    meta = json.loads(json.dumps(meta, default=_json_default))  # the stored (JSON) form, for the checksum
-    meta["checksum"] = checksum(tensors, meta)
-    text = json.dumps(meta, sort_keys=True)
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"sdfm": text}))
+    return meta
 
 
 def _json_default(value):

@@ -21,6 +21,7 @@ from sdfm.cli.common import (
 )
 
 
+# long: one add_argument per option of solve, index and info, a table rather than logic
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sdfm",
@@ -139,6 +140,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _solver_from_args(args, device):
+    """The :class:`~sdfm.transport.SemidiscreteSolver` of ``sdfm solve`` options."""
+    from sdfm.transport import SemidiscreteSolver
+
+    max_seconds = args.max_seconds if args.max_seconds else None
+    return SemidiscreteSolver(
+        eps=args.eps,
+        relative_eps=not args.absolute_eps,
+        tol=args.tol if args.tol > 0 else None,
+        max_steps=args.steps,
+        max_seconds=max_seconds,
+        batch_size=args.batch_size,
+        device=str(device),
+        chunk_size=args.chunk_size,
+        memory_limit=args.memory_limit,
+        score_dtype={"fp32": None, "bf16": "bfloat16", "fp16": "float16"}[args.pairing_precision],
+    )
+
+
+def _print_solve(result, args, out, n: int) -> None:
+    """The last lines of ``sdfm solve``: chi2, work done, the worst smooth mass error."""
+    status = "converged" if result.converged else "NOT converged"
+    print(
+        f"chi2 {result.chi2:.4f} ± {result.chi2_stderr:.4f} ({status}, tol {args.tol}), "
+        f"eps {result.eps:.4g}, {result.samples} samples ({result.samples / n:.0f} per target), "
+        f"{result.steps} steps, {result.seconds:.1f} s -> {out}"
+    )
+    if result.smooth_errors:
+        worst = max(result.smooth_errors, key=lambda e: e.ratio)
+        print(
+            f"worst smooth mass error: {worst.family} group {worst.group} {100 * worst.relative_error:+.2f}% "
+            f"({worst.ratio:.1f}x its floor {100 * worst.floor:.2f}%; all: sdfm info {out})"
+        )
+
+
 def cmd_solve(args) -> int:
     from pathlib import Path
 
@@ -149,7 +185,7 @@ def cmd_solve(args) -> int:
     from sdfm.artifacts import save_potential
     from sdfm.data import fingerprint, load_dataset
     from sdfm.progress import solve_bar
-    from sdfm.transport import PCAProjection, SemidiscreteSolver
+    from sdfm.transport import PCAProjection
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
@@ -171,19 +207,7 @@ def cmd_solve(args) -> int:
         raise CliError(
             f"--pairing-precision: {args.pairing_precision} scores are exact for --eps 0 in one process only"
         )
-    max_seconds = args.max_seconds if args.max_seconds else None
-    solver = SemidiscreteSolver(
-        eps=args.eps,
-        relative_eps=not args.absolute_eps,
-        tol=args.tol if args.tol > 0 else None,
-        max_steps=args.steps,
-        max_seconds=max_seconds,
-        batch_size=args.batch_size,
-        device=str(device),
-        chunk_size=args.chunk_size,
-        memory_limit=args.memory_limit,
-        score_dtype={"fp32": None, "bf16": "bfloat16", "fp16": "float16"}[args.pairing_precision],
-    )
+    solver = _solver_from_args(args, device)
     n, d = data.shape
     world = parallel.world_size()
     if main_rank:
@@ -228,18 +252,7 @@ def cmd_solve(args) -> int:
         raise Terminated if result.settings["interrupted"] == Terminated.__name__ else KeyboardInterrupt
     if not main_rank:
         return 0
-    status = "converged" if result.converged else "NOT converged"
-    print(
-        f"chi2 {result.chi2:.4f} ± {result.chi2_stderr:.4f} ({status}, tol {args.tol}), "
-        f"eps {result.eps:.4g}, {result.samples} samples ({result.samples / n:.0f} per target), "
-        f"{result.steps} steps, {result.seconds:.1f} s -> {out}"
-    )
-    if result.smooth_errors:
-        worst = max(result.smooth_errors, key=lambda e: e.ratio)
-        print(
-            f"worst smooth mass error: {worst.family} group {worst.group} {100 * worst.relative_error:+.2f}% "
-            f"({worst.ratio:.1f}x its floor {100 * worst.floor:.2f}%; all: sdfm info {out})"
-        )
+    _print_solve(result, args, out, n)
     return 0
 
 

@@ -12,6 +12,7 @@ from sdfm.couplings import COUPLINGS
 from sdfm.flow import OBJECTIVES
 
 
+# long: one add_argument per option of train and sample, a table rather than logic
 def add_train_parser(sub, positive_int, nonneg_float) -> None:
     p = sub.add_parser(
         "train",

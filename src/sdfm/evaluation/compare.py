@@ -356,12 +356,7 @@ def run_demo(
     from sdfm.evaluation.plots import plot_chi2
     from sdfm.evaluation.report import write_report
 
-    if isinstance(budget, str):
-        if budget not in BUDGETS:
-            raise ValueError(f"budget: expected one of {sorted(BUDGETS)}, got {budget!r}")
-        name, budget = budget, BUDGETS[budget]
-    else:
-        name = "custom"
+    name, budget = _budget(budget)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -390,7 +385,46 @@ def run_demo(
     if history is not None:
         plot_chi2(history, out / "chi2.png", tol=pot.settings.get("tol", 0.05))
     total = time.perf_counter() - t0
-    notes = [
+    notes = _demo_notes(
+        data, prep, name, budget, seed, methods, pot, objective, conditional, cmp, total, device
+    )
+    if scorer is not None and scorer.test_accuracy is not None:
+        notes += [
+            "",
+            f"Classifier (trained on the real training data, cached in {CLASSIFIER_FILE}): held-out accuracy "
+            f"{scorer.test_accuracy:.3f}. Its Frechet distance is not FID.",
+        ]
+    chi2_plot = ["Semidiscrete solver: measured chi2 of the potential's marginal against the noise seen:"]
+    extra = [*chi2_plot, "", "![chi2](chi2.png)", ""] if history is not None else []
+    payload = {"data": data, "budget": name, "seed": seed, "objective": objective, "conditional": conditional}
+    payload |= {"timings": cmp.timings, "total_s": total}
+    payload["potential"] = {k: getattr(pot, k) for k in ("chi2", "chi2_stderr", "seconds", "samples")}
+    report = write_report(
+        out,
+        cmp.results,
+        title=f"sdfm demo: {' vs '.join(m.name for m in methods)} on {data}",
+        image_shape=prep.dataset.image_shape,
+        display=prep.normalization.undo,
+        notes=notes,
+        extra=extra,
+        payload=payload,
+    )
+    log(f"sdfm demo: report -> {report} ({total:.0f} s)")
+    return report
+
+
+def _budget(budget: str | Budget) -> tuple[str, Budget]:
+    """(name, Budget) of a budget given by name or as a Budget ("custom")."""
+    if not isinstance(budget, str):
+        return "custom", budget
+    if budget not in BUDGETS:
+        raise ValueError(f"budget: expected one of {sorted(BUDGETS)}, got {budget!r}")
+    return budget, BUDGETS[budget]
+
+
+def _demo_notes(data, prep, name, budget, seed, methods, pot, objective, conditional, cmp, total, device):
+    """The demo report's opening notes: data, budget, methods, timings."""
+    return [
         f"Data `{data}` ({prep.train.shape[0]} training points, d = {prep.train.shape[1]}); "
         f"held-out reference `{prep.reference_name}` ({prep.reference.shape[0]} points; metrics use a "
         f"fixed subset of {min(budget.num, prep.reference.shape[0])}). "
@@ -426,49 +460,6 @@ def run_demo(
         "",
         f"Total wall time {total:.0f} s on {torch.get_num_threads()} CPU threads ({device}).",
     ]
-    if scorer is not None and scorer.test_accuracy is not None:
-        notes += [
-            "",
-            f"Classifier (trained on the real training data, cached in {CLASSIFIER_FILE}): held-out accuracy "
-            f"{scorer.test_accuracy:.3f}. Its Frechet distance is not FID.",
-        ]
-    extra = (
-        [
-            "Semidiscrete solver: measured chi2 of the potential's marginal against the noise seen:",
-            "",
-            "![chi2](chi2.png)",
-            "",
-        ]
-        if history is not None
-        else []
-    )
-    payload = {
-        "data": data,
-        "budget": name,
-        "seed": seed,
-        "objective": objective,
-        "conditional": conditional,
-        "timings": cmp.timings,
-        "total_s": total,
-        "potential": {
-            "chi2": pot.chi2,
-            "chi2_stderr": pot.chi2_stderr,
-            "seconds": pot.seconds,
-            "samples": pot.samples,
-        },
-    }
-    report = write_report(
-        out,
-        cmp.results,
-        title=f"sdfm demo: {' vs '.join(m.name for m in methods)} on {data}",
-        image_shape=prep.dataset.image_shape,
-        display=prep.normalization.undo,
-        notes=notes,
-        extra=extra,
-        payload=payload,
-    )
-    log(f"sdfm demo: report -> {report} ({total:.0f} s)")
-    return report
 
 
 __all__ = [

@@ -34,7 +34,7 @@ from sdfm.metrics import (
     path_stats,
     wasserstein2,
 )
-from sdfm.samplers import integrate
+from sdfm.samplers import SamplingDiverged, integrate
 
 EVAL_DIR = "eval"
 CLASSIFIER_FILE = "classifier.safetensors"
@@ -95,6 +95,62 @@ def evaluate_model(
 
     device = next(model.parameters()).device
     config = config.for_model(bool(getattr(getattr(model, "config", None), "mean_flow", False)))
+    ref, x0, cond = _inputs(reference, config, device, scorer, num_classes)
+    ref_features = classifier_features(scorer.model, ref) if scorer is not None else None
+
+    rows: list[dict] = []
+
+    def score(x: torch.Tensor, labels) -> dict:
+        out = _distances(x, ref, config.seed)
+        if scorer is not None:
+            out.update(scorer.scores(x, ref_features, labels))
+        return out
+
+    if train_data is not None:
+        rows.append(_floor_row(train_data, reference, config, score))
+    samples = {}
+    settings = config.settings()
+    bar = tqdm(settings, disable=not progress, desc="eval", dynamic_ncols=True, leave=False)
+    for name, solver, steps in bar:
+        bar.set_postfix(setting=name)
+        t0 = time.perf_counter()
+        res = integrate(
+            model, x0, steps=steps or 1, method=solver, cond=cond, rtol=config.rtol, atol=config.atol
+        )
+        seconds = time.perf_counter() - t0
+        x = res.x.float().cpu()
+        if not bool(torch.isfinite(x).all()):
+            raise SamplingDiverged(f"{name}: the sampler returned NaN/Inf")
+        samples[name] = x.numpy()
+        labels = None if cond is None else cond.cpu()
+        rows.append(
+            {
+                "setting": name,
+                "solver": solver,
+                "steps": steps,
+                "nfe": int(res.nfe),
+                "seconds": seconds,
+                **score(x, labels),
+            }
+        )
+    path, traj = _paths(model, x0, cond, config)
+    info = {
+        "config": asdict(config),
+        "reference_size": int(ref.shape[0]),
+        "classifier_test_accuracy": None if scorer is None else scorer.test_accuracy,
+    }
+    return EvalResult(
+        rows=rows,
+        path=path,
+        info=info,
+        samples=samples,
+        trajectory=traj,
+        reference=ref.numpy(),
+    )
+
+
+def _inputs(reference, config: EvalConfig, device, scorer, num_classes):
+    """(reference subset [<= num, d], noise x0 [num, d], labels of the samples or None), seeded."""
     ref = torch.as_tensor(reference).to("cpu", torch.float32)
     if ref.dim() != 2 or ref.shape[0] < 2:
         raise ValueError(f"reference: expected [m >= 2, d], got {list(ref.shape)}")
@@ -111,60 +167,23 @@ def evaluate_model(
             raise ValueError("num_classes: a conditional model needs a scorer (class frequencies)")
         freq = scorer.class_freq.to(device, torch.float64)
         cond = torch.multinomial(freq, config.num, replacement=True, generator=gen)
-    ref_features = classifier_features(scorer.model, ref) if scorer is not None else None
+    return ref, x0, cond
 
-    rows: list[dict] = []
 
-    def score(x: torch.Tensor, labels) -> dict:
-        out = _distances(x, ref, config.seed)
-        if scorer is not None:
-            out.update(scorer.scores(x, ref_features, labels))
-        return out
+def _floor_row(train_data, reference, config: EvalConfig, score) -> dict:
+    """The "data" row: ``num`` training points scored like samples (the floor of a perfect sampler)."""
+    train = torch.as_tensor(train_data).to("cpu", torch.float32)
+    full_ref = torch.as_tensor(reference).to("cpu", torch.float32)
+    # without held-out data (reference = training data) take another subset than the reference's,
+    # so that the floor does not compare a set with itself
+    same = train.shape == full_ref.shape and bool(torch.equal(train, full_ref))
+    pick = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(config.seed + int(same)))
+    floor = score(train[pick[: config.num]], None)
+    return {"setting": "data", "solver": None, "steps": None, "nfe": 0, "seconds": 0.0, **floor}
 
-    if train_data is not None:
-        train = torch.as_tensor(train_data).to("cpu", torch.float32)
-        full_ref = torch.as_tensor(reference).to("cpu", torch.float32)
-        # without held-out data (reference = training data) take another subset than the reference's,
-        # so that the floor does not compare a set with itself
-        same = train.shape == full_ref.shape and bool(torch.equal(train, full_ref))
-        pick = torch.randperm(
-            train.shape[0], generator=torch.Generator().manual_seed(config.seed + int(same))
-        )
-        rows.append(
-            {
-                "setting": "data",
-                "solver": None,
-                "steps": None,
-                "nfe": 0,
-                "seconds": 0.0,
-                **score(train[pick[: config.num]], None),
-            }
-        )
-    samples = {}
-    settings = config.settings()
-    bar = tqdm(settings, disable=not progress, desc="eval", dynamic_ncols=True, leave=False)
-    for name, solver, steps in bar:
-        bar.set_postfix(setting=name)
-        t0 = time.perf_counter()
-        res = integrate(
-            model, x0, steps=steps or 1, method=solver, cond=cond, rtol=config.rtol, atol=config.atol
-        )
-        seconds = time.perf_counter() - t0
-        x = res.x.float().cpu()
-        if not bool(torch.isfinite(x).all()):
-            raise FloatingPointError(f"{name}: the sampler returned NaN/Inf")
-        samples[name] = x.numpy()
-        labels = None if cond is None else cond.cpu()
-        rows.append(
-            {
-                "setting": name,
-                "solver": solver,
-                "steps": steps,
-                "nfe": int(res.nfe),
-                "seconds": seconds,
-                **score(x, labels),
-            }
-        )
+
+def _paths(model, x0, cond, config: EvalConfig):
+    """(path statistics, trajectories [T + 1, k, d] of up to 200 paths) of the flow, by rk4."""
     k = min(config.path_num, config.num)
     stats = path_stats(
         model, x0[:k], steps=config.path_steps, method="rk4", cond=None if cond is None else cond[:k]
@@ -183,19 +202,7 @@ def evaluate_model(
         "solver": f"rk4-{config.path_steps}",
         "samples": k,
     }
-    info = {
-        "config": asdict(config),
-        "reference_size": int(ref.shape[0]),
-        "classifier_test_accuracy": None if scorer is None else scorer.test_accuracy,
-    }
-    return EvalResult(
-        rows=rows,
-        path=path,
-        info=info,
-        samples=samples,
-        trajectory=traj.float().cpu().numpy(),
-        reference=ref.numpy(),
-    )
+    return path, traj.float().cpu().numpy()
 
 
 # --- classifier cached in a run ------------------------------------------------------------------

@@ -208,144 +208,195 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
     objective = make_objective(config.objective, config)
     objective.check_model(model)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    world, rank = parallel.world_size(), parallel.rank()
-    if config.batch_size % world:
-        raise ValueError(f"batch_size: {config.batch_size} is not divisible by the {world} processes")
-    batch = config.batch_size // world
-    main = rank == 0
-    writes = run_dir if main else None  # rank 0 alone writes
-    generator = torch.Generator(device=device).manual_seed(parallel.rank_seed(config.seed, rank))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
-    ema = make_ema(model, config.ema_decay)
-    step = 0
-    if resume:
-        if run_dir is None:
-            raise ValueError("resume: needs a run_dir")
-        ckpt = load_latest_checkpoint(checkpoint_folder(run_dir))
-        if ckpt is not None:  # (None: killed before its first checkpoint, so it starts again at 0)
-            _restore(ckpt, model, ema, optimizer, scheduler, generator, world, rank)
-            step = ckpt.step
-        if main:
-            clean_partial(checkpoint_folder(run_dir))
-            _truncate_metrics(run_dir / METRICS, step)
-    forward = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = torch.compile(forward) if config.compile else forward
-    autocast = torch.autocast(
-        device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda"
-    )
-
-    first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step with a non-finite loss
-
-    def check_finite() -> None:
-        """Stops (a collective: every rank) when some step's loss was NaN or Inf, before it is saved."""
-        bad = int(first_bad)
-        if parallel.mean_scalar(float(bad > 0), device) == 0:
-            return
-        at = f"at step {bad}" if bad else "on another process"
-        raise TrainingDiverged(
-            f"train: the loss became NaN or Inf {at} (lr {config.lr:g}); stopped without writing the "
-            f"diverged weights (the last checkpoint is intact); lower the learning rate"
-        )
-
-    def checkpoint(at: int) -> None:
-        check_finite()
-        if run_dir is None:
-            return
-        generators = parallel.gather_objects(generator.get_state())  # a collective: every rank
-        if not main:
-            parallel.barrier()
-            return
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(),
-            "ema_n_averaged": ema.n_averaged.detach().cpu(),
-        }
-        if world > 1:
-            state["generators"] = generators
-        save_checkpoint(
-            run_dir / "checkpoints",
-            at,
-            model=model.state_dict(),
-            ema=ema.module.state_dict(),
-            state=state,
-            meta={"train": config.to_dict(), **(meta or {})},
-            keep=config.keep,
-        )
-        parallel.barrier()
-
-    log_path = writes / METRICS if writes is not None else None
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics: list[dict] = []
+    loop = _Loop(model, coupling, config, objective, Path(run_dir) if run_dir is not None else None, meta)
+    step = loop.restore() if resume else 0
     bar = tqdm(
-        total=config.steps, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True
+        total=config.steps,
+        initial=step,
+        disable=not (progress and loop.main),
+        desc="train",
+        dynamic_ncols=True,
     )
-    window = {"loss": 0.0, "target": 0.0, "pairs": 0, "pair_s": 0.0, "t0": time.perf_counter(), "n": 0}
     model.train()
     while step < config.steps:
+        step = loop.step(step)
+        if step % config.log_every == 0 or step == config.steps:
+            record = loop.log(step)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}")
+        bar.update(1)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+            loop.checkpoint(step)
+    bar.close()
+    loop.checkpoint(step)
+    model.eval()
+    loop.ema.module.eval()
+    return TrainResult(model=model, ema=loop.ema.module, step=step, metrics=loop.metrics)
+
+
+class _Loop:
+    """The state of :func:`train` and its pieces: one step, the metrics window, the finiteness check,
+    checkpoints and their restore."""
+
+    def __init__(self, model, coupling, config: TrainConfig, objective, run_dir: Path | None, meta):
+        self.model, self.coupling, self.config, self.objective = model, coupling, config, objective
+        self.run_dir, self.meta = run_dir, meta
+        self.device = device = next(model.parameters()).device
+        self.world, self.rank = world, rank = parallel.world_size(), parallel.rank()
+        if config.batch_size % world:
+            raise ValueError(f"batch_size: {config.batch_size} is not divisible by the {world} processes")
+        self.batch = config.batch_size // world
+        self.main = rank == 0
+        self.generator = torch.Generator(device=device).manual_seed(parallel.rank_seed(config.seed, rank))
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config))
+        self.ema = make_ema(model, config.ema_decay)
+        forward = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            forward = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.forward = torch.compile(forward) if config.compile else forward
+        self.autocast = torch.autocast(
+            device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda"
+        )
+        self.first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step with a non-finite loss
+        self.log_path = run_dir / METRICS if (run_dir is not None and self.main) else None  # rank 0 writes
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.metrics: list[dict] = []
+        self.grad_norm = None
+        self._reset_window()
+
+    def restore(self) -> int:
+        """Continues from the newest checkpoint (or step 0 when the run has none yet); the step."""
+        if self.run_dir is None:
+            raise ValueError("resume: needs a run_dir")
+        ckpt = load_latest_checkpoint(checkpoint_folder(self.run_dir))
+        step = 0
+        if ckpt is not None:  # (None: killed before its first checkpoint, so it starts again at 0)
+            _restore(
+                ckpt,
+                self.model,
+                self.ema,
+                self.optimizer,
+                self.scheduler,
+                self.generator,
+                self.world,
+                self.rank,
+            )
+            step = ckpt.step
+        if self.main:
+            clean_partial(checkpoint_folder(self.run_dir))
+            _truncate_metrics(self.run_dir / METRICS, step)
+        return step
+
+    def step(self, step: int) -> int:
+        """One optimiser step on a fresh batch of pairs; returns the new step count."""
+        config, device, generator = self.config, self.device, self.generator
         t_pair = time.perf_counter()
-        pairs = coupling.sample(batch, generator=generator)
+        pairs = self.coupling.sample(self.batch, generator=generator)
         pair_s = time.perf_counter() - t_pair
-        t, r = objective.times(batch, generator=generator, device=device, dtype=pairs.x0.dtype)
+        t, r = self.objective.times(self.batch, generator=generator, device=device, dtype=pairs.x0.dtype)
         cond = pairs.cond
         if cond is not None and config.label_dropout > 0:  # (no extra draws otherwise: runs unchanged)
             drop = torch.rand(cond.shape[0], generator=generator, device=device) < config.label_dropout
             cond = torch.where(drop, torch.full_like(cond, -1), cond)
-        with autocast:
-            loss, stats = objective.loss(forward, pairs.x0, pairs.x1, t, r, cond, model=model)
-        first_bad = torch.where(
-            (first_bad == 0) & ~torch.isfinite(stats.loss), torch.full_like(first_bad, step + 1), first_bad
+        with self.autocast:
+            loss, stats = self.objective.loss(self.forward, pairs.x0, pairs.x1, t, r, cond, model=self.model)
+        self.first_bad = torch.where(
+            (self.first_bad == 0) & ~torch.isfinite(stats.loss),
+            torch.full_like(self.first_bad, step + 1),
+            self.first_bad,
         )
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        self.grad_norm = (
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
             if config.grad_clip > 0
             else None
         )
-        optimizer.step()
-        scheduler.step()
-        ema.update_parameters(model)
-        step += 1
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update_parameters(self.model)
+        window = self.window
         window["loss"] += stats.loss
         window["target"] += stats.target_norm
         window["pairs"] += len(pairs)
         window["pair_s"] += pair_s
         window["n"] += 1
-        if step % config.log_every == 0 or step == config.steps:
-            check_finite()
-            seconds = time.perf_counter() - window["t0"]
-            record = {
-                "step": step,
-                # the window's one host sync (and, with P processes, its one collective)
-                "loss": parallel.mean_scalar(float(window["loss"]) / window["n"], device),
-                "cost": parallel.mean_scalar(float(window["target"]) / window["n"], device),
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": None if grad_norm is None else float(grad_norm),
-                "pairs_per_s": world * window["pairs"] / max(seconds, 1e-9),
-                "pairing_fraction": window["pair_s"] / max(seconds, 1e-9),
-            }
-            metrics.append(record)
-            if log_path is not None:
-                with open(log_path, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{record['loss']:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}")
-            window.update(loss=0.0, target=0.0, pairs=0, pair_s=0.0, t0=time.perf_counter(), n=0)
-        bar.update(1)
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-            checkpoint(step)
-    bar.close()
-    checkpoint(step)
-    model.eval()
-    ema.module.eval()
-    return TrainResult(model=model, ema=ema.module, step=step, metrics=metrics)
+        return step + 1
+
+    def _reset_window(self) -> None:
+        self.window = {
+            "loss": 0.0,
+            "target": 0.0,
+            "pairs": 0,
+            "pair_s": 0.0,
+            "t0": time.perf_counter(),
+            "n": 0,
+        }
+
+    def log(self, step: int) -> dict:
+        """The metrics of the steps since the last log (a JSONL line on rank 0)."""
+        self.check_finite()
+        window, device = self.window, self.device
+        seconds = time.perf_counter() - window["t0"]
+        record = {
+            "step": step,
+            # the window's one host sync (and, with P processes, its one collective)
+            "loss": parallel.mean_scalar(float(window["loss"]) / window["n"], device),
+            "cost": parallel.mean_scalar(float(window["target"]) / window["n"], device),
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": None if self.grad_norm is None else float(self.grad_norm),
+            "pairs_per_s": self.world * window["pairs"] / max(seconds, 1e-9),
+            "pairing_fraction": window["pair_s"] / max(seconds, 1e-9),
+        }
+        self.metrics.append(record)
+        if self.log_path is not None:
+            with open(self.log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        self._reset_window()
+        return record
+
+    def check_finite(self) -> None:
+        """Stops (a collective: every rank) when some step's loss was NaN or Inf, before it is saved."""
+        bad = int(self.first_bad)
+        if parallel.mean_scalar(float(bad > 0), self.device) == 0:
+            return
+        at = f"at step {bad}" if bad else "on another process"
+        raise TrainingDiverged(
+            f"train: the loss became NaN or Inf {at} (lr {self.config.lr:g}); stopped without writing the "
+            f"diverged weights (the last checkpoint is intact); lower the learning rate"
+        )
+
+    def checkpoint(self, at: int) -> None:
+        """Checkpoint ``at`` (rank 0 writes; every rank takes part in the collectives)."""
+        self.check_finite()
+        if self.run_dir is None:
+            return
+        generators = parallel.gather_objects(self.generator.get_state())  # a collective: every rank
+        if not self.main:
+            parallel.barrier()
+            return
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "ema_n_averaged": self.ema.n_averaged.detach().cpu(),
+        }
+        if self.world > 1:
+            state["generators"] = generators
+        save_checkpoint(
+            self.run_dir / "checkpoints",
+            at,
+            model=self.model.state_dict(),
+            ema=self.ema.module.state_dict(),
+            state=state,
+            meta={"train": self.config.to_dict(), **(self.meta or {})},
+            keep=self.config.keep,
+        )
+        parallel.barrier()

@@ -61,6 +61,7 @@ class SemidiscreteProblem:
         samples: every noise sample drawn so far (training and measurement).
     """
 
+    # long: every field of the prepared problem set once, in the order they depend on each other
     def __init__(self, solver, targets, weights, generator, noise, collective: Collective | None = None):
         self.settings = solver
         targets = validate.as_targets(targets)

@@ -49,6 +49,7 @@ from typing import Literal
 
 import torch
 
+from sdfm.checks import check_float, check_int
 from sdfm.transport import validate
 from sdfm.transport._stream import full_precision
 from sdfm.transport.diagnostics import chi2_from_sums
@@ -77,6 +78,32 @@ SMOOTH_WINDOW = 10
 #: Unscaled, the clip biased large-N steps, where a cell's count per batch is 0 or 1: at N = 100,000
 #: chi2 stalled near 0.3.
 RESIDUAL_FLOOR = -3.0
+
+
+#: the numeric options of SemidiscreteSolver: name -> (int or float, low, high, None allowed)
+_NUMBERS = {
+    "tol": (float, 0, None, True),
+    "max_steps": (int, 1, None, True),
+    "batch_size": (int, 1, None, True),
+    "anneal_batch_size": (int, 1, None, True),
+    "eval_samples": (int, 1, None, True),
+    "chunk_size": (int, 1, None, True),
+    "memory_limit": (int, 0, None, False),
+    "max_seconds": (float, 0, None, True),
+    "smooth_tol": (float, 0, None, True),
+    "coarse_neighbours": (int, 1, None, False),
+    "smooth_max_n": (int, 1, None, True),
+    "coarse_size": (int, 0, None, False),
+    **dict.fromkeys(
+        ("lr", "lr_anneal", "noise_level", "anneal_start", "anneal_end", "anneal_length", "eval_every"),
+        (float, 0, None, False),
+    ),
+    "anneal_noise_level": (float, 0, None, True),
+    **dict.fromkeys(("lr_decay", "batch_growth", "average_power"), (float, 0, None, False)),
+    "ema_decay": (float, 0, 1, False),
+}
+#: float options that may be 0 (the others must be > 0)
+_MAY_BE_ZERO = frozenset({"lr_decay", "batch_growth", "average_power", "ema_decay"})
 
 
 @dataclass(frozen=True)
@@ -217,65 +244,15 @@ class SemidiscreteSolver:
 
     def __post_init__(self) -> None:
         validate.check_eps(self.eps, "eps")
-        if self.tol is not None and not (isinstance(self.tol, (int, float)) and self.tol > 0):
-            raise ValueError(f"tol: expected a number > 0 or None, got {self.tol!r}")
-        validate.check_positive_int(self.max_steps, "max_steps")
-        validate.check_positive_int(self.batch_size, "batch_size")
-        validate.check_positive_int(self.anneal_batch_size, "anneal_batch_size")
-        validate.check_positive_int(self.eval_samples, "eval_samples")
-        validate.check_positive_int(self.chunk_size, "chunk_size")
-        if (
-            isinstance(self.memory_limit, bool)
-            or not isinstance(self.memory_limit, int)
-            or self.memory_limit < 0
-        ):
-            raise ValueError(
-                f"memory_limit: expected an integer number of bytes >= 0, got {self.memory_limit!r}"
-            )
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ValueError(f"max_seconds: expected a number > 0 or None, got {self.max_seconds!r}")
+        for name, (kind, low, high, none) in _NUMBERS.items():
+            value = getattr(self, name)
+            if kind is int:
+                check_int(name, value, low=low, high=high, none=none)
+            else:  # low 0 is open (> 0) except for the options that may be 0
+                check_float(name, value, low=low, high=high, none=none, low_open=name not in _MAY_BE_ZERO)
         if self.tol is None and self.max_steps is None and self.max_seconds is None:
             raise ValueError("tol, max_steps and max_seconds are all None: the solver would never stop")
-        if self.smooth_tol is not None and not (
-            isinstance(self.smooth_tol, (int, float))
-            and math.isfinite(self.smooth_tol)
-            and self.smooth_tol > 0
-        ):
-            raise ValueError(f"smooth_tol: expected a finite number > 0 or None, got {self.smooth_tol!r}")
-        validate.check_positive_int(self.coarse_neighbours, "coarse_neighbours", allow_none=False)
-        validate.check_positive_int(self.smooth_max_n, "smooth_max_n")
-        if (
-            isinstance(self.coarse_size, bool)
-            or not isinstance(self.coarse_size, int)
-            or self.coarse_size < 0
-        ):
-            raise ValueError(f"coarse_size: expected an integer >= 0, got {self.coarse_size!r}")
-        positive = (
-            "lr",
-            "lr_anneal",
-            "noise_level",
-            "anneal_start",
-            "anneal_end",
-            "anneal_length",
-            "eval_every",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
-        if self.anneal_noise_level is not None and not (
-            isinstance(self.anneal_noise_level, (int, float))
-            and math.isfinite(self.anneal_noise_level)
-            and self.anneal_noise_level > 0
-        ):
-            raise ValueError(
-                f"anneal_noise_level: expected a finite number > 0 or None, got {self.anneal_noise_level!r}"
-            )
-        for name in ("lr_decay", "batch_growth", "average_power"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-        if not 0 <= self.ema_decay < 1:
+        if not self.ema_decay < 1:
             raise ValueError(f"ema_decay: expected a number in [0, 1), got {self.ema_decay!r}")
         choices = {
             "preconditioner": tuple(parts.PRECONDITIONERS),
