@@ -81,7 +81,3 @@ class CouplingContext:
     stored: dict | None = None
     progress: bool = True
     log: Callable[[str], None] = field(default=lambda message: None)
-
-    @property
-    def resume(self) -> bool:
-        return self.stored is not None
