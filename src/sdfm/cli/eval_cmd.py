@@ -57,6 +57,7 @@ def add_eval_parser(sub, positive_int) -> None:
         help="local Inception-v3 FID weights: adds real FID (image runs; sdfm[fid])",
     )
     e.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    e.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval)")
     e.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -114,9 +115,10 @@ def cmd_eval(args) -> int:
         info = read_run(args.run)
     except ValueError as exc:
         raise CliError(f"--run: {exc}") from None
-    check_writable_folder(Path(args.run) / "eval", "--run")
+    out = Path(args.run) / "eval" if args.out is None else Path(args.out)
+    check_writable_folder(out, "--run" if args.out is None else "--out")
     if info["coupling"].get("superres"):
-        return _eval_superres(args, device)
+        return _eval_superres(args, device, out)
     config = EvalConfig(
         steps=args.steps, solver=args.solver, adaptive=args.adaptive, num=args.num, seed=args.seed
     )
@@ -128,8 +130,8 @@ def cmd_eval(args) -> int:
         ema=not args.no_ema,
         progress=not args.quiet,
         fid_weights=args.fid_weights,
+        out=out,
     )
-    out = Path(args.run) / "eval"
     keys = [k for k in ("w2", "energy", "fd_classifier", "fid") if k in result.rows[-1]]
     print("setting    NFE  " + "  ".join(f"{k:>13}" for k in keys))
     for row in result.rows:
@@ -141,7 +143,7 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _eval_superres(args, device) -> int:
+def _eval_superres(args, device, out: Path) -> int:
     from sdfm.evaluation.superres import evaluate_superres_run
 
     if args.adaptive or args.fid_weights:
@@ -154,11 +156,12 @@ def _eval_superres(args, device) -> int:
         reference=args.reference,
         device=device,
         ema=not args.no_ema,
+        out=out,
     )
     print("setting    NFE   PSNR (dB)")
     for row in result["rows"]:
         print(f"{row['setting']:<9} {row['nfe']:>4}  {row['psnr']:>9.3f}")
-    print(f"upsampled condition: {result['upsampled_psnr']:.3f} dB -> {Path(args.run) / 'eval'}/report.md")
+    print(f"upsampled condition: {result['upsampled_psnr']:.3f} dB -> {out}/report.md")
     return 0
 
 

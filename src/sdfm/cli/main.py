@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sdfm",
         description="Flow matching with semidiscrete optimal-transport couplings.",
     )
+    from importlib.metadata import version
+
+    parser.add_argument("--version", action="version", version=f"sdfm {version('sdfm')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     solve = sub.add_parser(
@@ -35,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Fit the dual potential g of the semidiscrete OT problem from N(0, I) to the data "
             "and write it to a safetensors file. DATA is a built-in name (checkerboard, "
-            "8gaussians, moons, spirals, gmm, digits; parameters as NAME:key=value,...) or a "
-            ".npy/.npz/.pt/.safetensors file holding [N, ...] (used as given, no rescaling)."
+            "8gaussians, moons, spirals, gmm, digits, mnist1d; parameters as NAME:key=value,...), a "
+            ".npy/.npz/.pt/.safetensors/.csv file holding [N, ...] or a folder of images."
         ),
     )
     solve.add_argument("--data", required=True, help="dataset name or tensor file")

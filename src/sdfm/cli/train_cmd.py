@@ -27,7 +27,14 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
     p.add_argument(
         "--data", required=True, help="dataset name (checkerboard, gmm, digits, mnist1d, ...) or file"
     )
-    p.add_argument("--coupling", required=True, choices=sorted(COUPLINGS), help="pairing")
+    p.add_argument(
+        "--coupling",
+        required=True,
+        choices=sorted(COUPLINGS),
+        help="how noise x0 and data x1 are paired: independent (I-FM, random pairs), minibatch-ot (OT-FM, "
+        "exact or Sinkhorn OT within each batch) or semidiscrete (SD-FM, each noise to its Laguerre cell "
+        "under a potential solved once for the whole dataset)",
+    )
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--potential", default=None, help="potential file solved for the normalised data")
     p.add_argument(
@@ -118,7 +125,13 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
     )
     p.add_argument("--warmup", type=int, default=100, help="warm-up steps (default 100)")
     p.add_argument("--ema-decay", type=nonneg_float, default=0.999, help="EMA decay (default 0.999)")
-    p.add_argument("--time-sampler", choices=["uniform", "logit-normal"], default="uniform")
+    p.add_argument(
+        "--time-sampler",
+        choices=["uniform", "logit-normal"],
+        default="uniform",
+        help="distribution of the training times t: uniform on [0, 1] (default) or logit-normal(0, 1), "
+        "which weights the middle of the path more",
+    )
     p.add_argument("--normalize", choices=["standard", "none"], default="standard", help="data normalisation")
     p.add_argument(
         "--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0 = end only)"
@@ -128,9 +141,24 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (its run.json, checkpoints, potential, metrics and eval are removed "
+        "first; other files in the folder stay)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    s = sub.add_parser("sample", help="sample from a trained run with an ODE solver")
+    s = sub.add_parser(
+        "sample",
+        help="sample from a trained run with an ODE solver",
+        description=(
+            "Draw N(0, I) noise, integrate the run's newest checkpoint (EMA weights by default) with a "
+            "fixed-step ODE solver, dopri5 or the mean-flow sampler, undo the training normalisation and "
+            "write the samples in data units as a .npy file with a picture beside it (an image grid, a "
+            "2-D scatter, or a scatter in the data's top two principal directions)."
+        ),
+    )
     s.add_argument("--run", required=True, help="run folder written by sdfm train")
     s.add_argument("--num", type=positive_int, default=1000, help="number of samples (default 1000)")
     s.add_argument(
@@ -207,7 +235,7 @@ def cmd_train(args) -> int:
 
     check_writable_folder(Path(args.out), "--out")
     spec = spec_from_args(args)
-    result = fit(spec, args.out, resume=args.resume, progress=not args.quiet)
+    result = fit(spec, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if not parallel.is_main():
         return 0
     last = result.metrics[-1] if result.metrics else {}

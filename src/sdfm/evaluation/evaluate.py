@@ -335,9 +335,11 @@ def evaluate_run(
     progress: bool = False,
     write: bool = True,
     fid_weights: str | Path | None = None,
+    out: str | Path | None = None,
 ) -> EvalResult:
-    """Evaluates the newest checkpoint of a run and (``write``) writes ``RUN_DIR/eval/``:
-    ``metrics.json``, ``report.md``, ``samples.png``, ``metrics_vs_nfe.png``, ``trajectories.png``.
+    """Evaluates the newest checkpoint of a run and (``write``) writes ``out`` (default
+    ``RUN_DIR/eval/``): ``metrics.json``, ``report.md``, ``samples.png``, ``metrics_vs_nfe.png``,
+    ``trajectories.png``.
     With ``fid_weights`` (a local Inception-v3 FID weights file; image runs only; needs the ``fid``
     extra) every setting also gets real FID against the reference, in data units."""
     config = EvalConfig() if config is None else config
@@ -387,7 +389,7 @@ def evaluate_run(
     if write:
         label = run.info["coupling"]["name"]
         write_report(
-            run_dir / EVAL_DIR,
+            run_dir / EVAL_DIR if out is None else Path(out),
             {label: result},
             title=f"sdfm eval: {run_dir}",
             image_shape=data.image_shape,

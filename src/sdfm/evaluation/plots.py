@@ -1,4 +1,4 @@
-"""Pictures of samples: scatter for 2-D data, image grids for images, curves for 1-D signals."""
+"""Pictures of samples: image grids for images, scatter for 2-D data and principal components above."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ def _figure():
 def plot_samples(
     x: np.ndarray, path: str | Path, *, image_shape=None, title: str = "", max_items: int = 64, reference=None
 ) -> Path:
-    """Writes a PNG of samples x [n, d]: 2-D scatter (over ``reference`` data in grey if given), an
-    image grid when ``image_shape`` (C, H, W) is known, otherwise the first signals as curves."""
+    """Writes a PNG of samples x [n, d]: an image grid when ``image_shape`` (C, H, W) is known, a
+    histogram in 1-D, a scatter in 2-D and on the top two principal components above (over
+    ``reference`` data in grey if given)."""
     from sdfm.artifacts.atomic import atomic_write
 
     plt = _figure()
@@ -39,19 +40,26 @@ def plot_samples(
             if i < k:
                 img = np.clip((imgs[i] - lo) / max(hi - lo, 1e-12), 0, 1)
                 ax.imshow(img[0] if c == 1 else img[:3].transpose(1, 2, 0), cmap="gray" if c == 1 else None)
-    elif x.shape[1] == 2:
+    elif x.shape[1] == 1:
+        fig, ax = plt.subplots(figsize=(4, 3))
+        if reference is not None:
+            ax.hist(np.asarray(reference)[:, 0], bins=80, density=True, color="0.8", label="data")
+        ax.hist(x[:, 0], bins=80, density=True, color="C0", alpha=0.6, label="samples")
+    else:
+        # 2-D data as they are; higher dimensions on the top two principal components (of the
+        # reference when given), the same picture `sdfm eval` draws
+        proj = _projection(np.asarray(reference if reference is not None else x, dtype=np.float64))
         fig, ax = plt.subplots(figsize=(4, 4))
         if reference is not None:
-            ax.scatter(reference[:, 0], reference[:, 1], s=1, c="0.8", label="data")
-        ax.scatter(x[:, 0], x[:, 1], s=1, c="C0", alpha=0.6, label="samples")
-        ax.set_aspect("equal")
-    else:
-        k = min(16, x.shape[0])
-        fig, axes = plt.subplots(4, 4, figsize=(8, 5), squeeze=False, sharex=True)
-        for i, ax in enumerate(axes.flat):
-            if i < k:
-                ax.plot(x[i], lw=1)
-            ax.set_yticks([])
+            r = proj(reference)
+            ax.scatter(r[:, 0], r[:, 1], s=1, c="0.8", label="data")
+        p = proj(x)
+        ax.scatter(p[:, 0], p[:, 1], s=1, c="C0", alpha=0.6, label="samples")
+        if x.shape[1] == 2:
+            ax.set_aspect("equal")
+        else:
+            ax.set_xlabel("principal direction 1", fontsize=8)
+            ax.set_ylabel("principal direction 2", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -121,9 +121,10 @@ def evaluate_superres_run(
     device="cpu",
     ema: bool = True,
     write: bool = True,
+    out=None,
 ) -> dict:
-    """PSNR of a super-resolution run on its held-out images; writes ``RUN_DIR/eval/`` (metrics.json,
-    report.md, samples.png: condition, samples per setting, truth)."""
+    """PSNR of a super-resolution run on its held-out images; writes ``out`` (default ``RUN_DIR/eval/``:
+    metrics.json, report.md, samples.png: condition, samples per setting, truth)."""
     import json
     from pathlib import Path
 
@@ -159,7 +160,7 @@ def evaluate_superres_run(
         "data_range": data_range,
     }
     if write:
-        out = run_dir / "eval"
+        out = run_dir / "eval" if out is None else Path(out)
         out.mkdir(parents=True, exist_ok=True)
         samples = result.pop("samples")
         atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(result, indent=2)))

@@ -15,7 +15,13 @@ class LossStats:
     sync per step: the trainer reads them only when it logs)."""
 
     loss: torch.Tensor
-    target_norm: torch.Tensor  # mean |x1 - x0|^2 / d: the per-dimension transport cost of the batch
+    transport_cost: torch.Tensor  # mean over the batch of |x1 - x0|^2 (the eval report's transport cost)
+
+
+def transport_cost(velocity: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of |x1 - x0|^2 for target velocities ``x1 - x0`` [n, ...] (detached, float32)."""
+    v = velocity.detach().float()
+    return v.reshape(v.shape[0], -1).pow(2).sum(1).mean()
 
 
 def flow_matching_loss(
@@ -36,5 +42,5 @@ def flow_matching_loss(
     if v.shape != target.shape:
         raise ValueError(f"model: returned shape {list(v.shape)}, expected {list(target.shape)}")
     loss = (v.float() - target.float()).pow(2).mean()
-    stats = LossStats(loss=loss.detach(), target_norm=target.detach().float().pow(2).mean())
+    stats = LossStats(loss=loss.detach(), transport_cost=transport_cost(target))
     return loss, stats

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from sdfm.flow.losses import LossStats
+from sdfm.flow.losses import LossStats, transport_cost
 from sdfm.flow.paths import _expand, interpolate, target_velocity
 
 
@@ -159,5 +159,5 @@ def meanflow_loss(
     sq = (u.float() - target).pow(2).flatten(1).sum(dim=1)
     weight = (sq.detach() + config.adaptive_c).pow(-config.adaptive_p) if config.adaptive_p > 0 else 1.0
     loss = (weight * sq).mean()
-    stats = LossStats(loss=sq.detach().mean() / u[0].numel(), target_norm=v.detach().float().pow(2).mean())
+    stats = LossStats(loss=sq.detach().mean() / u[0].numel(), transport_cost=transport_cost(v))
     return loss, stats

@@ -28,7 +28,7 @@ from sdfm.data.normalize import Normalization
 from sdfm.flow import OBJECTIVES
 from sdfm.models import build_model
 from sdfm.train.checkpoint import latest_checkpoint
-from sdfm.train.run import RunLock, read_run, run_info, write_run
+from sdfm.train.run import RunLock, clear_run, read_run, run_info, write_run
 from sdfm.train.trainer import TrainConfig, TrainResult, train
 
 #: learning rate per model when the spec gives no TrainConfig
@@ -119,27 +119,40 @@ def _stderr(message: str) -> None:
 
 
 def fit(
-    spec: RunSpec, run_dir: str | Path, *, resume: bool = False, progress: bool = True, log=_stderr
+    spec: RunSpec,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log=_stderr,
 ) -> TrainResult:
     """Trains ``spec`` into ``run_dir`` (or continues it with ``resume``) and returns the result.
 
     Holds the run folder's lock (:class:`sdfm.train.RunLock`) for the whole call; a run stopped before
     its first checkpoint resumes from step 0. ValueError (naming the ``sdfm train`` option) for bad
     specs, a folder that already holds a run (without ``resume``), or a spec that does not match
-    the run being resumed. ``log`` receives one-line progress messages (rank 0 only)."""
+    the run being resumed. ``overwrite`` first removes what an earlier run wrote in the folder
+    (:data:`sdfm.train.run.RUN_OUTPUTS`; other files stay). ``log`` receives one-line progress
+    messages (rank 0 only)."""
+    if resume and overwrite:
+        raise ValueError("--overwrite: replaces the run in the folder; --resume continues it (pass one)")
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out: {run_dir} exists and is not a folder")
     lock = RunLock(run_dir).acquire() if os.environ.get("RANK", "0") == "0" else None  # rank 0 writes
     try:
-        return _fit_locked(spec, run_dir, resume, progress, log)
+        if overwrite and lock is not None and (run_dir / "run.json").exists():
+            removed = clear_run(run_dir)
+            log(f"--overwrite: removed {', '.join(p.name for p in removed)} from {run_dir}")
+        return _fit_locked(spec, run_dir, resume, progress, log, overwrite)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _check_folder(run_dir: Path, resume: bool) -> None:
-    existing = (run_dir / "run.json").exists()
+def _check_folder(run_dir: Path, resume: bool, overwrite: bool = False) -> None:
+    existing = (run_dir / "run.json").exists() and not overwrite  # (rank 0 has cleared it)
     if existing and not resume:
         if latest_checkpoint(run_dir / "checkpoints") is None:
             raise ValueError(
@@ -147,7 +160,8 @@ def _check_folder(run_dir: Path, resume: bool) -> None:
                 "start it again (its potential is reused) or choose another folder"
             )
         raise ValueError(
-            f"--out: {run_dir} already holds a run; pass --resume to continue it or choose another folder"
+            f"--out: {run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+            "or choose another folder"
         )
     if resume and not existing:
         raise ValueError(f"--resume: {run_dir} holds no run to resume")
@@ -174,23 +188,28 @@ def _check_resume(spec: RunSpec, info: dict, fp_raw: str, run_dir: Path) -> None
         )
 
 
-def _fit_locked(spec: RunSpec, run_dir: Path, resume: bool, progress: bool, log) -> TrainResult:
-    _check_folder(run_dir, resume)
-    config = spec.train_config()
-    device = parallel.init_from_env(parallel.parse_device(spec.device))
-    main_rank = parallel.is_main()
-    parallel.barrier()  # every process has checked the run folder before rank 0 writes to it
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # the network's matmuls; pairing disables TF32 itself
-        torch.backends.cudnn.allow_tf32 = True
+def _load_data(spec: RunSpec, run_dir: Path, resume: bool):
+    """The dataset, its raw fingerprint, the resumed run's info (None for a new run) and the
+    normalisation (the stored one when resuming)."""
     dataset = load_dataset(spec.data)
     fp_raw = fingerprint(np.ascontiguousarray(dataset.x))
     info = read_run(run_dir) if resume else None
     if info is not None:
         _check_resume(spec, info, fp_raw, run_dir)
-        norm = Normalization.from_dict(info["normalization"], dim=dataset.x.shape[1])
-    else:
-        norm = Normalization.fit(dataset.x, spec.normalize)
+        return dataset, fp_raw, info, Normalization.from_dict(info["normalization"], dim=dataset.x.shape[1])
+    return dataset, fp_raw, None, Normalization.fit(dataset.x, spec.normalize)
+
+
+def _fit_locked(
+    spec: RunSpec, run_dir: Path, resume: bool, progress: bool, log, overwrite: bool = False
+) -> TrainResult:
+    _check_folder(run_dir, resume, overwrite)
+    config = spec.train_config()
+    device = parallel.init_from_env(parallel.parse_device(spec.device))
+    main_rank = parallel.is_main()
+    parallel.barrier()  # every process has checked the run folder before rank 0 writes to it
+    _allow_tf32(device)
+    dataset, fp_raw, info, norm = _load_data(spec, run_dir, resume)
     if spec.conditional and (dataset.labels is None or (dataset.num_classes or 0) < 2):
         raise ValueError(f"--conditional: {spec.data} has no class labels (or a single class)")
     task = _superres_task(spec, dataset, info)
@@ -231,18 +250,20 @@ def _fit_locked(spec: RunSpec, run_dir: Path, resume: bool, progress: bool, log)
     torch.manual_seed(config.seed)  # the network's initial weights
     model = build_model(model_info["name"], model_info["config"]).to(device)
     if main_rank:
-        info = run_info(
-            spec=spec.data,
-            dataset=dataset,
-            fingerprint_raw=fp_raw,
-            fingerprint_train=fp_train,
-            normalization=norm,
-            model=model_info,
-            coupling=coupling_info,
-            train=config.to_dict(),
-            seed=config.seed,
+        write_run(
+            run_dir,
+            run_info(
+                spec=spec.data,
+                dataset=dataset,
+                fingerprint_raw=fp_raw,
+                fingerprint_train=fp_train,
+                normalization=norm,
+                model=model_info,
+                coupling=coupling_info,
+                train=config.to_dict(),
+                seed=config.seed,
+            ),
         )
-        write_run(run_dir, info)
         procs = "" if parallel.world_size() == 1 else f", {parallel.world_size()} processes"
         log(f"{spec.coupling} on {dataset.name} [{n}, {dim}], {spec.model}{procs} -> {run_dir}")
     return train(
@@ -254,6 +275,12 @@ def _fit_locked(spec: RunSpec, run_dir: Path, resume: bool, progress: bool, log)
         meta={"data_fingerprint": fp_raw, "coupling": spec.coupling},
         progress=progress,
     )
+
+
+def _allow_tf32(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the network's matmuls; pairing disables TF32 itself
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def _model_config(spec: RunSpec, dataset, dim: int, task) -> dict:

@@ -35,6 +35,37 @@ LOCK_FILE = ".lock"
 MAX_RUN_BYTES = 1 << 24
 
 
+#: what a run writes in its folder (what ``sdfm train --overwrite`` removes; nothing else is touched)
+RUN_OUTPUTS = (
+    RUN_FILE,
+    "config.toml",
+    "metrics.jsonl",
+    "potential.safetensors",
+    "index.safetensors",
+    "checkpoints",
+    "eval",
+    "tensorboard",
+)
+
+
+def clear_run(run_dir: str | Path) -> list[Path]:
+    """Removes the files and folders a run wrote in ``run_dir`` (:data:`RUN_OUTPUTS`), keeping anything
+    else the user put there, and returns what was removed. Call it holding the folder's lock."""
+    import shutil
+
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = Path(run_dir) / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+        else:
+            continue
+        removed.append(path)
+    return removed
+
+
 def write_run(run_dir: str | Path, info: dict) -> Path:
     """Writes ``run.json`` atomically (``info`` plus the format tag and sdfm version)."""
     import sdfm

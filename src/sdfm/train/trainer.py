@@ -324,7 +324,7 @@ class _Loop:
         self.ema.update_parameters(self.model)
         window = self.window
         window["loss"] += stats.loss
-        window["target"] += stats.target_norm
+        window["target"] += stats.transport_cost
         window["pairs"] += len(pairs)
         window["pair_s"] += pair_s
         window["n"] += 1
@@ -349,7 +349,8 @@ class _Loop:
             "step": step,
             # the window's one host sync (and, with P processes, its one collective)
             "loss": parallel.mean_scalar(float(window["loss"]) / window["n"], device),
-            "cost": parallel.mean_scalar(float(window["target"]) / window["n"], device),
+            # E|x1 - x0|^2 of the window's pairs, the quantity the eval report calls transport cost
+            "transport_cost": parallel.mean_scalar(float(window["target"]) / window["n"], device),
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": None if self.grad_norm is None else float(self.grad_norm),
             "pairs_per_s": self.world * window["pairs"] / max(seconds, 1e-9),
