@@ -8,6 +8,7 @@ import sdfm
 LAYERS = {
     "protocols": 0,
     "checks": 0,
+    "extras": 0,
     "faults": 0,
     "transport": 0,
     "couplings": 1,

@@ -2,6 +2,14 @@
 
 __version__ = "0.1.0"
 
+from sdfm.couplings.pairs import PairDataset, SemidiscretePairs  # noqa: E402
 from sdfm.transport import SemidiscreteResult, SemidiscreteSolver, assign  # noqa: E402
 
-__all__ = ["SemidiscreteResult", "SemidiscreteSolver", "__version__", "assign"]
+__all__ = [
+    "PairDataset",
+    "SemidiscretePairs",
+    "SemidiscreteResult",
+    "SemidiscreteSolver",
+    "__version__",
+    "assign",
+]

@@ -58,6 +58,8 @@ def test_solve_file_and_eps(tmp_path):
             "3000",
             "--tol",
             "0.05",
+            "--normalize",
+            "none",
         ]
     )
     assert code == 0

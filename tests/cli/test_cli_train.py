@@ -107,7 +107,7 @@ def test_resume_continues_and_refuses_mismatch(tmp_path, capsys):
 
 def test_potential_option_checks_data(tmp_path, capsys):
     pot = tmp_path / "p.safetensors"
-    assert main(["solve", "--data", "moons:n=300", "--out", str(pot), "--quiet"]) == 0
+    assert main(["solve", "--data", "moons:n=300", "--out", str(pot), "--quiet", "--normalize", "none"]) == 0
 
     def train_with_potential(data: str, out: str, *extra: str) -> int:
         argv = f"train --data {data} --coupling semidiscrete --potential {pot} --quiet --steps 5".split()

@@ -76,9 +76,9 @@ def test_bad_files(tmp_path):
     np.save(tmp_path / "str.npy", np.array([["a", "b"]]))
     with pytest.raises(ValueError, match="non-numeric"):
         load_array(tmp_path / "str.npy")
-    (tmp_path / "x.csv").write_text("1,2\n")
+    (tmp_path / "x.tsv").write_text("1,2\n")
     with pytest.raises(ValueError, match="unsupported"):
-        load_array(tmp_path / "x.csv")
+        load_array(tmp_path / "x.tsv")
     np.savez(tmp_path / "two.npz", a=np.zeros((3, 2)), b=np.zeros((3, 2)))
     with pytest.raises(ValueError, match="name the data"):
         load_array(tmp_path / "two.npz")

@@ -170,9 +170,8 @@ def test_eval_and_demo_errors(tmp_path, capsys):
     assert "--steps" in capsys.readouterr().err
     assert main(["eval", "--run", str(tmp_path), "--fid-weights", str(tmp_path / "w.pth")]) == 2
     assert "not a file" in capsys.readouterr().err
-    np.save(tmp_path / "x.npy", np.zeros((10, 2), np.float32))
-    assert main(["demo", "--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "d"), "--quiet"]) == 2
-    assert "no held-out split" in capsys.readouterr().err
+    assert main(["demo", "--reference", "moons", "--out", str(tmp_path / "d"), "--quiet"]) == 2
+    assert "--reference" in capsys.readouterr().err
     assert not (tmp_path / "d" / "runs").exists()
 
 

@@ -150,6 +150,8 @@ def test_cli_solve_pca_and_memory_limit(npy, tmp_path, capsys):
                 "--tol",
                 "0.1",
                 "--quiet",
+                "--normalize",
+                "none",
             ]
         )
         == 0
@@ -232,7 +234,7 @@ def test_cli_solve_low_precision(npy, tmp_path, capsys):
 
     path, y = npy
     out = tmp_path / "p.safetensors"
-    args = ["solve", "--data", str(path), "--out", str(out), "--tol", "0.1", "--quiet"]
+    args = ["solve", "--data", str(path), "--out", str(out), "--tol", "0.1", "--quiet", "--normalize", "none"]
     assert main([*args, "--pairing-precision", "bf16"]) == 0
     pf = load_potential(out, targets=torch.from_numpy(y))
     assert pf.meta["solver"]["score_dtype"] == "bfloat16" and pf.meta["chi2"] <= 0.1

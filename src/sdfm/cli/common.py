@@ -124,3 +124,41 @@ def check_writable_file(path, arg: str) -> None:
     if path.exists() and not os.access(path, os.W_OK):
         raise CliError(f"{arg}: cannot write {path}: permission denied")
     check_writable_folder(path.parent, arg)
+
+
+def add_image_options(parser) -> None:
+    """``--image-size`` and ``--channels`` for a command with ``--data`` (image folders)."""
+    parser.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=None,
+        metavar="S",
+        help="image folders: resize every image to S x S (bicubic; needed when sizes differ)",
+    )
+    parser.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        default=None,
+        help="image folders: 1 (grey) or 3 (RGB) channels (default: 1 when every image is grey)",
+    )
+
+
+def data_with_image_options(data: str, image_size: int | None, channels: int | None) -> str:
+    """``--data`` with ``--image-size`` / ``--channels`` folded into its ``::`` options (the form
+    stored in run.json, so that later commands load the same pixels)."""
+    if image_size is None and channels is None:
+        return data
+    from pathlib import Path
+
+    head, sep, rest = data.partition("::")
+    if not Path(head).is_dir():
+        raise CliError(f"--image-size/--channels: apply to image folders; {head} is not a folder")
+    options = [
+        o for o in rest.split(",") if o.strip() and o.split("=")[0].strip() not in ("image_size", "channels")
+    ]
+    if image_size is not None:
+        options.append(f"image_size={image_size}")
+    if channels is not None:
+        options.append(f"channels={channels}")
+    return head + "::" + ",".join(options)

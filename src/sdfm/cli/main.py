@@ -15,10 +15,13 @@ from sdfm.cli.common import (
     _nonneg_float,
     _Parser,
     _positive_int,
+    add_image_options,
     check_writable_file,
+    data_with_image_options,
     device_from,
     tensor_view,
 )
+from sdfm.extras import MissingExtra
 
 
 # long: one add_argument per option of solve, index and info, a table rather than logic
@@ -42,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
             ".npy/.npz/.pt/.safetensors/.csv file holding [N, ...] or a folder of images."
         ),
     )
-    solve.add_argument("--data", required=True, help="dataset name or tensor file")
+    solve.add_argument("--data", required=True, help="dataset name, tensor or .csv file, or image folder")
+    add_image_options(solve)
     solve.add_argument("--out", required=True, help="output potential file (.safetensors)")
     solve.add_argument(
         "--eps",
@@ -100,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="scores of the hard phase and chi2 checks: fp32, or bf16/fp16 with exact float64 "
         "re-scoring (the same assignments; faster where low-precision matmuls are: GPUs, high d)",
     )
+    solve.add_argument(
+        "--normalize",
+        choices=["standard", "none"],
+        default="standard",
+        help="standard (default, as sdfm train): solve for the data minus its mean, divided by one global "
+        "scale (stored with the potential), so that `sdfm train --potential` takes the file; none: the "
+        "data as given (a memory-mapped .npy is then streamed, not copied)",
+    )
     solve.add_argument("--quiet", action="store_true", help="no progress bar")
     solve.add_argument(
         "--save-on-interrupt",
@@ -140,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="print the metadata of a potential file")
     info.add_argument("path", help="potential file (.safetensors)")
+    for command in sub.choices.values():
+        command.add_argument(
+            "--threads",
+            type=_positive_int,
+            default=None,
+            help="CPU threads for torch (default: what torch picks, one per core); on a shared or busy "
+            "machine set it to the cores you may use (an oversubscribed pool can run several times slower)",
+        )
     return parser
 
 
@@ -178,15 +198,28 @@ def _print_solve(result, args, out, n: int) -> None:
         )
 
 
+def _solve_data(args):
+    """The dataset, its normalisation and the array ``sdfm solve`` solves for (``--normalize none``:
+    the data as given, in their own dtype, still memory-mapped; standard: float32, training units)."""
+    import numpy as np
+
+    from sdfm.data import load_dataset
+    from sdfm.data.normalize import Normalization
+
+    dataset = load_dataset(args.data)
+    norm = Normalization.fit(dataset.x, args.normalize)
+    data = np.ascontiguousarray(dataset.x if args.normalize == "none" else norm.apply(dataset.x))
+    return dataset, norm, data
+
+
 def cmd_solve(args) -> int:
     from pathlib import Path
 
-    import numpy as np
     import torch
 
     from sdfm import parallel
     from sdfm.artifacts import save_potential
-    from sdfm.data import fingerprint, load_dataset
+    from sdfm.data import fingerprint
     from sdfm.progress import solve_bar
     from sdfm.transport import PCAProjection
 
@@ -196,8 +229,7 @@ def cmd_solve(args) -> int:
     check_writable_file(out, "--out")
     device = parallel.init_from_env(device_from(args.device))
     main_rank = parallel.is_main()
-    dataset = load_dataset(args.data)
-    data = np.ascontiguousarray(dataset.x)
+    dataset, norm, data = _solve_data(args)
     targets = tensor_view(data)
     projection = None
     keys = targets
@@ -220,7 +252,8 @@ def cmd_solve(args) -> int:
             else f", PCA {args.pca} ({100 * projection.explained:.1f}% of the variance)"
         )
         procs = "" if world == 1 else f", {world} processes"
-        print(f"sdfm solve: {dataset.name} [{n}, {d}]{pca}{procs} -> {out}", file=sys.stderr)
+        units = "as given" if args.normalize == "none" else "normalised as sdfm train does"
+        print(f"sdfm solve: {dataset.name} [{n}, {d}] ({units}){pca}{procs} -> {out}", file=sys.stderr)
     # the same seed on every process: they score the same noise against their own shards
     generator = torch.Generator(device=device).manual_seed(args.seed)
     with solve_bar(tol=solver.tol, num_targets=n, disable=args.quiet or not main_rank) as bar:
@@ -241,7 +274,7 @@ def cmd_solve(args) -> int:
             fingerprint=fingerprint(data),
             targets=targets,
             data_name=args.data,
-            extra={"seed": args.seed},
+            extra={"seed": args.seed, "normalization": norm.to_dict()},
             projection=projection,
         )
     parallel.barrier()
@@ -267,6 +300,7 @@ def cmd_index(args) -> int:
 
     from sdfm.artifacts import load_potential, save_index
     from sdfm.data import load_dataset
+    from sdfm.data.normalize import Normalization
     from sdfm.transport import LaguerreCells
     from sdfm.transport.search import FaissCells, search_quality
 
@@ -275,7 +309,12 @@ def cmd_index(args) -> int:
         raise CliError(f"--out: expected a .safetensors path, got {args.out}")
     check_writable_file(out, "--out")
     dataset = load_dataset(args.data)
-    targets = tensor_view(np.ascontiguousarray(dataset.x))
+    pf = load_potential(args.potential)
+    stored = pf.meta.get("normalization")  # the units the potential was solved in (sdfm solve)
+    x = dataset.x
+    if stored is not None and stored.get("mode") != "none":
+        x = Normalization.from_dict(stored, dim=x.shape[1]).apply(x)
+    targets = tensor_view(np.ascontiguousarray(x))
     pf = load_potential(args.potential, targets=targets)
     if pf.eps > 0 or pf.classes is not None:
         raise CliError("--potential: a FAISS index pairs eps = 0, unconditional potentials only")
@@ -324,6 +363,15 @@ def cmd_info(args) -> int:
     return 0
 
 
+def set_threads(n: int) -> None:
+    """torch's intra-op threads (and inter-op threads when not yet started)."""
+    import torch
+
+    torch.set_num_threads(n)
+    with contextlib.suppress(RuntimeError):  # only settable before the first parallel work
+        torch.set_num_interop_threads(n)
+
+
 def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
     raise Terminated
 
@@ -333,6 +381,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        from sdfm.cli.train_cmd import apply_config
+
+        train_parser = parser._subparsers._group_actions[0].choices["train"]
+        try:
+            args = apply_config(parser, train_parser, argv)
+        except CliError as exc:
+            print(f"sdfm train: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     from sdfm.cli.eval_cmd import cmd_demo, cmd_eval
     from sdfm.cli.train_cmd import cmd_sample, cmd_train
 
@@ -349,9 +406,13 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(ValueError):  # (only the main thread may install handlers)
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     name = f"sdfm {args.command}"
+    if args.threads is not None:
+        set_threads(args.threads)
     try:
+        if getattr(args, "image_size", None) is not None or getattr(args, "channels", None) is not None:
+            args.data = data_with_image_options(args.data, args.image_size, args.channels)
         return handlers[args.command](args)
-    except (CliError, ValueError) as exc:
+    except (CliError, ValueError, MissingExtra) as exc:
         message = " ".join(str(exc).split())
         print(f"{name}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sdfm.cli.common import CliError, check_writable_file, check_writable_folder, device_from
+from sdfm.cli.common import (
+    CliError,
+    add_image_options,
+    check_writable_file,
+    check_writable_folder,
+    device_from,
+)
 from sdfm.couplings import COUPLINGS
 from sdfm.flow import OBJECTIVES
 
@@ -25,17 +31,29 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
         ),
     )
     p.add_argument(
-        "--data", required=True, help="dataset name (checkerboard, gmm, digits, mnist1d, ...) or file"
+        "--config",
+        default=None,
+        metavar="FILE.toml",
+        help='read options from a TOML file (keys are the option names: data = "digits", steps = 5000, '
+        "conditional = true, ...); flags on the command line override it. Every run writes its resolved "
+        "options to RUN_DIR/config.toml, so `sdfm train --config RUN_DIR/config.toml --out NEW` repeats it",
     )
     p.add_argument(
+        "--data",
+        required=False,
+        help="dataset name (checkerboard, gmm, digits, mnist1d, ...), tensor or .csv file, or a folder of "
+        "PNG/JPEG images (one subfolder per class gives labels; 10%% held out for sdfm eval)",
+    )
+    add_image_options(p)
+    p.add_argument(
         "--coupling",
-        required=True,
+        required=False,
         choices=sorted(COUPLINGS),
         help="how noise x0 and data x1 are paired: independent (I-FM, random pairs), minibatch-ot (OT-FM, "
         "exact or Sinkhorn OT within each batch) or semidiscrete (SD-FM, each noise to its Laguerre cell "
         "under a potential solved once for the whole dataset)",
     )
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", required=False, help="run folder (required, here or in --config)")
     p.add_argument("--potential", default=None, help="potential file solved for the normalised data")
     p.add_argument(
         "--eps",
@@ -147,6 +165,13 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
         help="replace the run in --out (its run.json, checkpoints, potential, metrics and eval are removed "
         "first; other files in the folder stay)",
     )
+    p.add_argument(
+        "--log",
+        choices=["jsonl", "tensorboard"],
+        default="jsonl",
+        help="jsonl: RUN_DIR/metrics.jsonl (default); tensorboard: also RUN_DIR/tensorboard/ with the "
+        "metrics and, at checkpoints, a grid of samples (sdfm[tensorboard])",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     s = sub.add_parser(
@@ -176,7 +201,18 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
     )
     s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     s.add_argument(
-        "--out", required=True, help="output .npy file (a .png of the samples is written beside it)"
+        "--out",
+        required=True,
+        help="output .npy file (a .png of the samples is written beside it), or with --format png-folder "
+        "a folder",
+    )
+    s.add_argument(
+        "--format",
+        choices=["npy", "png-folder"],
+        default="npy",
+        help="npy (default): one array in data units; png-folder (image runs): one 8-bit PNG per sample, "
+        "000000.png, ..., pixel values mapped from the training data's range to 0..255, for an "
+        "external FID tool",
     )
     s.add_argument(
         "--label",
@@ -225,17 +261,94 @@ def spec_from_args(args):
         raise CliError(f"--{str(exc).replace('_', '-')}") from None
     names = ("data", "coupling", "model", "width", "depth", "normalize", "objective", "conditional")
     names += ("label_dropout", "eps", "potential", "pca", "search", "pairing_precision", "ot_method")
-    names += ("ot_batch_size", "superres", "beta", "condition_noise", "device")
+    names += ("ot_batch_size", "superres", "beta", "condition_noise", "device", "log")
     return RunSpec(**{name: getattr(args, name) for name in names}, train=config)
+
+
+#: train options that describe one invocation, not the run (left out of RUN_DIR/config.toml)
+NOT_IN_CONFIG = ("config", "out", "resume", "overwrite", "quiet", "threads", "command")
+
+
+def config_toml(args) -> str:
+    """The resolved ``sdfm train`` options as TOML (options left at None are omitted)."""
+    import json
+
+    lines = ["# sdfm train options of this run (sdfm train --config THIS_FILE --out NEW_RUN repeats it)"]
+    for key, value in sorted(vars(args).items()):
+        if key in NOT_IN_CONFIG or value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        else:
+            text = json.dumps(str(value))  # a TOML basic string
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def apply_config(parser, train_parser, argv):
+    """Re-parses ``argv`` with the options of ``--config FILE.toml`` as defaults (flags still win)."""
+    import argparse
+
+    args = parser.parse_args(argv)
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    path = Path(args.config)
+    try:
+        table = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise CliError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(f"--config: {path} is not valid TOML: {exc}") from None
+    actions = {a.dest: a for a in train_parser._actions if a.dest != "help"}
+    defaults = {}
+    for key, value in table.items():
+        dest = key.replace("-", "_")
+        if dest not in actions or dest in ("config", "help"):
+            raise CliError(
+                f"--config: {path}: unknown option {key!r} (the keys are sdfm train's option names)"
+            )
+        action = actions[dest]
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise CliError(f"--config: {path}: {key} must be true or false, got {value!r}")
+            defaults[dest] = value
+            continue
+        if isinstance(value, (dict, list)) or isinstance(value, bool):
+            raise CliError(f"--config: {path}: {key} must be a number or a string, got {value!r}")
+        try:
+            converted = action.type(str(value)) if action.type else str(value)
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+            raise CliError(f"--config: {path}: {key} = {value!r}: {exc}") from None
+        if action.choices is not None and converted not in action.choices:
+            raise CliError(f"--config: {path}: {key} = {value!r} is not one of {list(action.choices)}")
+        defaults[dest] = str(value)  # (argparse converts string defaults with the option's type)
+    train_parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
 
 
 def cmd_train(args) -> int:
     from sdfm import parallel
     from sdfm.train import fit
 
+    for name in ("data", "coupling", "out"):
+        if getattr(args, name) is None:
+            raise CliError(f"--{name}: required (on the command line or in --config)")
+    if args.coupling not in COUPLINGS:
+        raise CliError(f"--coupling: expected one of {sorted(COUPLINGS)}, got {args.coupling!r}")
     check_writable_folder(Path(args.out), "--out")
     spec = spec_from_args(args)
-    result = fit(spec, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    result = fit(
+        spec,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        files={"config.toml": config_toml(args)},
+    )
     if not parallel.is_main():
         return 0
     last = result.metrics[-1] if result.metrics else {}
@@ -255,36 +368,21 @@ def cmd_sample(args) -> int:
     from sdfm.train import load_run
 
     out = Path(args.out)
-    if out.suffix != ".npy":
+    if args.format == "png-folder":
+        check_writable_folder(out, "--out")
+    elif out.suffix != ".npy":
         raise CliError(f"--out: expected a .npy path, got {args.out}")
-    check_writable_file(out, "--out")
+    else:
+        check_writable_file(out, "--out")
     device = device_from(args.device)
     run = load_run(args.run, device=device, ema=not args.no_ema)
+    if args.format == "png-folder" and not run.info["data"].get("image_shape"):
+        raise CliError(f"--format: png-folder needs an image run; {args.run} was trained on flat data")
     dim = int(run.info["data"]["shape"][1])
     generator = torch.Generator(device=device).manual_seed(args.seed)
     x0 = torch.randn(args.num, dim, generator=generator, device=device)
     num_classes = run.info["model"]["config"].get("num_classes")
-    cond = None
-    if run.info["coupling"].get("superres"):  # conditions: the held-out images' noisy low-res copies
-        from sdfm.evaluation.superres import superres_heldout
-
-        if args.label is not None or args.guidance != 1.0:
-            raise CliError("--label/--guidance: a super-resolution run is conditioned on images, not labels")
-        _, high, z, _, _ = superres_heldout(run.info, run.normalization)
-        num = min(args.num, z.shape[0])
-        cond = torch.from_numpy(z[:num]).to(device)
-        x0 = x0[:num]
-        print(f"conditions: the first {num} held-out images' low-resolution copies", file=sys.stderr)
-    elif num_classes:
-        if args.label is not None and not 0 <= args.label < num_classes:
-            raise CliError(f"--label: expected a class in [0, {num_classes}), got {args.label}")
-        cond = (
-            torch.full((args.num,), args.label, device=device)
-            if args.label is not None
-            else torch.arange(args.num, device=device) % num_classes
-        )
-    elif args.label is not None or args.guidance != 1.0:
-        raise CliError("--label/--guidance: the run's model is unconditional (train with --conditional)")
+    x0, cond = _sample_conditions(args, run, x0, device)
     mean_flow = bool(run.info["model"]["config"].get("mean_flow", False))
     solver = args.solver or default_method(mean_flow)
     if solver == "meanflow" and not mean_flow:
@@ -314,13 +412,84 @@ def cmd_sample(args) -> int:
             f"--run: {args.run} (step {run.step}) gives NaN or Inf samples; nothing written (a diverged run?)"
         )
 
+    image_shape = run.info["data"].get("image_shape")
+    if args.format == "png-folder":
+        written = write_png_folder(samples, out, image_shape, pixel_range(run.info))
+        print(f"{len(written)} samples ({solver}, NFE {res.nfe}) -> {out}/ (000000.png ...)")
+        return 0
+
     def write(p: Path) -> None:
         with open(p, "wb") as fh:
             np.save(fh, samples)
 
     atomic_write(out, write)
-    image_shape = run.info["data"].get("image_shape")
     label = f"{run.info['coupling']['name']}, {solver}, NFE {res.nfe}, step {run.step}"
     png = plot_samples(samples, out.with_suffix(".png"), image_shape=image_shape, title=label)
     print(f"{args.num} samples ({solver}, NFE {res.nfe}) -> {out}, {png}")
     return 0
+
+
+def _sample_conditions(args, run, x0, device):
+    """The noise (cut to the number of conditions) and the conditions of ``sdfm sample``: held-out
+    low-resolution images for super-resolution runs, labels for class-conditional ones, else None."""
+    import torch
+
+    num_classes = run.info["model"]["config"].get("num_classes")
+    cond = None
+    if run.info["coupling"].get("superres"):  # conditions: the held-out images' noisy low-res copies
+        from sdfm.evaluation.superres import superres_heldout
+
+        if args.label is not None or args.guidance != 1.0:
+            raise CliError("--label/--guidance: a super-resolution run is conditioned on images, not labels")
+        _, high, z, _, _ = superres_heldout(run.info, run.normalization)
+        num = min(args.num, z.shape[0])
+        cond = torch.from_numpy(z[:num]).to(device)
+        x0 = x0[:num]
+        print(f"conditions: the first {num} held-out images' low-resolution copies", file=sys.stderr)
+    elif num_classes:
+        if args.label is not None and not 0 <= args.label < num_classes:
+            raise CliError(f"--label: expected a class in [0, {num_classes}), got {args.label}")
+        cond = (
+            torch.full((args.num,), args.label, device=device)
+            if args.label is not None
+            else torch.arange(args.num, device=device) % num_classes
+        )
+    elif args.label is not None or args.guidance != 1.0:
+        raise CliError("--label/--guidance: the run's model is unconditional (train with --conditional)")
+    return x0, cond
+
+
+def pixel_range(info: dict) -> tuple[float, float]:
+    """The value range of a run's training pixels: 0..255 for 8-bit data (image folders, uint8 files),
+    else the data's own min and max."""
+    from sdfm.data import load_dataset
+
+    x = load_dataset(info["data"]["spec"]).x
+    if x.dtype == np.uint8:
+        return 0.0, 255.0
+    lo, hi = float(np.min(x)), float(np.max(x))
+    return lo, hi if hi > lo else lo + 1.0
+
+
+def write_png_folder(samples: np.ndarray, folder: Path, image_shape, value_range) -> list[Path]:
+    """One 8-bit PNG per sample (``000000.png`` ...; grey for 1 channel, RGB for 3), each written
+    atomically; values mapped from ``value_range`` to 0..255 and clipped."""
+    from sdfm.extras import require
+
+    Image = require("PIL.Image", "--format png-folder")  # noqa: N806 - the module's own name
+
+    from sdfm.artifacts.atomic import atomic_write
+
+    c, h, w = image_shape
+    if c not in (1, 3):
+        raise CliError(f"--format: png-folder writes 1- or 3-channel images, the run's have {c}")
+    lo, hi = value_range
+    pixels = np.clip(np.rint((samples.reshape(-1, c, h, w) - lo) / (hi - lo) * 255), 0, 255).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, img in enumerate(pixels):
+        image = Image.fromarray(img[0] if c == 1 else img.transpose(1, 2, 0))
+        path = folder / f"{i:06d}.png"
+        atomic_write(path, lambda p, image=image: image.save(p, format="PNG"))
+        written.append(path)
+    return written

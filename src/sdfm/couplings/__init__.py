@@ -2,6 +2,7 @@
 
 - :class:`IndependentCoupling` (I-FM), :class:`MinibatchOTCoupling` (OT-FM, exact or Sinkhorn),
   :class:`SemidiscreteCoupling` (SD-FM).
+- :class:`SemidiscretePairs` (and its :class:`PairDataset`): SD-FM pairs for your own training loop.
 - ``COUPLINGS`` (:mod:`sdfm.couplings.registry`): name -> how a training run builds each one from its
   spec (``sdfm train --coupling`` takes its choices from it).
 """
@@ -9,6 +10,7 @@
 from sdfm.couplings._base import DataCoupling
 from sdfm.couplings.independent import IndependentCoupling
 from sdfm.couplings.minibatch_ot import MinibatchOTCoupling
+from sdfm.couplings.pairs import PairDataset, SemidiscretePairs
 from sdfm.couplings.registry import COUPLINGS, CouplingContext, register_coupling
 from sdfm.couplings.semidiscrete import SemidiscreteCoupling
 from sdfm.couplings.semidiscrete_run import build_semidiscrete  # noqa: F401 - registers it
@@ -19,6 +21,8 @@ __all__ = [
     "DataCoupling",
     "IndependentCoupling",
     "MinibatchOTCoupling",
+    "PairDataset",
     "SemidiscreteCoupling",
+    "SemidiscretePairs",
     "register_coupling",
 ]

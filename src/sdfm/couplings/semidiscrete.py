@@ -153,14 +153,52 @@ class SemidiscreteCoupling(DataCoupling):
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Pairs:
         n = self._check_n(n)
         x0 = self.draw_noise(n, generator)
-        classes = cond = None
+        return self.pair(x0, generator=generator)
+
+    def pair(
+        self,
+        x0: torch.Tensor,
+        *,
+        classes: torch.Tensor | None = None,
+        conditions: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Pairs:
+        """Pairs given noise ``x0`` [n, d] (your own draws of the source) with their cells' data points.
+
+        Class-conditional couplings draw each sample's class from the data's class masses unless
+        ``classes`` [n] is given; continuous-condition couplings draw each sample's condition from the
+        data's conditions unless ``conditions`` [n, k] is given. ``generator`` drives those draws, the
+        Gumbel noise of eps > 0 and the split of duplicate cells."""
+        if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[1] != self.dim:
+            shape = list(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+            raise ValueError(f"x0: expected noise of shape [n, {self.dim}], got {shape}")
+        x0 = x0.to(device=self.device, dtype=self.data.dtype)
+        n = x0.shape[0]
+        cond = None
         query = x0
         if self.conditional:
-            probs = self.class_probs.to(x0.device)
-            classes = torch.multinomial(probs, n, replacement=True, generator=generator)
+            if classes is None:
+                probs = self.class_probs.to(x0.device)
+                classes = torch.multinomial(probs, n, replacement=True, generator=generator)
+            elif (
+                classes.shape != (n,) or int(classes.min()) < 0 or int(classes.max()) >= len(self.class_probs)
+            ):
+                raise ValueError(f"classes: expected [{n}] classes in [0, {len(self.class_probs)})")
+            classes = classes.to(x0.device)
+        elif classes is not None:
+            raise ValueError("classes: only for a class-conditional coupling (conditional=True)")
         if self.conditions is not None:  # continuous conditions: z0 = z_i, query [x0, sqrt(beta) z0]
-            cond = self.conditions[self.draw_index(n, generator)]
+            if conditions is None:
+                cond = self.conditions[self.draw_index(n, generator)]
+            elif conditions.dim() != 2 or conditions.shape != (n, self.conditions.shape[1]):
+                raise ValueError(
+                    f"conditions: expected [{n}, {self.conditions.shape[1]}], got {list(conditions.shape)}"
+                )
+            else:
+                cond = conditions.to(device=self.device, dtype=self.data.dtype)
             query = augmented_queries(x0, cond, self.beta)
+        elif conditions is not None:
+            raise ValueError("conditions: only for a coupling with continuous conditions")
         if self.projection is not None:
             query = self.projection.project(query)
         if self.collective is not None and self.collective.world_size > 1:

@@ -76,8 +76,9 @@ def _load(spec, ctx, path: Path, eps, labels):
     pf = load_potential(path)
     if pf.fingerprint == ctx.fingerprint_raw and ctx.fingerprint_raw != ctx.fingerprint_train:
         raise ValueError(
-            f"--potential: {path} was solved for the raw data, but training uses normalised "
-            "data; pass --normalize none, or omit --potential to solve for the normalised data"
+            f"--potential: {path} was solved for the data as given (sdfm solve --normalize none), but "
+            "training uses normalised data; solve with the default --normalize standard, train with "
+            "--normalize none, or omit --potential to solve in the run"
         )
     pf.check_targets(ctx.targets, fingerprint=ctx.fingerprint_train)
     if labels is not None and (pf.classes is None or not torch.equal(pf.classes, labels.cpu())):

@@ -13,7 +13,9 @@ def digits(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     The 1797 images are split 80/20 by a fixed permutation (numpy seed 0): ``"train"`` [1438, 64]
     (the default, so that ``sdfm eval`` has held-out data), ``"test"`` [359, 64], ``"all"`` [1797, 64].
     """
-    from sklearn.datasets import load_digits
+    from sdfm.extras import require
+
+    load_digits = require("sklearn.datasets", "the built-in digits dataset").load_digits
 
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
@@ -37,7 +39,10 @@ def mnist1d(n: int = 5000, split: str = "train", seed: int = 42) -> tuple[np.nda
     """
     import random
 
-    from mnist1d.data import get_dataset_args, make_dataset
+    from sdfm.extras import require
+
+    mnist1d_data = require("mnist1d.data", "the built-in MNIST-1D dataset")
+    get_dataset_args, make_dataset = mnist1d_data.get_dataset_args, mnist1d_data.make_dataset
 
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")

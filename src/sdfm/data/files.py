@@ -1,4 +1,5 @@
-"""Tensor files: .npy / .npz / .pt / .safetensors holding [N, ...] data (and optional labels)."""
+"""Tensor files: .npy / .npz / .pt / .safetensors holding [N, ...] data (and optional labels), and
+numeric .csv tables (optional header; a label column found by name)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import torch
 #: Keys looked up, in order, in a file that holds several arrays.
 DATA_KEYS = ("x", "data", "X", "samples", "arr_0")
 LABEL_KEYS = ("labels", "y", "label", "targets")
-SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".safetensors")
+SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".safetensors", ".csv")
+#: header names of a .csv label column (case-insensitive), unless one is named with ``label=``
+CSV_LABEL_COLUMNS = ("label", "labels", "class", "target", "y")
 
 
 class DataError(ValueError):
@@ -79,12 +82,78 @@ def _safetensors_memmap(path: Path) -> dict | None:
     return out
 
 
-def _read(path: Path, *, mmap: bool = True):
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def read_csv(path: Path, label: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A numeric table: float64 data [N, d] and int64 labels [N] or None.
+
+    The first row is a header when any of its cells is not a number. The label column is the one
+    named ``label`` (a header name, or a 0-based column index), else a header column called one of
+    :data:`CSV_LABEL_COLUMNS`; integer labels >= 0 are kept, others (strings, negatives) are numbered
+    in sorted order. DataError naming the line and column of a cell that is not a number."""
+    import csv
+
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise DataError(f"data: {path} is empty")
+    header = None
+    if any(_float(c) is None for c in rows[0]):
+        header, rows = [c.strip() for c in rows[0]], rows[1:]
+    if not rows:
+        raise DataError(f"data: {path} has a header and no rows")
+    width = len(header) if header else len(rows[0])
+    col = None
+    if label is not None:
+        if header and label in header:
+            col = header.index(label)
+        elif label.isdigit() and int(label) < width:
+            col = int(label)
+        else:
+            raise DataError(f"data: label={label!r}: no such column in {path} (columns: {header or width})")
+    elif header:
+        lower = [h.lower() for h in header]
+        col = next((lower.index(n) for n in CSV_LABEL_COLUMNS if n in lower), None)
+    data = np.empty((len(rows), width - (col is not None)), dtype=np.float64)
+    raw_labels = []
+    first_line = 2 if header else 1
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise DataError(f"data: {path} line {first_line + i} has {len(row)} columns, expected {width}")
+        if col is not None:
+            raw_labels.append(row[col].strip())
+            row = row[:col] + row[col + 1 :]
+        for j, cell in enumerate(row):
+            value = _float(cell)
+            if value is None:
+                raise DataError(
+                    f"data: {path} line {first_line + i} column {j + 1}: {cell!r} is not a number"
+                )
+            data[i, j] = value
+    labels = None
+    if col is not None:
+        ints = [int(v) if v.lstrip("-").isdigit() else None for v in raw_labels]
+        if all(v is not None and v >= 0 for v in ints):
+            labels = np.asarray(ints, dtype=np.int64)
+        else:
+            names = sorted(set(raw_labels))
+            labels = np.asarray([names.index(v) for v in raw_labels], dtype=np.int64)
+    return data, labels
+
+
+def _read(path: Path, *, mmap: bool = True, label: str | None = None):
     """Raw (data, labels) as stored in a tensor file (labels None when absent)."""
     suffix = path.suffix.lower()
     labels = None
     try:
-        if suffix == ".npy":
+        if suffix == ".csv":
+            data, labels = read_csv(path, label)
+        elif suffix == ".npy":
             data = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -125,7 +194,9 @@ def stored_shape(path: str | Path) -> tuple[int, ...] | None:
         return None
 
 
-def load_array(path: str | Path, *, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def load_array(
+    path: str | Path, *, mmap: bool = True, label: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Reads data [N, ...] (and labels [N] if present) from a tensor file.
 
     Returns the data flattened to [N, d] (memory-mapped for .npy when possible; values as
@@ -138,7 +209,7 @@ def load_array(path: str | Path, *, mmap: bool = True) -> tuple[np.ndarray, np.n
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"data: unsupported file type {suffix!r} ({path}); use one of {SUFFIXES}")
-    data, labels = _read(path, mmap=mmap)
+    data, labels = _read(path, mmap=mmap, label=label)
     data = _to_numpy(data, path, "data")
     if labels is not None:
         labels = _to_numpy(labels, path, "labels")

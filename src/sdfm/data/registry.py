@@ -100,25 +100,122 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 
 
 def heldout_spec(spec: str) -> str | None:
-    """The spec of held-out data for a built-in dataset spec (``split=test``, same other parameters;
-    fresh draws for generated sets, the test part for digits and MNIST-1D); None for files and for
-    ``digits:split=all``, which leave nothing held out."""
-    if not isinstance(spec, str) or Path(spec).suffix.lower() in SUFFIXES or Path(spec).exists():
+    """The spec of held-out data for a dataset spec (``split=test``, same other parameters; fresh
+    draws for generated sets, the test part for digits and MNIST-1D, the held-out fraction of a file
+    or image folder); None for ``digits:split=all`` and for files without a ``holdout`` fraction,
+    which leave nothing held out."""
+    if not isinstance(spec, str):
         return None
+    if is_file_spec(spec):
+        path, options = _file_options(spec)
+        if _holdout(path, options) == 0 or options.get("split", "train") != "train":
+            return None
+        return _join(path, {**options, "split": "test"}, sep="::")
     name, params = parse_spec(spec)
     if name not in DATASETS or params.get("split", "train") != "train":
         return None
-    params = {**params, "split": "test"}
-    return name + ":" + ",".join(f"{k}={v}" for k, v in params.items())
+    return _join(name, {**params, "split": "test"}, sep=":")
+
+
+def _join(head: str, params: dict, sep: str) -> str:
+    return head + sep + ",".join(f"{k}={v}" for k, v in params.items())
+
+
+def is_file_spec(spec: str) -> bool:
+    """Whether ``spec`` names a file or folder (``PATH`` or ``PATH::key=value,...``) rather than a
+    built-in dataset."""
+    path, sep, _ = spec.partition("::")
+    return bool(sep) or Path(path).suffix.lower() in SUFFIXES or Path(path).exists()
+
+
+#: options of a file or folder spec ``PATH::key=value,...``
+FILE_OPTIONS = ("image_size", "channels", "holdout", "split", "label")
+#: the held-out fraction of image folders when no ``holdout`` is given (files: 0)
+FOLDER_HOLDOUT = 0.1
+
+
+def _file_options(spec: str) -> tuple[str, dict]:
+    path, _, rest = spec.partition("::")
+    _, options = parse_spec("x:" + rest)
+    unknown = sorted(set(options) - set(FILE_OPTIONS))
+    if unknown:
+        raise ValueError(f"data: unknown option {unknown[0]!r} in {spec!r}; options: {list(FILE_OPTIONS)}")
+    return path, options
+
+
+def _holdout(path: str, options: dict) -> float:
+    try:
+        frac = float(options.get("holdout", FOLDER_HOLDOUT if Path(path).is_dir() else 0.0))
+    except ValueError:
+        raise ValueError(f"data: holdout={options['holdout']!r}: expected a fraction in [0, 1)") from None
+    if not 0 <= frac < 1:
+        raise ValueError(f"data: holdout={frac}: expected a fraction in [0, 1)")
+    return frac
+
+
+def heldout_rows(n: int, fraction: float, labels: np.ndarray | None) -> np.ndarray:
+    """Sorted indices of the held-out rows: ``fraction`` of each class (of all rows without labels),
+    rounded, at least one row held out and at least one of each class kept; a fixed permutation
+    (numpy seed 0), so the split is the same in every command."""
+    rng = np.random.default_rng(0)
+    groups = [np.arange(n)] if labels is None else [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    out = []
+    for idx in groups:
+        k = min(int(np.floor(fraction * idx.size + 0.5)), idx.size - 1)
+        out.append(rng.permutation(idx)[:k])
+    test = np.sort(np.concatenate(out)) if out else np.empty(0, dtype=np.int64)
+    if test.size == 0 and n > 1 and labels is None:
+        test = np.sort(rng.permutation(n)[:1])
+    return test
+
+
+def _load_file(spec: str) -> Dataset:
+    """A tensor file, .csv table or image folder, with its options and held-out split."""
+    path, options = _file_options(spec)
+    folder = Path(path).is_dir()
+    image_opts = {k: options[k] for k in ("image_size", "channels") if k in options}
+    if image_opts and not folder:
+        raise ValueError(f"data: {sorted(image_opts)} apply to image folders; {path} is a file")
+    if "label" in options and Path(path).suffix.lower() != ".csv":
+        raise ValueError(f"data: label= names a column of a .csv file; {path} is not one")
+    try:
+        size = int(image_opts["image_size"]) if "image_size" in image_opts else None
+        channels = int(image_opts["channels"]) if "channels" in image_opts else None
+    except ValueError as exc:
+        raise ValueError(f"data: bad image option in {spec!r}: {exc}") from None
+    if folder:
+        from sdfm.data.images import load_image_folder
+
+        images = load_image_folder(path, size=size, channels=channels)
+        x, labels = images.x.reshape(images.x.shape[0], -1), images.labels
+        image_shape = tuple(int(v) for v in images.x.shape[1:])
+        extra = {"classes": list(images.classes)} if images.classes else {}
+    else:
+        x, labels = load_array(path, label=options.get("label"))
+        image_shape, extra = image_shape_of(path), {}
+    split = options.get("split", "train")
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"data: split={split!r}: expected train, test or all")
+    fraction = _holdout(path, options)
+    params = {**options, **extra}
+    if fraction > 0 and split != "all":
+        test = heldout_rows(x.shape[0], fraction, labels)
+        keep = test if split == "test" else np.setdiff1d(np.arange(x.shape[0]), test)
+        x = np.asarray(x[keep])
+        labels = None if labels is None else labels[keep]
+        params.update(holdout=fraction, split=split, rows=int(keep.size))
+    return Dataset(x=x, labels=labels, name=path, params=params, image_shape=image_shape)
 
 
 def load_dataset(spec: str) -> Dataset:
-    """A built-in dataset by name (with optional parameters) or a tensor file by path."""
+    """A built-in dataset by name (with optional parameters: ``gmm:d=64,n=1000``), or a tensor file,
+    .csv table or image folder by path, with options after ``::`` (``imgs/::image_size=32,channels=1``,
+    ``x.npy::holdout=0.1``; ``split=train`` (default) / ``test`` / ``all`` picks the part of a
+    ``holdout`` split; image folders hold out 0.1 by default)."""
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"data: expected a dataset name or a file path, got {spec!r}")
-    if Path(spec).suffix.lower() in SUFFIXES or Path(spec).exists():
-        x, labels = load_array(spec)
-        return Dataset(x=x, labels=labels, name=str(spec), params={}, image_shape=image_shape_of(spec))
+    if is_file_spec(spec):
+        return _load_file(spec)
     name, params = parse_spec(spec)
     if name not in DATASETS:
         raise ValueError(

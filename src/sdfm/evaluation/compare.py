@@ -9,13 +9,13 @@ and saved in each SD-FM run, so every run folder can be re-evaluated with ``sdfm
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sdfm.evaluation.evaluate import CLASSIFIER_FILE, ClassifierScorer, cached_scorer, evaluate_model
+from sdfm.evaluation.evaluate import ClassifierScorer, cached_scorer, evaluate_model
 from sdfm.evaluation.results import EvalConfig, EvalResult
 
 
@@ -153,7 +153,7 @@ def solve_potential(
     seed: int,
     budget: Budget,
     device,
-    progress: bool = False,
+    progress: bool | str = False,
     conditional: bool = False,
 ):
     """The semidiscrete potential for the normalised data (default solver, tol 0.05, time cap); per
@@ -168,7 +168,8 @@ def solve_potential(
     generator = torch.Generator(device=device).manual_seed(seed)
     if conditional and prep.dataset.labels is None:
         raise ValueError(f"conditional: {prep.spec} has no labels")
-    with solve_bar(tol=solver.tol, num_targets=targets.shape[0], disable=not progress) as bar:
+    label = progress if isinstance(progress, str) else "solve"
+    with solve_bar(tol=solver.tol, num_targets=targets.shape[0], desc=label, disable=not progress) as bar:
         if conditional:
             labels = torch.from_numpy(prep.dataset.labels)
             return solve_per_class(solver, targets, labels, generator=generator, callback=bar)
@@ -184,31 +185,27 @@ def train_method(
     seed: int,
     device,
     potential=None,
-    progress: bool = False,
+    progress: bool | str = False,
+    resume: bool = False,
 ):
     """Trains one method into ``run_dir`` (a run folder ``sdfm eval`` / ``sdfm sample`` can read) with
-    the run recipe :func:`sdfm.train.fit`; ``potential`` is the solver result for semidiscrete methods
-    (solved once for all of them, saved in the run and loaded by the recipe). Returns the TrainResult."""
-    from sdfm.artifacts import save_potential
+    the run recipe :func:`sdfm.train.fit`; ``potential`` is the solver result (or a potential file
+    written for ``prep``) for semidiscrete methods (solved once for all of them, saved in the run and
+    loaded by the recipe). ``resume`` continues a run the folder already holds. Returns the
+    TrainResult."""
     from sdfm.train import RunSpec, TrainConfig, fit
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if method.conditional and prep.dataset.labels is None:
         raise ValueError(f"method: {method.name} is conditional but {prep.spec} has no labels")
+    resume = resume and _same_run(run_dir, prep, budget)
+    run_dir.mkdir(parents=True, exist_ok=True)
     potential_file = None
     if method.coupling == "semidiscrete":
         if potential is None:
             raise ValueError(f"potential: method {method.name} is semidiscrete and needs a solved potential")
         potential_file = run_dir / "potential.safetensors"
-        save_potential(
-            potential_file,
-            potential,
-            fingerprint=prep.fingerprint_train,
-            targets=torch.from_numpy(prep.train),
-            data_name=prep.spec,
-            extra={"seed": seed},
-        )
+        _store_potential(potential_file, potential, prep, seed)
     config = TrainConfig(
         steps=budget.steps,
         batch_size=budget.batch_size,
@@ -232,7 +229,88 @@ def train_method(
         device=str(device),
     )
     with torch.random.fork_rng(devices=[]):  # the same initial weights for every method
-        return fit(spec, run_dir, progress=progress, log=lambda message: None)
+        return fit(spec, run_dir, resume=resume, progress=progress, log=lambda message: None)
+
+
+def _same_run(run_dir: Path, prep: Prepared, budget: Budget) -> bool:
+    """Whether ``run_dir`` holds a run of these data and budget to continue; a run of other data or
+    another budget (in a comparison's own folder) is removed."""
+    import json
+    import shutil
+
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+        same = (
+            info["data"]["train_fingerprint"] == prep.fingerprint_train
+            and info["train"]["steps"] == budget.steps
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        same = False
+    if not same and run_dir.exists():
+        shutil.rmtree(run_dir)
+    return same
+
+
+def _store_potential(path: Path, potential, prep: Prepared, seed: int) -> None:
+    """Writes a solver result (with its chi2 history) or copies a potential file to ``path``."""
+    from sdfm.artifacts import save_potential
+    from sdfm.artifacts.atomic import atomic_write
+
+    if isinstance(potential, (str, Path)):
+        if Path(potential).resolve() != path.resolve():
+            data = Path(potential).read_bytes()
+            atomic_write(path, lambda p: p.write_bytes(data))
+        return
+    history = [
+        [h.samples, h.chi2, h.chi2_stderr]
+        for h in getattr(potential, "history", None) or []
+        if h.chi2 is not None
+    ]
+    if hasattr(potential, "history") and (not history or history[-1][0] != potential.samples):
+        history.append([potential.samples, potential.chi2, potential.chi2_stderr])  # the final measurement
+    save_potential(
+        path,
+        potential,
+        fingerprint=prep.fingerprint_train,
+        targets=torch.from_numpy(prep.train),
+        data_name=prep.spec,
+        extra={"seed": seed, "chi2_history": history},
+    )
+
+
+@dataclass(frozen=True)
+class PotentialSummary:
+    """What a comparison reports of a solved potential (from the solver or from its file)."""
+
+    chi2: float
+    chi2_stderr: float
+    samples: int
+    seconds: float
+    tol: float | None
+    history: list | None  # entries with .samples, .chi2, .chi2_stderr (None for per-class potentials)
+    path: Path
+
+    @classmethod
+    def from_file(cls, path: Path, prep: Prepared, seed: int, conditional: bool) -> PotentialSummary | None:
+        """The potential stored at ``path`` for these data, seed and conditioning; None otherwise."""
+        from types import SimpleNamespace
+
+        from sdfm.artifacts import load_potential
+
+        if not path.is_file():
+            return None
+        try:
+            pf = load_potential(path, targets=torch.from_numpy(prep.train))
+        except ValueError:
+            return None
+        if pf.meta.get("seed") != seed or (pf.classes is not None) != conditional:
+            return None
+        hist = pf.meta.get("chi2_history") or []
+        history = [SimpleNamespace(samples=s, chi2=c, chi2_stderr=e) for s, c, e in hist] or None
+        m = pf.meta
+        return cls(
+            m["chi2"], m["chi2_stderr"], m["samples"], m["seconds"], m["solver"].get("tol"), history, path
+        )
 
 
 def scorer_for(prep: Prepared, cache: Path | None, *, seed: int = 0) -> ClassifierScorer | None:
@@ -272,8 +350,13 @@ def compare(
     scorer: ClassifierScorer | None = None,
     progress: bool = False,
     log=print,
+    resume: bool = False,
 ) -> Comparison:
-    """Solves the potentials, trains each method into ``out/runs/<slug>`` and evaluates it."""
+    """Solves the potentials, trains each method into ``out/runs/<slug>`` and evaluates it.
+
+    Every finished method leaves ``out/runs/<slug>/demo_eval.{json,npz}``; with ``resume`` a method
+    whose evaluation is there (for this budget and seed) is not trained again, an unfinished run
+    continues from its last checkpoint, and a solved potential (``out/potentials/``) is reused."""
     out = Path(out)
     device = torch.device(device)
     cmp = Comparison(results={}, prepared=prep, scorer=scorer)
@@ -281,38 +364,25 @@ def compare(
         steps=budget.eval_steps, adaptive=budget.adaptive, num=budget.num, path_num=budget.path_num, seed=seed
     )
     for method in methods:
+        run_dir = out / "runs" / method.slug
+        done = _finished(run_dir, budget, seed, prep) if resume else None
+        if done is not None:
+            cmp.results[method.name] = done
+            cmp.timings[method.name] = done.info["timings"]
+            if method.coupling == "semidiscrete":
+                _potential(cmp, out, prep, method, budget, seed, device, progress, log, resume)
+            log(f"  {method.name}: finished earlier in {run_dir} (resumed)")
+            continue
         t0 = time.perf_counter()
         potential = None
         if method.coupling == "semidiscrete":
-            key = (method.eps, method.conditional)
-            if key not in cmp.potentials:
-                cmp.potentials[key] = solve_potential(
-                    prep,
-                    eps=method.eps,
-                    seed=seed,
-                    budget=budget,
-                    device=device,
-                    progress=progress,
-                    conditional=method.conditional,
-                )
-                res = cmp.potentials[key]
-                log(
-                    f"  potential eps={method.eps}{' per class' if method.conditional else ''}: chi2 "
-                    f"{res.chi2:.4f} ± {res.chi2_stderr:.4f} in {res.seconds:.1f} s"
-                )
-            potential = cmp.potentials[key]
+            potential = _potential(cmp, out, prep, method, budget, seed, device, progress, log, resume).path
         t1 = time.perf_counter()
-        run_dir = out / "runs" / method.slug
+        label = f"{method.name} train" if progress else False
         result = train_method(
-            method,
-            prep,
-            run_dir,
-            budget=budget,
-            seed=seed,
-            device=device,
-            potential=potential,
-            progress=progress,
-        )
+            method, prep, run_dir, budget=budget, seed=seed, device=device, potential=potential,
+            progress=label, resume=resume,
+        )  # fmt: skip
         t2 = time.perf_counter()
         num_classes = int(prep.dataset.num_classes) if method.conditional else None
         ev = evaluate_model(
@@ -322,144 +392,73 @@ def compare(
             scorer=scorer,
             train_data=prep.train,
             num_classes=num_classes,
+            progress=f"{method.name} eval" if progress else False,
         )
         t3 = time.perf_counter()
-        ev.info.update(method=method.name, run=str(run_dir), steps=budget.steps, seed=seed)
+        timings = {"solve_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2}
+        ev.info.update(method=method.name, run=str(run_dir), steps=budget.steps, seed=seed, timings=timings)
+        ev.info.update(budget=asdict(budget), data_fingerprint=prep.fingerprint_train)
+        ev.save(run_dir / DEMO_EVAL)
         cmp.results[method.name] = ev
-        cmp.timings[method.name] = {"solve_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2}
+        cmp.timings[method.name] = timings
         best = min((r for r in ev.rows if r["setting"] != "data"), key=lambda r: r["nfe"])
         log(
-            f"  {method.name}: trained {budget.steps} steps in {t2 - t1:.1f} s;"
+            f"  {method.name}: trained {budget.steps} steps in {t2 - t1:.1f} s, evaluated in {t3 - t2:.1f} s;"
             f" {best['setting']} W2 {best['w2']:.4f}"
         )
     return cmp
 
 
-def run_demo(
-    data: str = "checkerboard",
-    budget: str | Budget = "quick",
-    out: str | Path = "demo",
-    *,
-    seed: int = 0,
-    device="cpu",
-    progress: bool = True,
-    log=print,
-    objective: str = "flow",
-    conditional: bool = False,
-) -> Path:
-    """``sdfm demo``: I-FM, OT-FM (exact, n = 256) and SD-FM on ``data`` with one budget; writes
-    ``out/report.md`` with metric tables, metric-vs-NFE curves, samples, trajectories and the
-    solver's chi2 curve (``out/chi2.png``), and the runs in ``out/runs/``. Returns the report path.
-
-    ``objective="meanflow"`` trains mean-flow models (I-MF / OT-MF / SD-MF, sampled by mean-flow
-    jumps); ``conditional`` class-conditional ones (pairs within classes; accuracy given the label)."""
-    from sdfm.evaluation.plots import plot_chi2
-    from sdfm.evaluation.report import write_report
-
-    name, budget = _budget(budget)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    prep = prepare(data)
-    log(
-        f"sdfm demo: {data} [{prep.train.shape[0]}, {prep.train.shape[1]}], budget {name} "
-        f"({budget.steps} training steps per method) -> {out}"
-    )
-    scorer = scorer_for(prep, out / CLASSIFIER_FILE, seed=seed)
-    if conditional and scorer is None:
-        raise ValueError(f"conditional: {data} has no labels")
-    methods = demo_methods(objective, conditional)
-    cmp = compare(
-        prep,
-        out,
-        methods=methods,
-        budget=budget,
-        seed=seed,
-        device=device,
-        scorer=scorer,
-        progress=progress,
-        log=log,
-    )
-    pot = cmp.potentials[(0.0, conditional)]
-    history = getattr(pot, "history", None)  # (a per-class solve has one curve per class: not drawn)
-    if history is not None:
-        plot_chi2(history, out / "chi2.png", tol=pot.settings.get("tol", 0.05))
-    total = time.perf_counter() - t0
-    notes = _demo_notes(
-        data, prep, name, budget, seed, methods, pot, objective, conditional, cmp, total, device
-    )
-    if scorer is not None and scorer.test_accuracy is not None:
-        notes += [
-            "",
-            f"Classifier (trained on the real training data, cached in {CLASSIFIER_FILE}): held-out accuracy "
-            f"{scorer.test_accuracy:.3f}. Its Frechet distance is not FID.",
-        ]
-    chi2_plot = ["Semidiscrete solver: measured chi2 of the potential's marginal against the noise seen:"]
-    extra = [*chi2_plot, "", "![chi2](chi2.png)", ""] if history is not None else []
-    payload = {"data": data, "budget": name, "seed": seed, "objective": objective, "conditional": conditional}
-    payload |= {"timings": cmp.timings, "total_s": total}
-    payload["potential"] = {k: getattr(pot, k) for k in ("chi2", "chi2_stderr", "seconds", "samples")}
-    report = write_report(
-        out,
-        cmp.results,
-        title=f"sdfm demo: {' vs '.join(m.name for m in methods)} on {data}",
-        image_shape=prep.dataset.image_shape,
-        display=prep.normalization.undo,
-        notes=notes,
-        extra=extra,
-        payload=payload,
-    )
-    log(f"sdfm demo: report -> {report} ({total:.0f} s)")
-    return report
+#: the stem of a finished method's evaluation in its run folder (resumable comparisons)
+DEMO_EVAL = "demo_eval"
 
 
-def _budget(budget: str | Budget) -> tuple[str, Budget]:
-    """(name, Budget) of a budget given by name or as a Budget ("custom")."""
-    if not isinstance(budget, str):
-        return "custom", budget
-    if budget not in BUDGETS:
-        raise ValueError(f"budget: expected one of {sorted(BUDGETS)}, got {budget!r}")
-    return budget, BUDGETS[budget]
+def _finished(run_dir: Path, budget: Budget, seed: int, prep: Prepared) -> EvalResult | None:
+    """The saved evaluation of a method finished with this budget, seed and data, or None."""
+    if not (run_dir / f"{DEMO_EVAL}.json").is_file():
+        return None
+    try:
+        ev = EvalResult.load(run_dir / DEMO_EVAL)
+    except ValueError:
+        return None
+    info = ev.info
+    same = info.get("budget") == _json_roundtrip(asdict(budget)) and info.get("seed") == seed
+    return ev if same and info.get("data_fingerprint") == prep.fingerprint_train else None
 
 
-def _demo_notes(data, prep, name, budget, seed, methods, pot, objective, conditional, cmp, total, device):
-    """The demo report's opening notes: data, budget, methods, timings."""
-    return [
-        f"Data `{data}` ({prep.train.shape[0]} training points, d = {prep.train.shape[1]}); "
-        f"held-out reference `{prep.reference_name}` ({prep.reference.shape[0]} points; metrics use a "
-        f"fixed subset of {min(budget.num, prep.reference.shape[0])}). "
-        f"Budget `{name}`: MLP (width {budget.hidden}, {budget.depth} residual blocks), "
-        f"{budget.steps} steps of batch {budget.batch_size}, lr {budget.lr}, "
-        f"seed {seed}, the same for every method; EMA weights evaluated. {budget.num} samples per setting "
-        "from the same noise. Distances in normalised units (data minus mean, divided by one global scale).",
-        "",
-        f"Methods: **{methods[0].name}** independent pairs; **{methods[1].name}** exact OT within batches "
-        f"of 256 (scipy's assignment); **{methods[2].name}** semidiscrete OT pairs (eps = 0): potential "
-        f"chi2 {pot.chi2:.4f} ± {pot.chi2_stderr:.4f} after {pot.samples / 1e6:.2f}M noise samples, "
-        f"{pot.seconds:.1f} s."
-        + (
-            " Mean-flow models u(x, t, r) (MeanFlow objective), sampled by mean-flow jumps; dopri5 "
-            "integrates u(x, t, t)."
-            if objective == "meanflow"
-            else ""
+def _json_roundtrip(value):
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def _potential(cmp, out, prep, method, budget, seed, device, progress, log, resume) -> PotentialSummary:
+    """The potential of ``method`` (eps, conditioning): solved once per comparison and saved in
+    ``out/potentials/`` (reused from there when resuming)."""
+    key = (method.eps, method.conditional)
+    if key in cmp.potentials:
+        return cmp.potentials[key]
+    path = out / "potentials" / f"eps{method.eps:g}{'-per-class' if method.conditional else ''}.safetensors"
+    found = PotentialSummary.from_file(path, prep, seed, method.conditional) if resume else None
+    if found is None:
+        res = solve_potential(
+            prep,
+            eps=method.eps,
+            seed=seed,
+            budget=budget,
+            device=device,
+            progress=f"{method.name} solve" if progress else False,
+            conditional=method.conditional,
         )
-        + (
-            " Class-conditional models (label dropout 0.1); pairs within each class (OT per class of "
-            "the batch, one semidiscrete potential per class); samples with labels drawn from the class "
-            "frequencies, no guidance."
-            if conditional
-            else ""
-        ),
-        "",
-        "| method | solve (s) | train (s) | evaluate (s) |",
-        "|---|---|---|---|",
-        *[
-            f"| {m} | {t['solve_s']:.1f} | {t['train_s']:.1f} | {t['eval_s']:.1f} |"
-            for m, t in cmp.timings.items()
-        ],
-        "",
-        f"Total wall time {total:.0f} s on {torch.get_num_threads()} CPU threads ({device}).",
-    ]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _store_potential(path, res, prep, seed)
+        found = PotentialSummary.from_file(path, prep, seed, method.conditional)
+        log(
+            f"  potential eps={method.eps}{' per class' if method.conditional else ''}: chi2 "
+            f"{res.chi2:.4f} ± {res.chi2_stderr:.4f} in {res.seconds:.1f} s"
+        )
+    cmp.potentials[key] = found
+    return found
 
 
 __all__ = [
@@ -471,5 +470,4 @@ __all__ = [
     "compare",
     "demo_methods",
     "prepare",
-    "run_demo",
 ]

@@ -76,7 +76,7 @@ def evaluate_model(
     scorer: ClassifierScorer | None = None,
     train_data=None,
     num_classes: int | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> EvalResult:
     """Evaluates a velocity field or mean-flow ``model`` (on its device) against ``reference`` [m, d]
     (held-out data,
@@ -89,6 +89,7 @@ def evaluate_model(
             this many samples).
         num_classes: the model's number of classes when it is conditional (labels for the samples
             are drawn from the scorer's class frequencies, and accuracy is reported).
+        progress: a tqdm bar over the settings (a string: the bar's label, e.g. "SD-FM eval").
     """
     config = EvalConfig() if config is None else config
     from tqdm.auto import tqdm
@@ -106,13 +107,46 @@ def evaluate_model(
             out.update(scorer.scores(x, ref_features, labels))
         return out
 
-    if train_data is not None:
-        rows.append(_floor_row(train_data, reference, config, score))
     samples = {}
     settings = config.settings()
-    bar = tqdm(settings, disable=not progress, desc="eval", dynamic_ncols=True, leave=False)
-    for name, solver, steps in bar:
-        bar.set_postfix(setting=name)
+    label = progress if isinstance(progress, str) else "eval"
+    # one tick per sampler setting, plus the data floor and the path statistics
+    bar = tqdm(
+        total=len(settings) + 1 + (train_data is not None),
+        disable=not progress,
+        desc=label,
+        unit="part",
+        dynamic_ncols=True,
+        leave=False,
+    )
+    if train_data is not None:
+        bar.set_postfix(part="real data floor")
+        rows.append(_floor_row(train_data, reference, config, score))
+        bar.update(1)
+    _sample_settings(model, x0, cond, settings, config, score, rows, samples, bar)
+    bar.set_postfix(part="path curvature")
+    path, traj = _paths(model, x0, cond, config)
+    bar.update(1)
+    bar.close()
+    info = {
+        "config": asdict(config),
+        "reference_size": int(ref.shape[0]),
+        "classifier_test_accuracy": None if scorer is None else scorer.test_accuracy,
+    }
+    return EvalResult(
+        rows=rows,
+        path=path,
+        info=info,
+        samples=samples,
+        trajectory=traj,
+        reference=ref.numpy(),
+    )
+
+
+def _sample_settings(model, x0, cond, settings, config, score, rows: list, samples: dict, bar) -> None:
+    """Integrates the same noise with every sampler setting, scores the samples and appends their rows."""
+    for name, solver, steps in settings:
+        bar.set_postfix(part=name)
         t0 = time.perf_counter()
         res = integrate(
             model, x0, steps=steps or 1, method=solver, cond=cond, rtol=config.rtol, atol=config.atol
@@ -133,20 +167,7 @@ def evaluate_model(
                 **score(x, labels),
             }
         )
-    path, traj = _paths(model, x0, cond, config)
-    info = {
-        "config": asdict(config),
-        "reference_size": int(ref.shape[0]),
-        "classifier_test_accuracy": None if scorer is None else scorer.test_accuracy,
-    }
-    return EvalResult(
-        rows=rows,
-        path=path,
-        info=info,
-        samples=samples,
-        trajectory=traj,
-        reference=ref.numpy(),
-    )
+        bar.update(1)
 
 
 def _inputs(reference, config: EvalConfig, device, scorer, num_classes):

@@ -9,7 +9,9 @@ import numpy as np
 
 
 def _figure():
-    import matplotlib
+    from sdfm.extras import require
+
+    matplotlib = require("matplotlib", "drawing pictures")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -194,24 +196,21 @@ def plot_trajectories(trajectories: dict, path, *, reference: np.ndarray, max_pa
 
 
 def plot_chi2(history, path, *, tol: float | None = None) -> Path:
-    """The semidiscrete solver's measured chi2 (with +- 1 standard error) against noise samples seen."""
+    """What decides the semidiscrete solver's stop: the chi2 of the averaged potential measured on fresh
+    noise (+- 1 standard error) against noise samples seen, and the tolerance it must fall below (with
+    97.5% confidence). The noisy running chi2 of single batches is not drawn: it does not decide."""
     plt = _figure()
     # (log axes: only points with samples > 0; chi2 is floored at 1e-6 below)
     pts = [(h.samples, h.chi2, h.chi2_stderr or 0.0) for h in history if h.chi2 is not None and h.samples > 0]
-    it = [(h.samples, h.chi2_iterate) for h in history if h.chi2_iterate is not None and h.samples > 0]
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    if it:
-        ax.plot(
-            [p[0] for p in it], [max(p[1], 1e-6) for p in it], color="0.7", lw=1, label="running (batches)"
-        )
     if pts:
         s, c, e = map(np.asarray, zip(*pts, strict=False))
         ax.errorbar(
-            s, np.maximum(c, 1e-6), yerr=e, fmt="o-", color="C3", ms=3, label="measured (fresh noise)"
+            s, np.maximum(c, 1e-6), yerr=e, fmt="o-", color="C3", ms=3, label="chi2 measured on fresh noise"
         )
     if tol:
-        ax.axhline(tol, color="k", ls="--", lw=1, label=f"tol {tol}")
-    if pts or it:
+        ax.axhline(tol, color="k", ls="--", lw=1, label=f"tol {tol} (stop when below, 97.5% conf.)")
+    if pts:
         ax.set_xscale("log")
         ax.set_yscale("log")
     from matplotlib.ticker import NullFormatter

@@ -96,3 +96,42 @@ class EvalResult:
 
     def to_json(self) -> dict:
         return {"rows": self.rows, "path": self.path, "info": self.info}
+
+    def save(self, stem) -> None:
+        """Writes ``STEM.npz`` (samples, trajectory, reference) and then ``STEM.json`` (rows, path, info),
+        each atomically; the JSON last, so its presence means both are complete."""
+        import json
+        from pathlib import Path
+
+        from sdfm.artifacts.atomic import atomic_write
+
+        stem = Path(stem)
+        arrays = {f"sample:{k}": v for k, v in self.samples.items()}
+        if self.trajectory is not None:
+            arrays["trajectory"] = self.trajectory
+        if self.reference is not None:
+            arrays["reference"] = self.reference
+
+        def write_npz(p):
+            with open(p, "wb") as fh:
+                np.savez(fh, **arrays)
+
+        atomic_write(stem.with_suffix(".npz"), write_npz)
+        atomic_write(stem.with_suffix(".json"), lambda p: p.write_text(json.dumps(self.to_json())))
+
+    @classmethod
+    def load(cls, stem) -> EvalResult:
+        """The result written by :meth:`save` (ValueError when missing or damaged)."""
+        import json
+        from pathlib import Path
+
+        stem = Path(stem)
+        try:
+            data = json.loads(stem.with_suffix(".json").read_text())
+            with np.load(stem.with_suffix(".npz"), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            rows, path, info = data["rows"], data["path"], data["info"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"eval result {stem}: cannot be read ({exc})") from None
+        samples = {k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("sample:")}
+        return cls(rows, path, info, samples, arrays.get("trajectory"), arrays.get("reference"))

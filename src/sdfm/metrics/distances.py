@@ -34,7 +34,9 @@ def wasserstein2(x, y, *, max_samples: int = 5000, generator: torch.Generator | 
     """Exact W2 = (min over couplings of E|X - Y|^2)^(1/2) between the empirical measures (POT's
     network-simplex ``ot.emd2``), on at most ``max_samples`` points of each set drawn without
     replacement (exact for sets that small; cost O(n^3) beyond)."""
-    import ot
+    from sdfm.extras import require
+
+    ot = require("ot", "exact W2")
 
     x, y = _pair(x, y)
     x, y = _subsample(x, max_samples, generator), _subsample(y, max_samples, generator)

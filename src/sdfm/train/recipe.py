@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from sdfm import parallel
+from sdfm.artifacts.atomic import atomic_write
 from sdfm.couplings.registry import COUPLING_OPTIONS, COUPLINGS, CouplingContext
 from sdfm.data import fingerprint, load_dataset
 from sdfm.data.normalize import Normalization
@@ -31,6 +32,8 @@ from sdfm.train.checkpoint import latest_checkpoint
 from sdfm.train.run import RunLock, clear_run, read_run, run_info, write_run
 from sdfm.train.trainer import TrainConfig, TrainResult, train
 
+#: where training metrics go besides metrics.jsonl
+LOGS = ("jsonl", "tensorboard")
 #: learning rate per model when the spec gives no TrainConfig
 DEFAULT_LR = {"mlp": 1e-3, "unet": 2e-4}
 
@@ -59,6 +62,8 @@ class RunSpec:
         train: the :class:`TrainConfig` (default: its defaults with the model's learning rate); its
             ``objective`` and ``label_dropout`` are set from this spec.
         device: ``cpu``, ``cuda``, ... (default cpu).
+        log: ``jsonl`` (metrics.jsonl only, the default) or ``tensorboard`` (also
+            ``RUN_DIR/tensorboard/``: metrics and sample grids; extra ``sdfm[tensorboard]``).
     """
 
     data: str
@@ -82,8 +87,11 @@ class RunSpec:
     condition_noise: float | None = None
     train: TrainConfig | None = None
     device: str | None = None
+    log: str = "jsonl"
 
     def __post_init__(self):
+        if self.log not in LOGS:
+            raise ValueError(f"--log: expected one of {list(LOGS)}, got {self.log!r}")
         if self.coupling not in COUPLINGS:
             raise ValueError(f"--coupling: expected one of {sorted(COUPLINGS)}, got {self.coupling!r}")
         if self.objective not in OBJECTIVES:
@@ -124,8 +132,9 @@ def fit(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
     log=_stderr,
+    files: dict[str, str] | None = None,
 ) -> TrainResult:
     """Trains ``spec`` into ``run_dir`` (or continues it with ``resume``) and returns the result.
 
@@ -134,7 +143,8 @@ def fit(
     specs, a folder that already holds a run (without ``resume``), or a spec that does not match
     the run being resumed. ``overwrite`` first removes what an earlier run wrote in the folder
     (:data:`sdfm.train.run.RUN_OUTPUTS`; other files stay). ``log`` receives one-line progress
-    messages (rank 0 only)."""
+    messages (rank 0 only). ``files`` (name -> text) are written into the run folder beside run.json
+    (e.g. the resolved ``config.toml`` of ``sdfm train``)."""
     if resume and overwrite:
         raise ValueError("--overwrite: replaces the run in the folder; --resume continues it (pass one)")
     run_dir = Path(run_dir)
@@ -145,7 +155,7 @@ def fit(
         if overwrite and lock is not None and (run_dir / "run.json").exists():
             removed = clear_run(run_dir)
             log(f"--overwrite: removed {', '.join(p.name for p in removed)} from {run_dir}")
-        return _fit_locked(spec, run_dir, resume, progress, log, overwrite)
+        return _fit_locked(spec, run_dir, resume, progress, log, overwrite, files or {})
     finally:
         if lock is not None:
             lock.release()
@@ -201,7 +211,7 @@ def _load_data(spec: RunSpec, run_dir: Path, resume: bool):
 
 
 def _fit_locked(
-    spec: RunSpec, run_dir: Path, resume: bool, progress: bool, log, overwrite: bool = False
+    spec: RunSpec, run_dir: Path, resume: bool, progress: bool, log, overwrite: bool = False, files=None
 ) -> TrainResult:
     _check_folder(run_dir, resume, overwrite)
     config = spec.train_config()
@@ -264,6 +274,8 @@ def _fit_locked(
                 seed=config.seed,
             ),
         )
+        for name, text in (files or {}).items():
+            atomic_write(run_dir / name, lambda p, text=text: p.write_text(text))
         procs = "" if parallel.world_size() == 1 else f", {parallel.world_size()} processes"
         log(f"{spec.coupling} on {dataset.name} [{n}, {dim}], {spec.model}{procs} -> {run_dir}")
     return train(
@@ -274,7 +286,27 @@ def _fit_locked(
         resume=resume,
         meta={"data_fingerprint": fp_raw, "coupling": spec.coupling},
         progress=progress,
+        loggers=_loggers(spec, run_dir, dataset, norm, model_info, task, config) if main_rank else (),
     )
+
+
+def _loggers(spec: RunSpec, run_dir: Path, dataset, norm, model_info: dict, task, config) -> list:
+    """The training loggers of ``spec.log`` besides metrics.jsonl."""
+    if spec.log != "tensorboard":
+        return []
+    from sdfm.train.tensorboard import TensorBoardLog
+
+    return [
+        TensorBoardLog(
+            run_dir,
+            dim=dataset.x.shape[1],
+            image_shape=dataset.image_shape,
+            undo=norm.undo,
+            num_classes=model_info["config"].get("num_classes"),
+            sample_grid=task is None,  # (super-resolution models need condition images)
+            seed=config.seed,
+        )
+    ]
 
 
 def _allow_tf32(device: torch.device) -> None:

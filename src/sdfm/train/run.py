@@ -92,11 +92,13 @@ def run_info(
     """The ``run.json`` payload (without format tags) of a run trained on ``dataset`` (a
     :class:`sdfm.data.Dataset` loaded from ``spec``) with the given model / coupling / train configs."""
     n, dim = dataset.x.shape
-    path = Path(spec)
+    path = Path(spec.partition("::")[0])
     return {
         "data": {
             "spec": spec,
             "path": str(path.resolve()) if path.exists() else None,
+            # the options of a file or folder (image size, channels, held-out fraction and split, ...)
+            "params": dict(dataset.params),
             "name": dataset.name,
             "fingerprint": fingerprint_raw,
             "train_fingerprint": fingerprint_train,
@@ -167,12 +169,13 @@ def _validate(info: dict) -> None:
 
 def _locate_data(data: dict, run_dir: Path) -> str:
     spec = data["spec"]
-    if not data.get("path") or Path(spec).exists():
+    head, sep, options = spec.partition("::")
+    if not data.get("path") or Path(head).exists():
         return spec
     candidates = [Path(data["path"])]
     if data.get("path_from_run"):
         candidates.append(run_dir / data["path_from_run"])
-    return next((str(c) for c in candidates if c.exists()), spec)
+    return next((str(c) + sep + options for c in candidates if c.exists()), spec)
 
 
 class RunLock:

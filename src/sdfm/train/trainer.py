@@ -183,6 +183,16 @@ class TrainingDiverged(ValueError):
     """The loss became NaN or Inf; nothing from the diverged steps was written."""
 
 
+def _logged_checkpoint(loggers, step: int, ema, model) -> None:
+    if not loggers:
+        return
+    ema.eval()
+    for logger in loggers:
+        logger.checkpoint(step, ema)
+    ema.train()
+    model.train()
+
+
 def train(
     model: torch.nn.Module,
     coupling,
@@ -191,7 +201,8 @@ def train(
     *,
     resume: bool = False,
     meta: dict | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
+    loggers=(),
 ) -> TrainResult:
     """Trains ``model`` (a velocity field) on pairs from ``coupling`` by flow matching (or a mean-flow
     model by MeanFlow, ``config.objective``).
@@ -204,7 +215,11 @@ def train(
         resume: continue from the newest checkpoint in ``run_dir`` (model, EMA, optimiser, schedule
             and generator state), so the result equals an uninterrupted run on CPU with the same seed.
         meta: JSON-able run metadata stored in every checkpoint (data fingerprint, normalisation...).
-        progress: show a tqdm bar with the loss and pairs/s.
+        progress: show a tqdm bar with the loss and pairs/s (a string: the bar's label, e.g.
+            "SD-FM train").
+        loggers: objects with ``log(record)`` (every metrics line), ``checkpoint(step, ema_model)``
+            (every checkpoint) and ``close()``, called on the main process (e.g.
+            :class:`sdfm.train.tensorboard.TensorBoardLog`).
     """
     from tqdm.auto import tqdm
 
@@ -216,20 +231,29 @@ def train(
         total=config.steps,
         initial=step,
         disable=not (progress and loop.main),
-        desc="train",
+        desc=progress if isinstance(progress, str) else "train",
         dynamic_ncols=True,
     )
+    loggers = list(loggers) if loop.main else []
     model.train()
-    while step < config.steps:
-        step = loop.step(step)
-        if step % config.log_every == 0 or step == config.steps:
-            record = loop.log(step)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}")
-        bar.update(1)
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-            loop.checkpoint(step)
-    bar.close()
-    loop.checkpoint(step)
+    try:
+        while step < config.steps:
+            step = loop.step(step)
+            if step % config.log_every == 0 or step == config.steps:
+                record = loop.log(step)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}")
+                for logger in loggers:
+                    logger.log(record)
+            bar.update(1)
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+                loop.checkpoint(step)
+                _logged_checkpoint(loggers, step, loop.ema.module, model)
+        bar.close()
+        loop.checkpoint(step)
+        _logged_checkpoint(loggers, step, loop.ema.module, model)
+    finally:
+        for logger in loggers:
+            logger.close()
     model.eval()
     loop.ema.module.eval()
     return TrainResult(model=model, ema=loop.ema.module, step=step, metrics=loop.metrics)
