@@ -89,3 +89,38 @@ def test_missing_extra_is_one_line(tmp_path, capsys, monkeypatch):
     assert main(argv + ["--steps", "2", "--quiet", "--log", "tensorboard"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("needs the optional package 'tensorboard': pip install 'sdfm[tensorboard]'")
+
+
+def test_cli_extra_missing_fails_before_work_and_sample_still_writes(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "r"
+    argv = ["train", "--data", "moons:n=200", "--coupling", "independent", "--out", str(run)]
+    assert main(argv + ["--steps", "2", "--quiet"]) == 0
+    real = importlib.import_module
+
+    def no_plots_no_pot(name, *a, **k):
+        if name.split(".")[0] in ("matplotlib", "ot"):
+            raise ModuleNotFoundError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", no_plots_no_pot)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--budget", "tiny", "--quiet"]) == 2
+    assert "pip install 'sdfm[cli]'" in capsys.readouterr().err and not (tmp_path / "d" / "runs").exists()
+    assert main(["sample", "--run", str(run), "--out", str(tmp_path / "s.npy"), "--num", "10"]) == 0
+    assert (tmp_path / "s.npy").is_file() and "no picture" in capsys.readouterr().out
+
+
+def test_the_core_imports_no_extra():
+    """`import sdfm` and the pairs API load none of the cli extra's packages."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from sdfm import SemidiscretePairs; "
+        "p = SemidiscretePairs.fit(torch.randn(200, 3)); p(4); "
+        "from sdfm.train import fit, RunSpec; "
+        "extra = ('matplotlib', 'sklearn', 'ot', 'PIL', 'mnist1d', 'tensorboard'); "
+        "bad = [m for m in extra if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

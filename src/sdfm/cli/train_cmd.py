@@ -424,7 +424,12 @@ def cmd_sample(args) -> int:
 
     atomic_write(out, write)
     label = f"{run.info['coupling']['name']}, {solver}, NFE {res.nfe}, step {run.step}"
-    png = plot_samples(samples, out.with_suffix(".png"), image_shape=image_shape, title=label)
+    from sdfm.extras import MissingExtra
+
+    try:
+        png = plot_samples(samples, out.with_suffix(".png"), image_shape=image_shape, title=label)
+    except MissingExtra as exc:  # the samples are written; only the picture needs the extra
+        png = f"no picture ({exc})"
     print(f"{args.num} samples ({solver}, NFE {res.nfe}) -> {out}, {png}")
     return 0
 

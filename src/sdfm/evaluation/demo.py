@@ -212,9 +212,9 @@ def _write_part_report(part, cmp, name, seed, methods, objective, conditional, d
         notes += [
             "",
             f"Pictures: the same three methods on the 2-D `{pictures.data}` "
-            f"([{PICTURES_DIR}/report.md]({PICTURES_DIR}/report.md), {pictures.budget.steps} steps), "
-            "where batch OT of 256 is already close to the full OT map, so OT-FM and SD-FM are on par "
-            "there; the samples of this 16-d mixture below are drawn on its top two principal "
+            f"([{PICTURES_DIR}/report.md]({PICTURES_DIR}/report.md) has its tables; "
+            f"{pictures.budget.steps} steps per method), where samples and paths are easiest to see. "
+            "The samples of this 16-d mixture further below are drawn on its top two principal "
             "directions.",
             "",
             f"![2-D samples]({PICTURES_DIR}/samples.png)",

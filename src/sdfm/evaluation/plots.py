@@ -200,23 +200,24 @@ def plot_chi2(history, path, *, tol: float | None = None) -> Path:
     noise (+- 1 standard error) against noise samples seen, and the tolerance it must fall below (with
     97.5% confidence). The noisy running chi2 of single batches is not drawn: it does not decide."""
     plt = _figure()
-    # (log axes: only points with samples > 0; chi2 is floored at 1e-6 below)
+    # (log y axis: chi2 is floored at 1e-6 below; x in millions of noise samples, linear)
     pts = [(h.samples, h.chi2, h.chi2_stderr or 0.0) for h in history if h.chi2 is not None and h.samples > 0]
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     if pts:
         s, c, e = map(np.asarray, zip(*pts, strict=False))
         ax.errorbar(
-            s, np.maximum(c, 1e-6), yerr=e, fmt="o-", color="C3", ms=3, label="chi2 measured on fresh noise"
+            s / 1e6,
+            np.maximum(c, 1e-6),
+            yerr=e,
+            fmt="o-",
+            color="C3",
+            ms=3,
+            label="chi2 measured on fresh noise",
         )
+        ax.set_yscale("log")
     if tol:
         ax.axhline(tol, color="k", ls="--", lw=1, label=f"tol {tol} (stop when below, 97.5% conf.)")
-    if pts:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    from matplotlib.ticker import NullFormatter
-
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("noise samples")
+    ax.set_xlabel("noise samples (millions)")
     ax.set_ylabel("chi2(marginal || b)")
     ax.legend(fontsize=8)
     return _save(fig, path)
