@@ -211,3 +211,29 @@ def test_csv_tables(tmp_path, capsys):
         )
         == 0
     )
+
+
+def test_jpeg_and_16_bit_images(tmp_path):
+    """JPEG files beside PNGs; a 16-bit grey PNG is scaled to 8 bits (Pillow's convert would clip)."""
+    root = tmp_path / "mixed"
+    (root / "a").mkdir(parents=True)
+    wide = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(wide).save(root / "a" / "0_wide.png")
+    Image.fromarray(np.full((8, 8), 77, np.uint8)).save(root / "a" / "1.jpg", quality=100)
+    d = load_dataset(f"{root}::holdout=0")
+    assert d.image_shape == (1, 8, 8)
+    assert np.array_equal(d.x[0].reshape(8, 8), np.rint(wide / 257).astype(np.uint8))
+    assert abs(int(d.x[1].astype(int).mean()) - 77) <= 1  # JPEG: lossy but close
+
+
+def test_eval_reference_folder_is_read_whole_at_the_runs_size(tmp_path, capsys):
+    root = make_folder(tmp_path / "train", per_class=6, size=(12, 12))
+    ref = make_folder(tmp_path / "test", per_class=3, size=(10, 10), seed=1)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(root), "--image-size", "8", "--coupling", "independent"]
+    assert main([*args, "--out", str(run), *TINY]) == 0
+    out = tmp_path / "ev"
+    argv = ["eval", "--run", str(run), "--reference", str(ref), "--steps", "1", "--num", "16"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    report = (out / "report.md").read_text()
+    assert f"{ref}::image_size=8,split=all" in report and "(6 points)" in report

@@ -2,7 +2,8 @@
 ``ImageFolder`` layout), or all in one folder without labels.
 
 Images are read with Pillow, converted to ``channels`` (1: grey, 3: RGB; default: 1 when every image
-is grey, else 3), optionally resized to ``size`` x ``size`` (bicubic), and cached once as a uint8
+is grey, else 3; 16-bit grey images are scaled to 8 bits, not clipped), optionally resized to
+``size`` x ``size`` (bicubic), and cached once as a uint8
 ``[N, C, H, W]`` ``.npy`` (memory-mapped on the next load) beside a JSON fingerprint of the folder: the
 relative path, size and modification time of every file and the options. A changed, added or removed
 file makes a new cache; the folder itself is never written to. The cache lives in
@@ -133,7 +134,7 @@ def _decode(folder: Path, found, size: int | None, channels: int | None, progres
     first = None
     bar = tqdm(found, desc="decoding images", unit="img", disable=not progress or len(found) < 200)
     for i, (rel, _) in enumerate(bar):
-        img = _open(folder / rel)
+        img = _to_8bit(_open(folder / rel), Image)
         img = img.convert("L" if channels == 1 else "RGB")
         if size is not None and img.size != (size, size):
             img = img.resize((size, size), Image.BICUBIC)
@@ -149,6 +150,21 @@ def _decode(folder: Path, found, size: int | None, channels: int | None, progres
             )
         out[i] = arr
     return out
+
+
+#: high-bit-depth grey modes, which Pillow's convert("L") would clip at 255 instead of scaling
+WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I": 65535, "F": None}
+
+
+def _to_8bit(img, image_module):
+    """16-bit (and 32-bit integer) grey images scaled to 8 bits (value / 257, rounded); float images
+    clipped to 0..255. Other modes are returned as they are."""
+    if img.mode not in WIDE_MODES:
+        return img
+    arr = np.asarray(img, dtype=np.float64)
+    if WIDE_MODES[img.mode] is not None:
+        arr = arr / 257.0
+    return image_module.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
 
 
 def load_image_folder(

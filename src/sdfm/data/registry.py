@@ -117,6 +117,23 @@ def heldout_spec(spec: str) -> str | None:
     return _join(name, {**params, "split": "test"}, sep=":")
 
 
+def reference_spec(reference: str, data: str) -> str:
+    """A user's held-out ``reference`` for a run on ``data``: an image folder is read whole
+    (``split=all``) with the run's image size and channels unless its own options say otherwise."""
+    if not is_file_spec(reference):
+        return reference
+    head, options = _file_options(reference)
+    if not Path(head).is_dir():
+        return reference
+    if is_file_spec(data):
+        _, run_options = _file_options(data)
+        for key in ("image_size", "channels"):
+            if key in run_options:
+                options.setdefault(key, run_options[key])
+    options.setdefault("split", "all")
+    return _join(head, options, sep="::")
+
+
 def _join(head: str, params: dict, sep: str) -> str:
     return head + sep + ",".join(f"{k}={v}" for k, v in params.items())
 

@@ -125,11 +125,12 @@ def prepare(spec: str, *, reference: str | None = None) -> Prepared:
     """Loads ``spec``, fits the normalisation, and loads the held-out reference (``split=test``)."""
     from sdfm.data import fingerprint, heldout_spec, load_dataset
     from sdfm.data.normalize import Normalization
+    from sdfm.data.registry import reference_spec
 
     dataset = load_dataset(spec)
     norm = Normalization.fit(dataset.x, "standard")
     train = norm.apply(dataset.x)
-    ref_spec = reference or heldout_spec(spec)
+    ref_spec = reference_spec(reference, spec) if reference else heldout_spec(spec)
     if ref_spec is None:
         raise ValueError(f"data: {spec!r} has no held-out split; pass a reference dataset")
     ref = load_dataset(ref_spec)

@@ -277,13 +277,14 @@ def run_data(info: dict, reference: str | None = None) -> RunData:
     test split; the training data itself when nothing is held out, flagged ``heldout=False``)."""
     from sdfm.data import fingerprint, heldout_spec, load_dataset
     from sdfm.data.normalize import Normalization
+    from sdfm.data.registry import reference_spec
 
     spec = info["data"]["spec"]
     dataset = load_dataset(spec)
     if fingerprint(np.ascontiguousarray(dataset.x)) != info["data"]["fingerprint"]:
         raise ValueError(f"run: the data {spec!r} no longer match the run's fingerprint")
     norm = Normalization.from_dict(info["normalization"])
-    ref_spec = reference or heldout_spec(spec)
+    ref_spec = reference_spec(reference, spec) if reference else heldout_spec(spec)
     heldout = ref_spec is not None
     ref = load_dataset(ref_spec) if heldout else dataset
     if ref.x.shape[1] != dataset.x.shape[1]:
