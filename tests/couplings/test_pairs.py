@@ -77,6 +77,10 @@ def test_fit_reuses_the_saved_potential_and_refuses_other_data(data, fitted, mon
         SemidiscretePairs.load(path, data, labels=torch.zeros(600, dtype=torch.long))
     with pytest.raises(AssertionError, match="solved again"):  # other data: solved again, not loaded
         SemidiscretePairs.fit(data[:500], path=path)
+    with pytest.raises(AssertionError, match="solved again"):  # other weights or eps: solved again
+        SemidiscretePairs.fit(data, path=path, weights=torch.rand(600) + 0.5)
+    with pytest.raises(AssertionError, match="solved again"):
+        SemidiscretePairs.fit(data, path=path, eps=0.1)
 
 
 def test_labelled_pairs_stay_in_their_class():
@@ -99,8 +103,24 @@ def test_dataloader_workers_draw_distinct_streams(fitted):
     assert len(batches) == 6 and all(b[0].shape == (64, 5) for b in batches)
     firsts = {tuple(b[0][0].tolist()) for b in batches}
     assert len(firsts) == 6  # no two batches share noise
-    single = list(torch.utils.data.DataLoader(pairs.dataset(64, steps=3), batch_size=None))
-    assert len(single) == 3
+
+    # a new epoch draws new noise (the loader gives its workers new seeds every epoch), and the epochs
+    # repeat when the loader's generator is seeded
+    def epoch(loader):
+        return torch.cat([b[0] for b in loader])
+
+    seeded = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, generator=torch.Generator().manual_seed(3)
+    )
+    first, second = epoch(seeded), epoch(seeded)
+    assert not torch.equal(first, second)
+    again = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(epoch(again), first)
+    single = torch.utils.data.DataLoader(pairs.dataset(64, steps=3), batch_size=None)
+    a, b = epoch(single), epoch(single)
+    assert a.shape == (192, 5) and not torch.equal(a, b)  # in-process: the stream continues
     with pytest.raises(ValueError, match="batch_size"):
         pairs.dataset(0)
 

@@ -82,7 +82,7 @@ class SemidiscretePairs:
                 found = cls.load(path, y, labels=labels, seed=seed)
             except ValueError:
                 found = None  # other data, labels or a damaged file: solve again and replace it
-            if found is not None and _same_eps(found, eps):
+            if found is not None and _same_eps(found, eps) and _same_weights(found, weights):
                 return found
         solver = SemidiscreteSolver(eps=eps, tol=tol, device=str(y.device), **solver_options)
         gen = torch.Generator(device=y.device).manual_seed(int(seed))
@@ -168,10 +168,13 @@ class PairDataset(torch.utils.data.IterableDataset):
     """Batches of SD-FM pairs for a ``DataLoader(dataset, batch_size=None, num_workers=...)``.
 
     Each item is one batch ``(x0, x1)`` (or ``(x0, x1, labels)``) of ``batch_size`` pairs. Every
-    DataLoader worker, and every process of a torch.distributed job, draws from its own stream seeded
-    by (seed, rank, worker), so no two workers yield the same noise; iterating again continues the
-    stream. ``steps`` bounds the number of batches per worker (default: endless). Workers pair on the
-    CPU: keep the sampler's data on the CPU when ``num_workers > 0``.
+    DataLoader worker, and every process of a torch.distributed job, draws from its own stream, so no
+    two workers yield the same noise: in the main process (``num_workers=0``) the stream is seeded by
+    (seed, rank) and iterating again continues it; in a worker it is seeded by (seed, rank, the
+    worker's seed), which the DataLoader draws afresh for every epoch from its own generator (pass
+    ``generator=`` to the DataLoader, or seed torch, for repeatable epochs). ``steps`` bounds the
+    number of batches per worker and epoch (default: endless). Workers pair on the CPU: keep the
+    sampler's data on the CPU when ``num_workers > 0``.
     """
 
     def __init__(self, pairs: SemidiscretePairs, batch_size: int, *, seed: int = 0, steps: int | None = None):
@@ -184,12 +187,13 @@ class PairDataset(torch.utils.data.IterableDataset):
         self._generators: dict = {}
 
     def stream_seed(self) -> int:
-        """The seed of this worker's stream: distinct per (seed, rank, worker)."""
+        """The seed of this stream: distinct per (seed, rank) in the main process, per (seed, rank,
+        worker seed) in a DataLoader worker (a new worker seed every epoch)."""
         info = torch.utils.data.get_worker_info()
-        worker = 0 if info is None else info.id
+        worker = 0 if info is None else 1 + int(info.seed) % (1 << 62)
         dist = torch.distributed
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        return (self.seed * 1_000_003 + rank * 10_007 + worker) % (1 << 63)
+        return (self.seed * 1_000_003 + rank * 10_007 + worker * 7_919) % (1 << 63)
 
     def __iter__(self):
         seed = self.stream_seed()
@@ -213,6 +217,15 @@ def _as_data(y, device) -> torch.Tensor:
     if y.dim() != 2:
         raise ValueError(f"y: expected data of shape [N, d], got {list(y.shape)}")
     return y
+
+
+def _same_weights(pairs: SemidiscretePairs, weights) -> bool:
+    """Whether a loaded potential was solved with these data weights (None: uniform)."""
+    stored = pairs.coupling.weights
+    if weights is None or stored is None:
+        return weights is None and stored is None
+    w = torch.as_tensor(weights, dtype=torch.float64).cpu()
+    return w.shape == stored.shape and torch.allclose(w / w.sum(), stored.double().cpu(), rtol=1e-12, atol=0)
 
 
 def _same_eps(pairs: SemidiscretePairs, eps: float) -> bool:
