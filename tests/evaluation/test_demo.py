@@ -119,3 +119,13 @@ def test_threads_option(tmp_path):
     assert torch.get_num_threads() == 1
     with pytest.raises(SystemExit):
         main(["info", str(out), "--threads", "0"])
+
+
+def test_demo_bars_are_named_by_method(tmp_path, capsys):
+    assert main(["demo", "--data", "moons:n=400", "--budget", "tiny", "--out", str(tmp_path / "d")]) == 0
+    cap = capsys.readouterr()
+    err = cap.err
+    for label in ("I-FM train", "OT-FM train", "SD-FM solve", "SD-FM train", "I-FM eval", "SD-FM eval"):
+        assert label in err, label
+    assert "part=path curvature" in err  # the evaluation's last part is on the bar too
+    assert (cap.err + cap.out).count("report ->") == 1  # printed once
