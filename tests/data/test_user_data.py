@@ -237,3 +237,26 @@ def test_eval_reference_folder_is_read_whole_at_the_runs_size(tmp_path, capsys):
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
     report = (out / "report.md").read_text()
     assert f"{ref}::image_size=8,split=all" in report and "(6 points)" in report
+
+
+def test_csv_edge_cases(tmp_path):
+    (tmp_path / "one.csv").write_text("0.5\n\n1.5\n2.5\n")  # one column, a blank line
+    d = load_dataset(str(tmp_path / "one.csv"))
+    assert d.x.shape == (3, 1) and d.x[:, 0].tolist() == [0.5, 1.5, 2.5]
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2\n\n3,4,5\n")
+    with pytest.raises(ValueError, match=r"line 4 has 3 columns, expected 2"):
+        load_dataset(str(tmp_path / "ragged.csv"))
+    (tmp_path / "head.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match="no rows"):
+        load_dataset(str(tmp_path / "head.csv"))
+    (tmp_path / "empty.csv").write_text("\n\n")
+    with pytest.raises(ValueError, match="empty"):
+        load_dataset(str(tmp_path / "empty.csv"))
+    (tmp_path / "nan.csv").write_text("1,nan\n")
+    with pytest.raises(ValueError, match="NaN"):
+        load_dataset(str(tmp_path / "nan.csv"))
+    (tmp_path / "lab.csv").write_text("x1,x2,Y\n1,2,7\n3,4,7\n5,6,2\n")
+    d = load_dataset(str(tmp_path / "lab.csv"))
+    assert d.x.tolist() == [[1, 2], [3, 4], [5, 6]] and d.labels.tolist() == [7, 7, 2]
+    with pytest.raises(ValueError, match="label='nope'"):
+        load_dataset(f"{tmp_path / 'lab.csv'}::label=nope")

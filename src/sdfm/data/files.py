@@ -95,19 +95,28 @@ def read_csv(path: Path, label: str | None = None) -> tuple[np.ndarray, np.ndarr
     The first row is a header when any of its cells is not a number. The label column is the one
     named ``label`` (a header name, or a 0-based column index), else a header column called one of
     :data:`CSV_LABEL_COLUMNS`; integer labels >= 0 are kept, others (strings, negatives) are numbered
-    in sorted order. DataError naming the line and column of a cell that is not a number."""
+    in sorted order. Blank lines are skipped. Read by numpy's C parser; when that fails, a line-by-line
+    pass names the line and column of the first cell that is not a number (DataError)."""
+    header, width, col = _csv_layout(path, label)
+    try:
+        data, raw = _csv_fast(path, header is not None, width, col)
+    except (ValueError, UserWarning):
+        data, raw = _csv_checked(path, header is not None, width, col)
+    if data.shape[0] == 0:
+        raise DataError(f"data: {path} has a header and no rows")
+    return data, None if raw is None else _csv_labels(raw)
+
+
+def _csv_layout(path: Path, label: str | None) -> tuple[list[str] | None, int, int | None]:
+    """(header or None, number of columns, label column or None) from the first non-blank line."""
     import csv
 
     with path.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    if not rows:
+        first = next((r for r in csv.reader(fh) if r and any(c.strip() for c in r)), None)
+    if first is None:
         raise DataError(f"data: {path} is empty")
-    header = None
-    if any(_float(c) is None for c in rows[0]):
-        header, rows = [c.strip() for c in rows[0]], rows[1:]
-    if not rows:
-        raise DataError(f"data: {path} has a header and no rows")
-    width = len(header) if header else len(rows[0])
+    header = [c.strip() for c in first] if any(_float(c) is None for c in first) else None
+    width = len(first)
     col = None
     if label is not None:
         if header and label in header:
@@ -119,31 +128,62 @@ def read_csv(path: Path, label: str | None = None) -> tuple[np.ndarray, np.ndarr
     elif header:
         lower = [h.lower() for h in header]
         col = next((lower.index(n) for n in CSV_LABEL_COLUMNS if n in lower), None)
-    data = np.empty((len(rows), width - (col is not None)), dtype=np.float64)
-    raw_labels = []
-    first_line = 2 if header else 1
-    for i, row in enumerate(rows):
-        if len(row) != width:
-            raise DataError(f"data: {path} line {first_line + i} has {len(row)} columns, expected {width}")
-        if col is not None:
-            raw_labels.append(row[col].strip())
-            row = row[:col] + row[col + 1 :]
-        for j, cell in enumerate(row):
-            value = _float(cell)
-            if value is None:
-                raise DataError(
-                    f"data: {path} line {first_line + i} column {j + 1}: {cell!r} is not a number"
-                )
-            data[i, j] = value
-    labels = None
-    if col is not None:
-        ints = [int(v) if v.lstrip("-").isdigit() else None for v in raw_labels]
-        if all(v is not None and v >= 0 for v in ints):
-            labels = np.asarray(ints, dtype=np.int64)
-        else:
-            names = sorted(set(raw_labels))
-            labels = np.asarray([names.index(v) for v in raw_labels], dtype=np.int64)
-    return data, labels
+    return header, width, col
+
+
+def _csv_fast(path: Path, has_header: bool, width: int, col: int | None):
+    import warnings
+
+    # every column is read (usecols would ignore the extra cells of a ragged row): numbers only, or
+    # all as text when a label column is there, its other columns then converted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (an empty table warns: treat it as a failure, then checked)
+        table = np.loadtxt(
+            path, delimiter=",", skiprows=int(has_header), ndmin=2, dtype=float if col is None else str
+        )
+    if table.shape[1] != width:
+        raise ValueError("column count")
+    if col is None:
+        return table, None
+    data = np.delete(table, col, axis=1).astype(np.float64)
+    return data, [v.strip() for v in table[:, col]]
+
+
+def _csv_checked(path: Path, has_header: bool, width: int, col: int | None):
+    """The slow path: every line checked, DataError naming the first bad line and column."""
+    import csv
+
+    rows, raw = [], []
+    with path.open(newline="") as fh:
+        for line, row in enumerate(csv.reader(fh), start=1):
+            if not row or not any(c.strip() for c in row):
+                continue
+            if has_header:
+                has_header = False
+                continue
+            if len(row) != width:
+                raise DataError(f"data: {path} line {line} has {len(row)} columns, expected {width}")
+            values = []
+            for j, cell in enumerate(row):
+                if j == col:
+                    raw.append(cell.strip())
+                    continue
+                value = _float(cell)
+                if value is None:
+                    raise DataError(f"data: {path} line {line} column {j + 1}: {cell!r} is not a number")
+                values.append(value)
+            rows.append(values)
+    data = np.asarray(rows, dtype=np.float64).reshape(len(rows), width - (col is not None))
+    return data, (raw if col is not None else None)
+
+
+def _csv_labels(raw: list[str]) -> np.ndarray:
+    """Integer labels >= 0 as they are; anything else numbered in sorted order of the names."""
+    ints = [int(v) if v.lstrip("-").isdigit() else None for v in raw]
+    if all(v is not None and v >= 0 for v in ints):
+        return np.asarray(ints, dtype=np.int64)
+    index = {name: k for k, name in enumerate(sorted(set(raw)))}
+    return np.asarray([index[v] for v in raw], dtype=np.int64)
 
 
 def _read(path: Path, *, mmap: bool = True, label: str | None = None):
