@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from sdfm.cli.common import CliError, check_writable_folder, device_from
+from sdfm.cli.common import CliError, add_image_options, check_writable_folder, device_from
 
 
 def _step_list(text: str) -> tuple[int, ...]:
@@ -81,6 +81,7 @@ def add_eval_parser(sub, positive_int) -> None:
         "...), a tensor or .csv file, or an image folder (default: gmm:d=16,k=8 for the numbers and "
         "checkerboard for the pictures)",
     )
+    add_image_options(d)
     d.add_argument(
         "--reference",
         default=None,

@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     index.add_argument("--data", required=True, help="the data the potential was solved for")
+    add_image_options(index)
     index.add_argument("--potential", required=True, help="potential file (.safetensors)")
     index.add_argument("--out", required=True, help="output index file (.safetensors)")
     index.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="ivf", help="index (default ivf)")
@@ -410,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(args.threads)
     try:
         if getattr(args, "image_size", None) is not None or getattr(args, "channels", None) is not None:
+            if args.data is None:
+                raise CliError("--image-size/--channels: apply to an image folder given with --data")
             args.data = data_with_image_options(args.data, args.image_size, args.channels)
         return handlers[args.command](args)
     except (CliError, ValueError, MissingExtra) as exc:
