@@ -73,3 +73,17 @@ def test_low_precision_scores_exact_on_cuda():
     ref = (x @ y.T + g - 0.5 * (y * y).sum(1)).argmax(1)
     out = assign(x.cuda(), y.cuda(), g.cuda(), score_dtype=torch.bfloat16)
     assert torch.equal(out.cpu(), ref)
+
+
+def test_semidiscrete_pairs_on_cuda(tmp_path):
+    """SemidiscretePairs on the GPU: pairs on the data's device, the same cells as the CPU sampler
+    built from the same potential file (float64 data: exact)."""
+    from sdfm import SemidiscretePairs
+
+    y = torch.randn(3000, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    gpu = SemidiscretePairs.fit(y, device="cuda", path=tmp_path / "g.safetensors")
+    x0, x1 = gpu(256)
+    assert x0.device.type == "cuda" and x1.device.type == "cuda" and gpu.chi2 <= 0.05
+    cpu = SemidiscretePairs.load(tmp_path / "g.safetensors", y)
+    mine = torch.randn(500, 16, dtype=torch.float64)
+    assert torch.equal(gpu(x0=mine.cuda())[1].cpu(), cpu(x0=mine)[1])
