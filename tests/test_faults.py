@@ -130,8 +130,22 @@ def test_kill_inside_a_checkpoint_write(data, reference, tmp_path, where):
     assert not list(run.rglob(".tmp-*")) and not list((run / "checkpoints").glob(".latest.*"))
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default. A shell starts background jobs with SIGINT
+    ignored, which their children inherit, and Python then installs no KeyboardInterrupt handler: a
+    test run started that way (`.ci/run &`) would see SIGINT ignored, not the Ctrl-C of a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args, **env):
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(**env))
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(**env),
+        preexec_fn=_default_sigint,
+    )
 
 
 def _wait_for(path: Path, proc, timeout: float = 120.0) -> None:
