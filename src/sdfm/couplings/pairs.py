@@ -18,6 +18,7 @@ import torch
 from sdfm.couplings.semidiscrete import SemidiscreteCoupling
 from sdfm.progress import SolveBar
 from sdfm.protocols import Pairs
+from sdfm.transport.validate import as_targets
 
 
 class SemidiscretePairs:
@@ -209,14 +210,9 @@ class PairDataset(torch.utils.data.IterableDataset):
 
 
 def _as_data(y, device) -> torch.Tensor:
-    y = y if isinstance(y, torch.Tensor) else torch.as_tensor(y)
-    if device is not None:
-        y = y.to(device)
-    if not y.is_floating_point():
-        y = y.to(torch.float32)
-    if y.dim() != 2:
-        raise ValueError(f"y: expected data of shape [N, d], got {list(y.shape)}")
-    return y
+    """``y`` as checked targets [N, d] (floating, finite) on ``device`` (default: where it is)."""
+    y = as_targets(y, "y")
+    return y if device is None else y.to(device)
 
 
 def _same_weights(pairs: SemidiscretePairs, weights) -> bool:

@@ -236,16 +236,15 @@ def train_method(
 def _same_run(run_dir: Path, prep: Prepared, budget: Budget) -> bool:
     """Whether ``run_dir`` holds a run of these data and budget to continue; a run of other data or
     another budget (in a comparison's own folder) is removed."""
-    import json
     import shutil
 
+    from sdfm.train import read_run
+
     try:
-        info = json.loads((run_dir / "run.json").read_text())
-        same = (
-            info["data"]["train_fingerprint"] == prep.fingerprint_train
-            and info["train"]["steps"] == budget.steps
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+        info = read_run(run_dir)
+        same = info["data"].get("train_fingerprint") == prep.fingerprint_train
+        same = same and info["train"].get("steps") == budget.steps
+    except ValueError:  # no run.json, or a damaged one
         same = False
     if not same and run_dir.exists():
         shutil.rmtree(run_dir)

@@ -22,11 +22,21 @@ def _figure():
 def plot_samples(
     x: np.ndarray, path: str | Path, *, image_shape=None, title: str = "", max_items: int = 64, reference=None
 ) -> Path:
-    """Writes a PNG of samples x [n, d]: an image grid when ``image_shape`` (C, H, W) is known, a
-    histogram in 1-D, a scatter in 2-D and on the top two principal components above (over
-    ``reference`` data in grey if given)."""
+    """Writes a PNG of samples x [n, d] (the picture of :func:`samples_figure`)."""
     from sdfm.artifacts.atomic import atomic_write
 
+    plt = _figure()
+    fig = samples_figure(x, image_shape=image_shape, title=title, max_items=max_items, reference=reference)
+    path = Path(path)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def samples_figure(x: np.ndarray, *, image_shape=None, title: str = "", max_items: int = 64, reference=None):
+    """A matplotlib figure of samples x [n, d]: an image grid when ``image_shape`` (C, H, W) is known,
+    a histogram in 1-D, a scatter in 2-D and on the top two principal components above (over
+    ``reference`` data in grey if given). The caller closes it (``sdfm sample``, TensorBoard)."""
     plt = _figure()
     x = np.asarray(x)
     if image_shape is not None:
@@ -65,10 +75,7 @@ def plot_samples(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _projection(reference: np.ndarray):

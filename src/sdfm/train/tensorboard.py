@@ -1,7 +1,8 @@
 """Optional TensorBoard logging of a training run (``sdfm train --log tensorboard``, extra
 ``sdfm[tensorboard]``): the metrics of every log line (loss, transport cost, pairs/s, the pairing
-fraction, learning rate, gradient norm) and, at every checkpoint, a grid of samples from the EMA model
-(8 Euler steps, or one mean-flow jump, from fixed noise). ``metrics.jsonl`` is written either way."""
+fraction, learning rate, gradient norm) and, at every checkpoint, the picture ``sdfm sample`` draws of
+samples from the EMA model (8 Euler steps, or one mean-flow jump, from fixed noise). ``metrics.jsonl``
+is written either way."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ class TensorBoardLog:
     Args:
         run_dir: the run folder.
         dim: the data dimension (flattened).
-        image_shape: (C, H, W) of image data (samples drawn as an image grid), else None (a scatter on
-            the first two coordinates, or the top two principal directions above 2-D).
+        image_shape: (C, H, W) of image data (an image grid), else None (a scatter, on the top two
+            principal directions above 2-D).
         undo: maps training-space samples to data units (the run's normalisation).
         num_classes: class-conditional models get the classes in turn.
         sample_grid: draw samples at checkpoints (off for models that need condition vectors).
@@ -61,6 +62,7 @@ class TensorBoardLog:
     def checkpoint(self, step: int, model) -> None:
         if not self.sample_grid:
             return
+        from sdfm.evaluation.plots import samples_figure
         from sdfm.samplers import default_method, integrate
 
         device = next(model.parameters()).device
@@ -71,32 +73,9 @@ class TensorBoardLog:
         mean_flow = bool(getattr(model.config, "mean_flow", False))
         method = default_method(mean_flow)
         x = self.undo(integrate(model, x0, steps=1 if mean_flow else 8, method=method, cond=cond).x)
-        if self.image_shape:
-            imgs = np.asarray(x, dtype=np.float64).reshape(-1, *self.image_shape)
-            lo, hi = np.percentile(imgs, 0.5), np.percentile(imgs, 99.5)
-            imgs = np.clip((imgs - lo) / max(hi - lo, 1e-12), 0, 1)
-            if imgs.shape[1] not in (1, 3):
-                imgs = imgs[:, :1]
-            self.writer.add_images("samples", torch.from_numpy(imgs), step, dataformats="NCHW")
-        else:
-            self.writer.add_figure("samples", _scatter(np.asarray(x)), step)
+        figure = samples_figure(np.asarray(x), image_shape=self.image_shape, title=f"step {step}")
+        self.writer.add_figure("samples", figure, step)  # (closes the figure)
         self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
-
-
-def _scatter(x: np.ndarray):
-    from sdfm.extras import require
-
-    matplotlib = require("matplotlib", "--log tensorboard sample plots")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if x.shape[1] > 2:
-        centred = x - x.mean(0)
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        x = centred @ vt[:2].T
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.scatter(x[:, 0], x[:, 1] if x.shape[1] > 1 else np.zeros(len(x)), s=2, alpha=0.6)
-    return fig
