@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sdfm.cli.main import main
@@ -260,3 +261,20 @@ def test_csv_edge_cases(tmp_path):
     assert d.x.tolist() == [[1, 2], [3, 4], [5, 6]] and d.labels.tolist() == [7, 7, 2]
     with pytest.raises(ValueError, match="label='nope'"):
         load_dataset(f"{tmp_path / 'lab.csv'}::label=nope")
+
+
+def test_solve_normalised_copy_larger_than_the_memory_limit_is_streamed(tmp_path):
+    """Above --memory-limit the normalised copy goes to a temporary memory-mapped file beside --out
+    (removed afterwards), and the potential is the one of the in-memory copy, bit for bit."""
+    x = (np.random.default_rng(3).standard_normal((700, 6)) * 4 + 9).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    args = ["solve", "--data", str(tmp_path / "x.npy"), "--quiet", "--tol", "0.1"]
+    assert main([*args, "--out", str(tmp_path / "mem.safetensors")]) == 0
+    assert main([*args, "--out", str(tmp_path / "disk.safetensors"), "--memory-limit", "1000"]) == 0
+    from sdfm.artifacts import load_potential
+
+    mem, disk = load_potential(tmp_path / "mem.safetensors"), load_potential(tmp_path / "disk.safetensors")
+    assert disk.meta["solver"]["targets_streamed"] and not mem.meta["solver"]["targets_streamed"]
+    assert disk.fingerprint == mem.fingerprint
+    assert torch.equal(disk.potential, mem.potential)
+    assert not list(tmp_path.glob(".sdfm-solve-*"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from pathlib import Path
 
 from sdfm.cli.common import (
     EXIT_BAD_INPUT,
@@ -110,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="standard",
         help="standard (default, as sdfm train): solve for the data minus its mean, divided by one global "
         "scale (stored with the potential), so that `sdfm train --potential` takes the file; none: the "
-        "data as given (a memory-mapped .npy is then streamed, not copied)",
+        "data as given. Above --memory-limit the normalised copy is a temporary memory-mapped file beside "
+        "--out, streamed like the data as given",
     )
     solve.add_argument("--quiet", action="store_true", help="no progress bar")
     solve.add_argument(
@@ -199,9 +201,12 @@ def _print_solve(result, args, out, n: int) -> None:
         )
 
 
-def _solve_data(args):
-    """The dataset, its normalisation and the array ``sdfm solve`` solves for (``--normalize none``:
-    the data as given, in their own dtype, still memory-mapped; standard: float32, training units)."""
+def _solve_data(args, scratch):
+    """The dataset, its normalisation and the array ``sdfm solve`` solves for. ``--normalize none``:
+    the data as given, in their own dtype, still memory-mapped. standard: float32 in the training
+    units, in memory when that copy fits in ``--memory-limit``, else written block by block to a
+    memory-mapped file in the folder ``scratch`` (so the solver streams it, as it streams the data as
+    given, and the memory bound holds)."""
     import numpy as np
 
     from sdfm.data import load_dataset
@@ -209,13 +214,38 @@ def _solve_data(args):
 
     dataset = load_dataset(args.data)
     norm = Normalization.fit(dataset.x, args.normalize)
-    data = np.ascontiguousarray(dataset.x if args.normalize == "none" else norm.apply(dataset.x))
-    return dataset, norm, data
+    if args.normalize == "none":
+        return dataset, norm, np.ascontiguousarray(dataset.x)
+    n, d = dataset.x.shape
+    if n * d * 4 <= args.memory_limit:
+        return dataset, norm, norm.apply(dataset.x)
+    path = Path(scratch) / "normalised.npy"
+    copy = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    rows = max(1, (64 << 20) // max(1, 8 * d))  # blocks of about 64 MiB of float64 work
+    for start in range(0, n, rows):
+        copy[start : start + rows] = norm.apply(dataset.x[start : start + rows])
+    copy.flush()
+    del copy
+    return dataset, norm, np.load(path, mmap_mode="r")
 
 
 def cmd_solve(args) -> int:
-    from pathlib import Path
+    import tempfile
 
+    from sdfm import parallel
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise CliError(f"--out: expected a .safetensors path, got {args.out}")
+    check_writable_file(out, "--out")
+    device = parallel.init_from_env(device_from(args.device))
+    # (beside --out: the disk the user chose for the results; removed on exit and on Ctrl-C)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".sdfm-solve-") as scratch:
+        return _solve_to(args, out, device, *_solve_data(args, scratch))
+
+
+def _solve_to(args, out, device, dataset, norm, data) -> int:
+    """The solve of ``sdfm solve`` on prepared ``data``, saved to ``out`` (see cmd_solve)."""
     import torch
 
     from sdfm import parallel
@@ -224,13 +254,7 @@ def cmd_solve(args) -> int:
     from sdfm.progress import solve_bar
     from sdfm.transport import PCAProjection
 
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise CliError(f"--out: expected a .safetensors path, got {args.out}")
-    check_writable_file(out, "--out")
-    device = parallel.init_from_env(device_from(args.device))
     main_rank = parallel.is_main()
-    dataset, norm, data = _solve_data(args)
     targets = tensor_view(data)
     projection = None
     keys = targets
