@@ -87,3 +87,19 @@ def test_semidiscrete_pairs_on_cuda(tmp_path):
     cpu = SemidiscretePairs.load(tmp_path / "g.safetensors", y)
     mine = torch.randn(500, 16, dtype=torch.float64)
     assert torch.equal(gpu(x0=mine.cuda())[1].cpu(), cpu(x0=mine)[1])
+
+
+def test_pruned_search_on_cuda_equals_cpu_float64():
+    from sdfm.transport import LaguerreCells
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.rand(30000, 2, generator=g, dtype=torch.float64) * 4 - 2
+    pot = 0.05 * torch.randn(30000, generator=g, dtype=torch.float64)
+    x = torch.randn(3000, 2, generator=g, dtype=torch.float64)
+    ref = LaguerreCells(y, pot, pruning="off").assign(x)
+    cells = LaguerreCells(y.cuda(), pot.cuda(), pruning="on")
+    assert torch.equal(cells.assign(x.cuda()).cpu(), ref)
+    assert cells.pruning_used["pruned_calls"] == 1
+    # "auto" keeps the dense scan on GPUs (kernel launches per cluster cost more than they save)
+    auto = LaguerreCells(y.cuda(), pot.cuda())
+    assert torch.equal(auto.assign(x.cuda()).cpu(), ref) and auto.pruning_used["pruned_calls"] == 0

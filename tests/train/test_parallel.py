@@ -39,6 +39,8 @@ def _transport(col, rank):
         out[f"sums{eps}"], out[f"sq{eps}"] = sums, sq
         out[f"ct{eps}"] = cells.c_transform(x)
     out["assign"] = LaguerreCells(y, g, collective=col).assign(x)
+    # cluster bounds per shard, then the global argmax: the same cells
+    out["assign_pruned"] = LaguerreCells(y, g, collective=col, pruning="on").assign(x)
     for limit in (1 << 30, 0):  # a copy of the shard, or streamed from the (duplicated) targets
         res = SemidiscreteSolver(**HARD, memory_limit=limit).solve(y, generator=gen(3), collective=col)
         out[f"solve{limit}"] = res.potential
@@ -110,6 +112,7 @@ def test_sharded_transport_equals_one_process(two_processes):
         got = results[rank]
         # exact pairing: the global argmax over shards is the single-process argmax, ties included
         assert torch.equal(got["assign"], single["assign"])
+        assert torch.equal(got["assign_pruned"], single["assign"])
         assert torch.equal(got["sums0.0"], single["sums0.0"])
         torch.testing.assert_close(got["ct0.0"], single["ct0.0"], rtol=0, atol=1e-12)
         # soft: the same up to float32 rounding of the per-shard log-sum-exp

@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
         "re-scoring (the same assignments; faster where low-precision matmuls are: GPUs, high d)",
     )
     solve.add_argument(
+        "--pruning",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="exact argmax through k-means cluster bounds that skip most targets: auto (default: tried "
+        "from 20,000 targets on CPU, kept while its estimated cost is below 0.8 of the dense scan's: "
+        "low-dimensional data at large N), on, "
+        "off (score every target). The same pairs either way",
+    )
+    solve.add_argument(
         "--normalize",
         choices=["standard", "none"],
         default="standard",
@@ -182,6 +191,7 @@ def _solver_from_args(args, device):
         chunk_size=args.chunk_size,
         memory_limit=args.memory_limit,
         score_dtype={"fp32": None, "bf16": "bfloat16", "fp16": "float16"}[args.pairing_precision],
+        pruning=args.pruning,
     )
 
 
@@ -193,6 +203,12 @@ def _print_solve(result, args, out, n: int) -> None:
         f"eps {result.eps:.4g}, {result.samples} samples ({result.samples / n:.0f} per target), "
         f"{result.steps} steps, {result.seconds:.1f} s -> {out}"
     )
+    used = result.settings.get("pruning_used") or {}
+    if used.get("pruned_calls"):
+        print(
+            f"pruned search: {used['pruned_calls']} of {used['pruned_calls'] + used['dense_calls']} argmax "
+            f"calls, the last scored {100 * used['last_fraction_scored']:.1f}% of the targets"
+        )
     if result.smooth_errors:
         worst = max(result.smooth_errors, key=lambda e: e.ratio)
         print(

@@ -48,6 +48,8 @@ class SemidiscreteCoupling(DataCoupling):
         search: pair through a :class:`~sdfm.transport.search.FaissCells` index built for this data
             and potential (eps = 0, unconditional): approximate for IVF / HNSW; check its recall and
             chi2 with :func:`~sdfm.transport.search.search_quality`.
+        pruning: exact pairing through cluster bounds ("auto", "on", "off"; see
+            :class:`~sdfm.transport.LaguerreCells`): the same pairs, faster on low-dimensional data.
 
     Build it from a solver result with :meth:`from_result` or from a potential file with
     :meth:`from_file` (which refuses a potential solved for other data).
@@ -73,6 +75,7 @@ class SemidiscreteCoupling(DataCoupling):
         collective=None,
         projection=None,
         search=None,
+        pruning: str = "auto",
     ):
         super().__init__(data, labels=labels, weights=weights, noise=noise, conditions=conditions)
         if conditional and self.labels is None:
@@ -110,6 +113,7 @@ class SemidiscreteCoupling(DataCoupling):
             score_dtype=score_dtype,
             classes=self.labels if self.conditional else None,
             collective=collective,
+            pruning=pruning,
         )
         if self.conditional:
             b = self.weights if self.weights is not None else torch.ones(self.num_data, dtype=torch.float64)

@@ -256,7 +256,8 @@ def estimate_marginal(
     if num_samples < 2:
         raise ValueError(f"num_samples: need at least 2, got {num_samples}")
     device = torch.device(device) if device is not None else targets.device
-    cells = LaguerreCells(targets, potential, eps=eps, weights=weights, chunk_size=chunk_size)
+    # the dense scan: an independent check of solvers that prune (sdfm.transport.pruned)
+    cells = LaguerreCells(targets, potential, eps=eps, weights=weights, chunk_size=chunk_size, pruning="off")
     w = cells.weights
     dtype = compute_dtype(torch.empty(0, dtype=dtype), d)
     # eps = 0: identical targets share one cell, so their mass is measured per group. eps > 0: the

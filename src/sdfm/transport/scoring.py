@@ -24,6 +24,7 @@ from sdfm.transport._stream import (
     stream_softmax_columns,
     stream_top2,
 )
+from sdfm.transport.pruned import Pruning
 from sdfm.transport.sharding import (
     Collective,
     all_reduce_columns,
@@ -46,6 +47,9 @@ class Scorer:
         subset: rows of ``keys`` holding this process's atoms (None: ``keys[i]``).
         collective: atoms sharded across processes (None: one process holds them all).
         chunk_size: atoms per score block (None: automatic, about 2M scores per block).
+        pruning: when to find the argmax with cluster bounds instead of scanning every atom
+            (:class:`~sdfm.transport.pruned.Pruning`; None: always the dense scan). Applies to the
+            plain argmax and top-2 of keys held whole (no ``subset``); the answer is the dense one.
     """
 
     keys: torch.Tensor
@@ -55,6 +59,7 @@ class Scorer:
     subset: torch.Tensor | None = None
     collective: Collective | None = None
     chunk_size: int | None = None
+    pruning: Pruning | None = None
 
     @property
     def dim(self) -> int:
@@ -85,18 +90,22 @@ class Scorer:
         ``gumbel`` adds i.i.d. Gumbel noise to every score (a generator, or None for the global one).
         Ties go to the smallest atom index, on one process or many.
         """
-        index, best, second = stream_argmax(
-            x,
-            self.keys,
-            bias[self.lo : self.hi],
-            chunk=self.chunk(x.shape[0]),
-            center=self.center,
-            alpha=alpha,
-            top2=top2,
-            gumbel=gumbel,
-            subset=self.subset,
-            positions=True,
-        )
+        pruned = alpha == 1.0 and gumbel is False and self._pruned(x, bias, "score" if top2 else None)
+        if pruned:
+            index, best, second, _ = pruned
+        else:
+            index, best, second = stream_argmax(
+                x,
+                self.keys,
+                bias[self.lo : self.hi],
+                chunk=self.chunk(x.shape[0]),
+                center=self.center,
+                alpha=alpha,
+                top2=top2,
+                gumbel=gumbel,
+                subset=self.subset,
+                positions=True,
+            )
         if self.collective is None:
             return index, best, second
         if top2 and second is None:  # a one-atom shard has no second best
@@ -107,20 +116,38 @@ class Scorer:
 
     def top2(self, x: torch.Tensor, bias: torch.Tensor) -> Top2:
         """The best and second-best atom of each query x [n, d] (global indices and scores)."""
-        local = stream_top2(
-            x,
-            self.keys,
-            bias[self.lo : self.hi],
-            chunk=self.chunk(x.shape[0]),
-            center=self.center,
-            subset=self.subset,
-            positions=True,
-        )
+        pruned = self._pruned(x, bias, "index")
+        if pruned:
+            local = Top2(pruned[0], pruned[1], pruned[3], pruned[2])
+        else:
+            local = stream_top2(
+                x,
+                self.keys,
+                bias[self.lo : self.hi],
+                chunk=self.chunk(x.shape[0]),
+                center=self.center,
+                subset=self.subset,
+                positions=True,
+            )
         shifted = torch.where(local.second_index >= 0, local.second_index + self.lo, local.second_index)
         local = Top2(local.index + self.lo, local.best, shifted, local.second)
         if self.collective is None:
             return local
         return combine_top2(local, self.collective, self.num_atoms, self.lo, self.hi)
+
+    def _pruned(self, x: torch.Tensor, bias: torch.Tensor, second: str | None):
+        """(position, best, second score, second position) from the cluster-bound search, or None
+        when the dense scan is to be used (no pruning, a ``subset``, or ``pruning`` says so)."""
+        if self.pruning is None or self.subset is not None:
+            return None
+        if not self.pruning.wanted(self.hi - self.lo, x.device):
+            return None
+        bounds = self.pruning.bounds(self.keys, self.center, x.dtype, x.device)
+        index, best, runner, runner_index, scored, visits = bounds.search(
+            x, bias[self.lo : self.hi], second=second
+        )
+        self.pruning.record(scored, visits, x.shape[0], self.hi - self.lo, bounds.num_clusters)
+        return index, best, runner, runner_index
 
     def argmax_lowp(
         self, x: torch.Tensor, lowp: LowpKeys, *, top2: bool = False

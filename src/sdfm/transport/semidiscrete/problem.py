@@ -17,6 +17,7 @@ from sdfm.transport import validate
 from sdfm.transport._stream import LowpKeys, Top2, chunk_size_for, target_chunks
 from sdfm.transport.diagnostics import MarginalAccumulator
 from sdfm.transport.duplicates import find_duplicates
+from sdfm.transport.pruned import Pruning
 from sdfm.transport.scoring import Scorer
 from sdfm.transport.sharding import Collective
 from sdfm.transport.smoothness import SmoothError, SmoothGroups, worst_ratio
@@ -137,6 +138,8 @@ class SemidiscreteProblem:
             subset=subset,
             collective=collective,
             chunk_size=solver.chunk_size,
+            # cluster bounds need the atoms held (a cluster-sorted copy is made): not when streamed
+            pruning=None if center is not None or solver.score_dtype is not None else Pruning(solver.pruning),
         )
         self.lowp = self._lowp_keys() if solver.score_dtype is not None else None
 
@@ -162,6 +165,10 @@ class SemidiscreteProblem:
         if qmc:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device))
             self.sobol = torch.quasirandom.SobolEngine(self.d, scramble=True, seed=seed)
+
+    def pruning_summary(self) -> dict | None:
+        """How the argmax searches went (see :class:`~sdfm.transport.pruned.Pruning`), or None."""
+        return None if self.scorer.pruning is None else self.scorer.pruning.summary()
 
     @property
     def streamed(self) -> bool:

@@ -199,6 +199,12 @@ class SemidiscreteSolver:
             section 10 at N = 100,000 chi2 reached 0.071 after 31 samples per atom, but the smooth
             stop came only at 51 (905 s, against about 35 samples per atom without it); at
             N = 30,000 it cost 41 against 38. Smooth errors are still measured and reported at any N.
+        pruning: exact argmax with cluster bounds instead of scoring every atom
+            (:mod:`sdfm.transport.pruned`) in the hard phase and the chi2 checks: "auto" (default:
+            tried from 20,000 atoms on, on CPU, when the atoms are held in memory, and kept while its
+            estimated cost is below 0.8 of the dense scan's: low-dimensional data at large N; the
+            same cells, and the same potential to the rounding
+            of the scores), "on" or "off". The result's settings report how often it was used.
         exact_1d: solve one-dimensional problems with eps = 0 by quantiles
             (:mod:`~sdfm.transport.semidiscrete.exact1d`: closed form for the Gaussian source, sample
             quantiles otherwise) instead of stochastic ascent, which converges slowly on their chain
@@ -241,6 +247,7 @@ class SemidiscreteSolver:
     coarse_neighbours: int = 4
     smooth_tol: float | None = 3.0
     smooth_max_n: int | None = 16384
+    pruning: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self) -> None:
         validate.check_eps(self.eps, "eps")
@@ -263,6 +270,7 @@ class SemidiscreteSolver:
             "score_dtype": (None, "bfloat16", "float16"),
             "quasi_random": (None, True, False),
             "exact_1d": (True, False),
+            "pruning": ("auto", "on", "off"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -607,6 +615,7 @@ class _Iteration:
             quasi_random=problem.sobol is not None,
             method=method,
             score_precision=str(problem.dtype).removeprefix("torch."),
+            pruning_used=problem.pruning_summary(),
         )
         return SemidiscreteResult(
             potential=problem.potential_of(h),

@@ -1,0 +1,152 @@
+"""Pruned exact search (cluster bounds) against the dense scan: pairing speed, fraction scored, solves.
+
+    python benchmarks/pruned.py pairing --threads 2      # results/pruned_pairing.json
+    python benchmarks/pruned.py solve --n 30000 --threads 2   # results/pruned_solve_n30000.json
+
+``pairing``: for each data set and N, the same 2,048 noises are paired by the dense scan
+(``LaguerreCells(pruning="off")``) and by the pruned search (``pruning="on"``), min of 3 after a
+warm-up; the indices must agree. Reported: build time of the bounds (k-means, sorted copy), seconds
+per 2,048 pairs, the speed-up, the fraction of atoms the pruned search scored and its estimated cost
+(what ``pruning="auto"`` decides on). Potentials: zero (every N), a solved one where a solve to chi2
+0.05 fits (N <= ``--solve-max-n``), and the converged N = 100,000 mixture potential that
+``scale.py solve --n 100000 --d 64`` saved, when present.
+
+``solve``: the default solver on the 2-D checkerboard with ``pruning="off"`` and ``"on"``, same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, repeat, save  # noqa: E402
+from scale import make_data, open_targets  # noqa: E402
+from sdfm.data.toy import checkerboard  # noqa: E402
+from sdfm.transport import LaguerreCells, SemidiscreteSolver  # noqa: E402
+
+
+def dataset(name: str, n: int) -> torch.Tensor:
+    if name == "checkerboard-2d":
+        return torch.from_numpy(checkerboard(n, seed=0)).float()
+    if name == "mixture-64d":  # scale.py's 16 low-rank Gaussians (rank 16), memory-mapped
+        return open_targets(make_data(n, 64))
+    if name == "gauss-64d":
+        return torch.randn(n, 64, generator=torch.Generator().manual_seed(0))
+    raise ValueError(name)
+
+
+def pair_case(name, n, potential, label, queries, repeats) -> dict:
+    y = dataset(name, n)
+    x = torch.randn(queries, y.shape[1], generator=torch.Generator().manual_seed(1))
+    dense = LaguerreCells(y, potential, pruning="off")
+    pruned = LaguerreCells(y, potential, pruning="on")
+    t = time.perf_counter()
+    first = pruned.assign(x[:8])  # builds the bounds
+    build = time.perf_counter() - t
+    del first
+    t_dense = repeat(lambda: dense.assign(x), repeats=repeats, warmup=1)
+    t_pruned = repeat(lambda: pruned.assign(x), repeats=repeats, warmup=1)
+    same = int((dense.assign(x) == pruned.assign(x)).sum())
+    bounds = next(iter(pruned.pruning._bounds.values()))
+    row = {
+        "data": name,
+        "n": n,
+        "potential": label,
+        "clusters": bounds.num_clusters,
+        "build_s": build,
+        "dense_s": t_dense["min"],
+        "pruned_s": t_pruned["min"],
+        "speedup": t_dense["min"] / t_pruned["min"],
+        "fraction_scored": pruned.pruning.last_fraction,
+        "estimated_cost": pruned.pruning.last_cost,
+        "same_index": same,
+        "queries": queries,
+    }
+    print(
+        f"{name:16s} N={n:>9,d} {label:22s} K={row['clusters']:5d} build {build:6.1f}s "
+        f"dense {row['dense_s']:.3f}s pruned {row['pruned_s']:.3f}s x{row['speedup']:.1f} "
+        f"scored {row['fraction_scored']:.4f} est. cost {row['estimated_cost']:.2f} same {same}/{queries}",
+        flush=True,
+    )
+    return row
+
+
+def cmd_pairing(args) -> None:
+    rows = []
+    for name, sizes in (
+        ("checkerboard-2d", (10_000, 100_000, 1_000_000)),
+        ("mixture-64d", (100_000, 1_000_000)),
+        ("gauss-64d", (100_000,)),
+    ):
+        for n in sizes:
+            rows.append(pair_case(name, n, torch.zeros(n, dtype=torch.float64), "zero", args.queries, 3))
+            stored = Path(args.potential_dir) / f"scale_solve_n{n}_d64.potential.pt"
+            if name == "mixture-64d" and stored.exists():  # scale.py solve's converged potential
+                rows.append(
+                    pair_case(name, n, torch.load(stored), "solved (scale.py, chi2 0.06)", args.queries, 3)
+                )
+            elif n <= args.solve_max_n:
+                y = dataset(name, n)
+                res = SemidiscreteSolver(tol=0.05, max_seconds=args.solve_seconds).solve(
+                    y, generator=torch.Generator().manual_seed(0)
+                )
+                label = f"solved (chi2 {res.chi2:.2f})"
+                row = pair_case(name, n, res.potential, label, args.queries, 3)
+                row["solve_chi2"] = res.chi2
+                rows.append(row)
+    save("pruned_pairing", {"machine": machine(), "command": " ".join(sys.argv), "rows": rows})
+
+
+def cmd_solve(args) -> None:
+    y = dataset("checkerboard-2d", args.n)
+    out = {"machine": machine(), "command": " ".join(sys.argv), "n": args.n, "runs": {}}
+    results = {}
+    for mode in ("off", "on"):
+        t = time.perf_counter()
+        res = SemidiscreteSolver(pruning=mode, max_seconds=args.max_seconds).solve(
+            y, generator=torch.Generator().manual_seed(0)
+        )
+        results[mode] = res
+        out["runs"][mode] = {
+            "seconds": time.perf_counter() - t,
+            "chi2": res.chi2,
+            "samples_per_target": res.samples / args.n,
+            "steps": res.steps,
+            "converged": res.converged,
+            "pruning_used": res.settings["pruning_used"],
+        }
+        print(mode, out["runs"][mode], flush=True)
+    diff = (results["on"].potential - results["off"].potential).abs().max()
+    out["max_potential_difference"] = float(diff)
+    out["speedup"] = out["runs"]["off"]["seconds"] / out["runs"]["on"]["seconds"]
+    print("speed-up", out["speedup"], "max |g_on - g_off|", float(diff))
+    save(f"pruned_solve_n{args.n}", out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("what", choices=("pairing", "solve"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--queries", type=int, default=2048)
+    parser.add_argument("--solve-seconds", type=float, default=60.0)
+    parser.add_argument("--solve-max-n", type=int, default=10_000)
+    parser.add_argument("--potential-dir", default="/tmp/sdfm_scale", help="scale.py solve's potentials")
+    parser.add_argument("--n", type=int, default=30_000)
+    parser.add_argument("--max-seconds", type=float, default=1200.0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(args.threads)
+    np.random.seed(0)
+    {"pairing": cmd_pairing, "solve": cmd_solve}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

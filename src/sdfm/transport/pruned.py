@@ -1,0 +1,348 @@
+"""Exact argmax that skips whole clusters of atoms: pruned search for low-dimensional or clustered data.
+
+The atoms (keys ``z_j = y_j - center``) are grouped by k-means into K clusters, each with a centre
+``c_k`` and a radius ``r_k = max_{j in k} |z_j - c_k|``. No atom of cluster k scores more than either
+of two bounds, and the search takes the smaller:
+
+    Cauchy-Schwarz:  <x, z_j> + bias_j <= <x, c_k> + |x| r_k + max_{j in k} bias_j
+    distance:        <x, z_j> + bias_j  = |x|^2/2 - |x - z_j|^2/2 + a_j
+                                       <= |x|^2/2 - max(0, |x - c_k| - r_k)^2/2 + max_{j in k} a_j
+
+with ``a_j = bias_j + |z_j|^2/2`` (for the potential's bias this is g_j plus a constant, smooth over
+a cluster; the distance form keeps the curvature of the score that the first bound loses). So a
+query needs to score only the clusters whose bound reaches its best (or second-best) score found so
+far. A batch of queries is searched in two passes: each query scores its highest-bound cluster,
+then every other cluster whose bound is at least the score found (minus a rounding margin). Skipped
+clusters cannot hold the argmax, nor a tie with it, so the result is the dense scan's: the same
+index (ties to the smallest index), best and second-best score, up to the last bit of the score
+arithmetic. The bounds follow the potential for free (the per-cluster max of the bias is one pass
+over N numbers).
+
+Where it pays: the bound's slack is |x| r_k, so it prunes well when clusters are small against the
+score gaps between them, i.e. for low intrinsic dimension (2-D and 3-D data, curves, well-separated
+clusters). For data of intrinsic dimension above about 10 (a 16-dimensional Gaussian per cluster,
+isotropic Gaussians in high d) the bounds hold almost everywhere and the search scores most atoms;
+:class:`Pruning` then sees that and keeps the dense scan (BENCHMARKS.md, section 13).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from sdfm.transport.clustering import kmeans
+
+#: with ``mode="auto"``, pruning is tried from this many atoms on (below, the dense scan is as fast)
+PRUNE_MIN_ATOMS = 20_000
+#: with ``mode="auto"``, the dense scan is kept when a pruned search's estimated cost is above this
+#: fraction of the dense scan's (see :meth:`Pruning.record`)
+PRUNE_MAX_COST = 0.8
+#: the fixed cost of scoring a group of queries against one cluster, in units of one atom score
+#: (CPU, measured on 2 cores: about 60 us against 0.6-1 ns per atom score; BENCHMARKS.md section 13)
+VISIT_COST = 1e5
+#: a pruned search scores the atoms it visits at about this cost per atom relative to the dense scan
+GATHER_COST = 1.5
+#: with ``mode="auto"``, calls between two trials of the pruned search while the dense one is used
+PRUNE_RETRY = 32
+MODES = ("auto", "on", "off")
+#: with ``mode="auto"``, pairing (:class:`~sdfm.transport.LaguerreCells`) prunes only when the
+#: cluster-sorted copy of the keys it makes (float32) is at most this large
+PRUNE_MAX_BYTES = 1 << 30
+
+
+def num_clusters(n: int) -> int:
+    """K = about sqrt(N) clusters (between 1 and 4,096): bounds cost n K d, a cluster n N / K d."""
+    return int(min(4096, max(1, round(math.sqrt(n)))))
+
+
+@dataclass(frozen=True)
+class ClusterBounds:
+    """The atoms sorted by cluster, with what the bounds need.
+
+    Attributes:
+        keys: [M, d] the centred keys in cluster order (compute dtype, on the search device).
+        atoms: [M] int64 the position of each sorted row among the scorer's atoms.
+        label: [M] int64 the cluster of each sorted row.
+        offsets: K + 1 row offsets of the clusters in ``keys`` (host ints).
+        centres: [K, d] float64 means of the clusters' keys. radius: [K] float64.
+        sqnorm: [M] float64 |z_j|^2 of the sorted keys.
+        key_norm: max |z_j| (float; for the rounding margin).
+    """
+
+    keys: torch.Tensor
+    atoms: torch.Tensor
+    label: torch.Tensor
+    offsets: tuple[int, ...]
+    centres: torch.Tensor
+    radius: torch.Tensor
+    sqnorm: torch.Tensor
+    key_norm: float
+
+    @property
+    def num_clusters(self) -> int:
+        return len(self.offsets) - 1
+
+    @classmethod
+    def build(
+        cls,
+        keys: torch.Tensor,
+        *,
+        center: torch.Tensor | None,
+        dtype: torch.dtype,
+        device: torch.device,
+        k: int | None = None,
+        seed: int = 0,
+    ) -> ClusterBounds:
+        """k-means (on a random subsample of at most 32 K points, then every atom to its nearest
+        centre) of the keys ``keys - center`` [M, d], sorted by cluster (stable: ascending atom index
+        within one)."""
+        m, d = keys.shape
+        k = num_clusters(m) if k is None else max(1, min(int(k), m))
+        chunk = max(1, (1 << 22) // max(d, k))  # also bounds the [chunk, K] distances of k-means
+
+        gen = torch.Generator().manual_seed(seed)
+        picked = torch.randperm(m, generator=gen)[: min(m, 32 * k)].sort().values
+        sub = keys[picked.to(keys.device)].to(device=device, dtype=torch.float64)
+        if center is not None:
+            sub = sub - center.to(sub)
+
+        def chunks():
+            yield 0, sub.shape[0], sub
+
+        centres = kmeans(chunks, sub.shape[0], k, generator=gen, device=device, iterations=8).centres
+        # every atom to its nearest centre (float32 is enough: any partition gives valid bounds)
+        c32 = centres.to(torch.float32)
+        c_sq = c32.square().sum(1)
+        label = torch.empty(m, dtype=torch.long, device=device)
+        for start in range(0, m, chunk):
+            z = keys[start : start + chunk].to(device=device, dtype=torch.float32)
+            if center is not None:
+                z = z - center.to(z)
+            label[start : start + z.shape[0]] = torch.addmm(c_sq, z, c32.T, alpha=-2.0).argmin(1)
+        order = torch.argsort(label, stable=True)
+        counts = torch.bincount(label, minlength=k)
+        kept = counts > 0
+        sorted_keys = torch.empty(m, d, dtype=dtype, device=device)
+        sums = torch.zeros(k, d, dtype=torch.float64, device=device)
+        for start in range(0, m, chunk):
+            rows = order[start : start + chunk]
+            # as the dense scan computes them: cast to the compute dtype, then the centre subtracted
+            z = keys[rows.to(keys.device)].to(device=device, dtype=dtype)
+            z = z if center is None else z - center.to(z)
+            sorted_keys[start : start + rows.shape[0]] = z
+            sums.index_add_(0, label[rows], z.to(torch.float64))
+        # centres and radii of the keys as scored, in float64
+        centres = sums / counts.clamp_min(1)[:, None].to(torch.float64)
+        radius = torch.zeros(k, dtype=torch.float64, device=device)
+        sqnorm = torch.empty(m, dtype=torch.float64, device=device)
+        for start in range(0, m, chunk):
+            z = sorted_keys[start : start + chunk].to(torch.float64)
+            lab = label[order[start : start + chunk]]
+            radius.scatter_reduce_(0, lab, (z - centres[lab]).norm(dim=1), "amax")
+            sqnorm[start : start + z.shape[0]] = z.square().sum(1)
+        # drop empty clusters (renumbered in order)
+        new_id = torch.cumsum(kept.to(torch.long), 0) - 1
+        offsets = [0] + torch.cumsum(counts[kept], 0).tolist()
+        return cls(
+            keys=sorted_keys,
+            atoms=order,
+            label=new_id[label[order]],
+            offsets=tuple(int(o) for o in offsets),
+            centres=centres[kept],
+            radius=radius[kept] * (1 + 1e-12) + 1e-300,
+            sqnorm=sqnorm,
+            key_norm=float(sqnorm.max().sqrt()),
+        )
+
+    def search(
+        self, x: torch.Tensor, bias: torch.Tensor, *, second: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, float]:
+        """(position [n], best [n], second score or None, second position or None, atoms scored,
+        clusters visited) of each query x [n, d] (compute dtype), for scores ``<x, z_j> + bias_j``;
+        positions are among the scorer's atoms, ties to the smallest; ``second`` as in the dense scan
+        (None, "score" or "index"). Atoms scored counts every (query, atom) score computed; clusters
+        visited, the groups of queries scored against one cluster."""
+        n = x.shape[0]
+        bias_sorted = bias[self.atoms]
+        bias64 = bias_sorted.to(torch.float64)
+        top = self._cluster_max(bias64)
+        top_a = self._cluster_max(bias64 + 0.5 * self.sqnorm)
+        x64 = x.to(torch.float64)
+        sq = x64.square().sum(1)
+        norm = sq.sqrt()
+        # Cauchy-Schwarz and distance bounds [n, K] (see the module docstring); the smaller holds
+        cross = x64 @ self.centres.T
+        bound = (cross + top).addcmul_(norm[:, None], self.radius[None, :])
+        dist = (sq[:, None] - 2.0 * cross + self.centres.square().sum(1)).clamp_min_(0.0).sqrt_()
+        reach = (dist - self.radius).clamp_min_(0.0)
+        bound = torch.minimum(bound, 0.5 * sq[:, None] + top_a - 0.5 * reach.square())
+        # rounding: computed scores are within err of the exact ones; skip a cluster only when its
+        # bound is below the threshold by twice that (so no skipped atom can reach or tie it)
+        unit = torch.finfo(x.dtype).eps
+        scale = norm * self.key_norm + float(bias64.abs().max())
+        margin = 2.0 * (x.shape[1] + 4) * unit * scale + 1e-9 * (scale + sq + dist.max(1).values.square())
+        state = _Best.empty(n, x.dtype, x.device, second)
+        first = bound.argmax(dim=1)
+        rows = torch.arange(n, device=x.device)
+        scored, visits = self._score_pairs(x, bias_sorted, rows, first, state)
+        threshold = state.runner if second else state.best
+        candidates = bound >= (threshold - margin)[:, None].to(torch.float64)
+        candidates[rows, first] = False
+        q, k = torch.nonzero(candidates, as_tuple=True)
+        more, more_visits = self._score_pairs(x, bias_sorted, q, k, state)
+        second_index = state.runner_index if second == "index" else None
+        return (
+            state.index,
+            state.best,
+            state.runner if second else None,
+            second_index,
+            scored + more,
+            visits + more_visits,
+        )
+
+    def _cluster_max(self, values: torch.Tensor) -> torch.Tensor:
+        top = torch.full((self.num_clusters,), float("-inf"), dtype=values.dtype, device=values.device)
+        return top.scatter_reduce_(0, self.label, values, "amax")
+
+    def _score_pairs(self, x, bias_sorted, q, k, state: _Best) -> int:
+        """Scores queries q against clusters k (pairs) and merges into ``state``; (atom scores
+        computed, clusters visited)."""
+        if q.numel() == 0:
+            return 0, 0
+        order = torch.argsort(k, stable=True)
+        q, k = q[order], k[order]
+        ids, counts = torch.unique_consecutive(k, return_counts=True)
+        scored, start = 0, 0
+        for cid, c in zip(ids.tolist(), counts.tolist(), strict=True):
+            rows = q[start : start + c]
+            start += c
+            lo, hi = self.offsets[cid], self.offsets[cid + 1]
+            block = torch.addmm(bias_sorted[lo:hi], x[rows], self.keys[lo:hi].T)
+            state.merge(rows, block, self.atoms[lo:hi])
+            scored += c * (hi - lo)
+        return scored, len(counts)
+
+
+@dataclass
+class _Best:
+    """Running best and second-best (score, atom) per query; ties go to the smaller atom."""
+
+    best: torch.Tensor
+    index: torch.Tensor
+    runner: torch.Tensor | None
+    runner_index: torch.Tensor | None
+
+    @classmethod
+    def empty(cls, n, dtype, device, second) -> _Best:
+        best = torch.full((n,), float("-inf"), dtype=dtype, device=device)
+        index = torch.full((n,), torch.iinfo(torch.long).max, dtype=torch.long, device=device)
+        runner = torch.full_like(best, float("-inf")) if second else None
+        return cls(best, index, runner, torch.full_like(index, -1) if second else None)
+
+    def merge(self, rows: torch.Tensor, block: torch.Tensor, atoms: torch.Tensor) -> None:
+        """Merges the scores ``block`` [len(rows), m] of atoms ``atoms`` [m] (ascending) into the rows."""
+        v1, p1 = block.max(dim=1)  # the first maximum: the smallest atom of the block
+        i1 = atoms[p1]
+        b, bi = self.best[rows], self.index[rows]
+        new_first = _before(v1, i1, b, bi)
+        if self.runner is not None:
+            if block.shape[1] >= 2:
+                rest = block.scatter(1, p1[:, None], float("-inf"))
+                v2, p2 = rest.max(dim=1)
+                i2 = atoms[p2]
+            else:
+                v2 = torch.full_like(v1, float("-inf"))
+                i2 = torch.full_like(i1, -1)
+            s, si = self.runner[rows], self.runner_index[rows]
+            # the union's second: the better of the loser's best and the winner's second
+            cand_s = torch.where(new_first, b, v1)
+            cand_i = torch.where(new_first, bi, i1)
+            other_s = torch.where(new_first, v2, s)
+            other_i = torch.where(new_first, i2, si)
+            take = _before(cand_s, cand_i, other_s, other_i) & (cand_i >= 0)
+            take |= other_i < 0
+            self.runner[rows] = torch.where(take, cand_s, other_s)
+            self.runner_index[rows] = torch.where(take, cand_i, other_i)
+        self.best[rows] = torch.where(new_first, v1, b)
+        self.index[rows] = torch.where(new_first, i1, bi)
+
+
+def _before(v, i, w, j):
+    """Whether (score v, atom i) ranks before (w, j): higher score, then smaller atom."""
+    return (v > w) | ((v == w) & (i < j))
+
+
+@dataclass
+class Pruning:
+    """When to search with cluster bounds instead of the dense scan, for one scorer's atoms.
+
+    ``mode``: "on" (always), "off" (never) or "auto": on CPU devices from :data:`PRUNE_MIN_ATOMS`
+    atoms on, the first argmax builds the bounds and searches with them; the dense scan takes over
+    while the last pruned search's estimated cost (:meth:`record`) is above :data:`PRUNE_MAX_COST` of
+    the dense scan's, with one pruned trial every :data:`PRUNE_RETRY` calls, as the potential moves.
+    The decision depends only on the data, the potential and the queries (counts, not timings), so a
+    seeded solve repeats bit for bit. On GPUs "auto" keeps the dense scan: there the per-cluster
+    kernel launches cost more than the dense matmul saves (use "on" to measure). ``clusters``: K
+    (None: about sqrt(N)). The bounds are built on first use for the queries' device and dtype.
+    """
+
+    mode: str = "auto"
+    clusters: int | None = None
+    min_atoms: int = PRUNE_MIN_ATOMS
+    max_cost: float = PRUNE_MAX_COST
+    #: the last pruned search: fraction of the (query, atom) scores computed, estimated relative cost
+    last_fraction: float | None = None
+    last_cost: float | None = None
+    #: argmax calls answered by the pruned search and by the dense scan
+    pruned_calls: int = 0
+    dense_calls: int = 0
+    _bounds: dict = field(default_factory=dict, repr=False)
+    _since_trial: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"pruning: expected one of {MODES}, got {self.mode!r}")
+
+    def wanted(self, num_atoms: int, device: torch.device) -> bool:
+        """Whether the next argmax over ``num_atoms`` atoms should be pruned (counts the call)."""
+        auto = self.mode == "auto"
+        if self.mode == "off" or (auto and (num_atoms < self.min_atoms or device.type != "cpu")):
+            self.dense_calls += 1
+            return False
+        if self.mode == "on" or self.last_cost is None or self.last_cost <= self.max_cost:
+            return True
+        self._since_trial += 1
+        if self._since_trial >= PRUNE_RETRY:
+            self._since_trial = 0
+            return True
+        self.dense_calls += 1
+        return False
+
+    def bounds(self, keys, center, dtype, device) -> ClusterBounds:
+        key = (str(device), dtype)
+        if key not in self._bounds:
+            self._bounds[key] = ClusterBounds.build(
+                keys, center=center, dtype=dtype, device=device, k=self.clusters
+            )
+        return self._bounds[key]
+
+    def record(self, scored: int, visits: int, num_queries: int, num_atoms: int, num_clusters: int) -> None:
+        """Notes a pruned search: its cost relative to the dense scan (n N atom scores) is estimated as
+        ``(GATHER_COST * scored + VISIT_COST * visits + n K) / (n N)`` (the bounds cost about one
+        atom score per cluster and query)."""
+        dense = float(num_queries) * num_atoms
+        self.last_fraction = scored / dense
+        self.last_cost = (GATHER_COST * scored + VISIT_COST * visits + num_queries * num_clusters) / dense
+        self.pruned_calls += 1
+
+    def summary(self) -> dict:
+        """mode, calls of each kind, and the last pruned search's fraction scored and relative cost."""
+        return {
+            "mode": self.mode,
+            "pruned_calls": self.pruned_calls,
+            "dense_calls": self.dense_calls,
+            "last_fraction_scored": self.last_fraction,
+            "last_relative_cost": self.last_cost,
+        }

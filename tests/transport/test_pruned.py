@@ -1,0 +1,164 @@
+"""Pruned exact search (cluster bounds): the dense scan's argmax, ties and runner-up included."""
+
+import pytest
+import torch
+
+from sdfm.couplings import SemidiscreteCoupling
+from sdfm.transport import LaguerreCells, SemidiscreteSolver, estimate_marginal
+from sdfm.transport.pruned import ClusterBounds, Pruning
+from sdfm.transport.scoring import Scorer
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _problem(kind, n, d, dtype=torch.float64, seed=0):
+    """Keys z [n, d] (centred), a smooth-ish bias [n] and queries x [300, d]."""
+    g = gen(seed)
+    if kind == "uniform":
+        y = torch.rand(n, d, generator=g, dtype=torch.float64) * 4 - 2
+    elif kind == "clusters":  # 6 tight, separated clusters: where bounds prune best
+        centres = 6 * torch.randn(6, d, generator=g, dtype=torch.float64)
+        y = centres[torch.randint(0, 6, (n,), generator=g)] + 0.3 * torch.randn(
+            n, d, generator=g, dtype=torch.float64
+        )
+    else:  # isotropic Gaussian: the bounds prune little, the answer must still be exact
+        y = torch.randn(n, d, generator=g, dtype=torch.float64)
+    pot = 0.2 * torch.randn(n, generator=g, dtype=torch.float64)
+    x = torch.randn(300, d, generator=g, dtype=torch.float64)
+    # exact duplicates of the first queries' winners at higher indices: tied best scores
+    win = (x[:5] @ y.T + pot - 0.5 * y.square().sum(1)).argmax(1)
+    y[n - 5 :], pot[n - 5 :] = y[win], pot[win]
+    z = y - y.mean(0)
+    bias = pot - 0.5 * y.square().sum(1)
+    return z.to(dtype), bias.to(dtype), x.to(dtype)
+
+
+def _brute(z, bias, x):
+    """(index, second index) by float64 brute force, ties to the smallest index."""
+    s = x.double() @ z.double().T + bias.double()
+    n = s.shape[1]
+    order = torch.arange(n, dtype=torch.float64)
+    # lexicographic (score desc, index asc): rank by score, then by -index
+    key = s * 1.0
+    best = key.max(1).values
+    first = torch.where(key == best[:, None], order, float("inf")).min(1).values.long()
+    rest = key.scatter(1, first[:, None], float("-inf"))
+    second_best = rest.max(1).values
+    second = torch.where(rest == second_best[:, None], order, float("inf")).min(1).values.long()
+    return first, second
+
+
+@pytest.mark.parametrize(
+    "kind,d", [("uniform", 2), ("uniform", 3), ("clusters", 8), ("gauss", 16), ("uniform", 1)]
+)
+def test_search_equals_brute_force_with_ties(kind, d):
+    z, bias, x = _problem(kind, 3000, d)
+    bounds = ClusterBounds.build(z, center=None, dtype=torch.float64, device=torch.device("cpu"), k=40)
+    index, best, second, second_index, scored, visits = bounds.search(x, bias, second="index")
+    fraction = scored / (x.shape[0] * z.shape[0])
+    first, runner = _brute(z, bias, x)
+    assert torch.equal(index, first)
+    assert torch.equal(second_index, runner)
+    n = z.shape[0]
+    # tied pairs: the original (smaller index) wins, a copy is the runner-up with the same score
+    assert (index[:5] < n - 5).all() and (second_index[:5] >= n - 5).all()
+    assert torch.equal(second[:5], best[:5])
+    s = x @ z.T + bias
+    torch.testing.assert_close(best, s.gather(1, first[:, None]).squeeze(1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(second, s.gather(1, runner[:, None]).squeeze(1), rtol=0, atol=1e-12)
+    assert 0 < fraction <= 1 and 0 < visits <= 2 * bounds.num_clusters
+    if kind == "clusters":
+        assert fraction < 0.35  # most clusters skipped
+
+
+def test_bounds_hold_for_every_cluster():
+    z, bias, x = _problem("uniform", 2000, 3)
+    b = ClusterBounds.build(z, center=None, dtype=torch.float64, device=torch.device("cpu"), k=30)
+    scores = x @ b.keys.T + bias[b.atoms]
+    per_cluster = torch.full((300, b.num_clusters), float("-inf"), dtype=torch.float64)
+    per_cluster.scatter_reduce_(1, b.label.expand(300, -1), scores, "amax")
+    a = bias[b.atoms] + 0.5 * b.sqnorm
+    top, top_a = b._cluster_max(bias[b.atoms]), b._cluster_max(a)
+    sq = x.square().sum(1)
+    cross = x @ b.centres.T
+    cs = cross + top + sq.sqrt()[:, None] * b.radius
+    dist = (sq[:, None] - 2 * cross + b.centres.square().sum(1)).clamp_min(0).sqrt()
+    dist_bound = 0.5 * sq[:, None] + top_a - 0.5 * (dist - b.radius).clamp_min(0).square()
+    assert (cs >= per_cluster - 1e-9).all() and (dist_bound >= per_cluster - 1e-9).all()
+    # the distance bound is the tighter one in low d (it keeps the score's curvature)
+    assert (dist_bound < cs).float().mean() > 0.5
+
+
+def test_scorer_pruning_matches_dense_in_float32_and_records():
+    # float32 may round identical atoms' scores differently in different matmul blocks (the dense
+    # scan too), so exact duplicates are left out here (the float64 test above has them)
+    z, bias, x = _problem("uniform", 5005, 2, dtype=torch.float32)
+    z, bias = z[:5000], bias[:5000]
+    dense = Scorer(z, 5000)
+    pruned = Scorer(z, 5000, pruning=Pruning("on"))
+    i0, b0, s0 = dense.argmax(x, bias, top2=True)
+    i1, b1, s1 = pruned.argmax(x, bias, top2=True)
+    assert torch.equal(i0, i1)
+    torch.testing.assert_close(b1, b0, rtol=0, atol=1e-5)
+    torch.testing.assert_close(s1, s0, rtol=0, atol=1e-5)
+    t0, t1 = dense.top2(x, bias), pruned.top2(x, bias)
+    assert torch.equal(t0.index, t1.index) and torch.equal(t0.second_index, t1.second_index)
+    assert pruned.pruning.pruned_calls == 2 and 0 < pruned.pruning.last_fraction < 0.5
+    # the Gumbel-max sample and alpha != 1 (soft scores) always take the dense scan
+    pruned.argmax(x, bias, alpha=2.0)
+    assert pruned.pruning.pruned_calls == 2
+
+
+def test_auto_mode_keeps_the_dense_scan_where_bounds_do_not_prune():
+    z, bias, x = _problem("gauss", 4000, 32, dtype=torch.float32)
+    auto = Pruning("auto", min_atoms=1000)
+    scorer = Scorer(z, 4000, pruning=auto)
+    dense = Scorer(z, 4000)
+    first = scorer.argmax(x, bias)[0]  # the trial: scores nearly everything
+    assert auto.last_cost > auto.max_cost and auto.last_fraction > 0.8
+    for _ in range(3):
+        assert torch.equal(scorer.argmax(x, bias)[0], first)
+    assert auto.pruned_calls == 1 and auto.dense_calls == 3
+    assert torch.equal(first, dense.argmax(x, bias)[0])
+    small = Pruning("auto")  # below PRUNE_MIN_ATOMS: never built
+    Scorer(z, 4000, pruning=small).argmax(x, bias)
+    assert small.pruned_calls == 0 and small.dense_calls == 1 and not small._bounds
+    with pytest.raises(ValueError, match="pruning"):
+        Pruning("always")
+    with pytest.raises(ValueError, match="pruning"):
+        LaguerreCells(z, torch.zeros(4000), pruning="fast")
+
+
+def test_laguerre_cells_and_coupling_pair_as_the_dense_scan():
+    y = torch.rand(6000, 2, generator=gen(4)) * 4 - 2
+    g = 0.05 * torch.randn(6000, generator=gen(5), dtype=torch.float64)
+    x = torch.randn(2000, 2, generator=gen(6))
+    on = LaguerreCells(y, g, pruning="on")
+    off = LaguerreCells(y, g, pruning="off")
+    assert torch.equal(on.assign(x), off.assign(x))
+    torch.testing.assert_close(on.marginal(x), off.marginal(x), rtol=0, atol=0)
+    torch.testing.assert_close(on.c_transform(x), off.c_transform(x), rtol=0, atol=1e-5)
+    assert on.pruning_used["pruned_calls"] == 3 and off.pruning_used["pruned_calls"] == 0
+    a = SemidiscreteCoupling(y, g, pruning="on").sample(500, generator=gen(7))
+    b = SemidiscreteCoupling(y, g, pruning="off").sample(500, generator=gen(7))
+    assert torch.equal(a.index, b.index)
+
+
+def test_solver_with_pruning_reaches_the_same_potential_in_2d():
+    y = torch.rand(3000, 2, generator=gen(8)) * 4 - 2
+    kw = {"tol": None, "max_steps": 60, "anneal": False}
+    on = SemidiscreteSolver(**kw, pruning="on").solve(y, generator=gen(9))
+    off = SemidiscreteSolver(**kw, pruning="off").solve(y, generator=gen(9))
+    assert on.settings["pruning_used"]["pruned_calls"] > 50
+    assert off.settings["pruning_used"]["pruned_calls"] == 0
+    # 2-D scores round alike in both searches here: the same steps, bit for bit
+    assert torch.equal(on.potential, off.potential)
+    check = estimate_marginal(y, on.potential, num_samples=1 << 16, generator=gen(10))
+    assert abs(check.chi2 - off.chi2) < 5 * (check.chi2_stderr + off.chi2_stderr) + 0.05
+
+
+def test_solver_rejects_an_unknown_pruning_mode():
+    with pytest.raises(ValueError, match="pruning"):
+        SemidiscreteSolver(pruning="sometimes")
