@@ -162,3 +162,20 @@ def test_solver_with_pruning_reaches_the_same_potential_in_2d():
 def test_solver_rejects_an_unknown_pruning_mode():
     with pytest.raises(ValueError, match="pruning"):
         SemidiscreteSolver(pruning="sometimes")
+
+
+def test_class_conditional_pairing_prunes_each_class():
+    y = torch.rand(8000, 2, generator=gen(11), dtype=torch.float64) * 4 - 2
+    classes = (y[:, 0] > 0).long() + 2 * (y[:, 1] > 0).long()  # four classes of about 2,000
+    g = 0.05 * torch.randn(8000, generator=gen(12), dtype=torch.float64)
+    x = torch.randn(3000, 2, generator=gen(13), dtype=torch.float64)
+    query = torch.randint(0, 4, (3000,), generator=gen(14))
+    on = LaguerreCells(y, g, classes=classes, pruning="on")
+    index = on.assign(x, classes=query)
+    assert torch.equal(index, LaguerreCells(y, g, classes=classes, pruning="off").assign(x, classes=query))
+    # masked float64 brute force: the argmax within each query's class
+    scores = x @ y.T + g - 0.5 * y.square().sum(1)
+    scores[classes[None, :] != query[:, None]] = float("-inf")
+    assert torch.equal(index, scores.argmax(1))
+    used = on.pruning_used
+    assert used["pruned_calls"] == 4 and used["dense_calls"] == 0 and used["last_fraction_scored"] < 0.5

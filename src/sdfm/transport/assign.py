@@ -149,8 +149,17 @@ class LaguerreCells:
 
     @property
     def pruning_used(self) -> dict:
-        """The pruning mode, argmax calls answered with and without it, the last fraction scored."""
-        return self.pruning.summary()
+        """The pruning mode, argmax calls answered with and without it (class-conditional calls count
+        once per class present), the last fraction scored and estimated relative cost."""
+        out = self.pruning.summary()
+        for key, pruning in self._class_cache.items():
+            if key[0] == "pruning":
+                out["pruned_calls"] += pruning.pruned_calls
+                out["dense_calls"] += pruning.dense_calls
+                if pruning.last_fraction is not None:
+                    out["last_fraction_scored"] = pruning.last_fraction
+                    out["last_relative_cost"] = pruning.last_cost
+        return out
 
     def _keys(self, device: torch.device, dtype: torch.dtype) -> _Keys:
         key = (str(device), dtype)
@@ -238,10 +247,28 @@ class LaguerreCells:
             for c in present:
                 rows = torch.nonzero(query == c).squeeze(1)
                 on_targets, on_x = members[c]
+                if gumbel is False and self._class_pruning(c).wanted(int(on_x.shape[0]), x.device):
+                    index[rows] = on_x[self._pruned_in_class(c, x[rows], keys, on_targets, on_x)]
+                    continue
                 index[rows] = stream_argmax(
                     x[rows], self.targets, keys.bias[on_x], **kw, gumbel=gumbel, subset=on_targets
                 )[0]
         return index
+
+    def _class_pruning(self, c: int) -> Pruning:
+        """The pruning state of class c's targets (its own cluster bounds)."""
+        key = ("pruning", c)
+        if key not in self._class_cache:
+            self._class_cache[key] = Pruning(self.pruning.mode, min_atoms=self.pruning.min_atoms)
+        return self._class_cache[key]
+
+    def _pruned_in_class(self, c, x, keys: _Keys, on_targets, on_x) -> torch.Tensor:
+        """Positions among class c's targets of the argmax for its queries x, by cluster bounds."""
+        pruning = self._class_pruning(c)
+        bounds = pruning.bounds(lambda: self.targets[on_targets], keys.center, x.dtype, x.device)
+        pos, _, _, _, scored, visits = bounds.search(x, keys.bias[on_x])
+        pruning.record(scored, visits, x.shape[0], int(on_x.shape[0]), bounds.num_clusters)
+        return pos
 
     def _members(self, device: torch.device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """class -> (its target indices on the targets' device, the same on ``device``), cached."""

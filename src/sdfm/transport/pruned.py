@@ -321,8 +321,11 @@ class Pruning:
         return False
 
     def bounds(self, keys, center, dtype, device) -> ClusterBounds:
+        """The bounds for ``device`` and ``dtype``, built on first use from ``keys`` [M, d] (a tensor,
+        or a callable returning it: a class's targets are gathered only then)."""
         key = (str(device), dtype)
         if key not in self._bounds:
+            keys = keys() if callable(keys) else keys
             self._bounds[key] = ClusterBounds.build(
                 keys, center=center, dtype=dtype, device=device, k=self.clusters
             )
