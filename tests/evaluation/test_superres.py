@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from sdfm.artifacts import load_potential
 from sdfm.cli.main import main
 from sdfm.couplings import IndependentCoupling, SemidiscreteCoupling
 from sdfm.data.superres import lowres, noisy_lowres, upsample
 from sdfm.metrics import psnr
-from sdfm.transport import ConditionedNoise, SemidiscreteSolver, augmented_keys
+from sdfm.transport import ConditionedNoise, SemidiscreteSolver, augmented_keys, condition_mismatch
 from tests.conftest import gen
 
 
@@ -40,6 +41,39 @@ def test_augmented_pairs_equal_brute_force(problem):
     expected = torch.argmax(res.potential[None, :] - cost, dim=1)
     assert torch.equal(pairs.index, expected)
     torch.testing.assert_close(pairs.x1, y[expected])
+
+
+def test_condition_mismatch_against_brute_force_and_limits(problem):
+    y, z = problem
+    beta = 2.0
+    keys = augmented_keys(y, z, beta)
+    noise = ConditionedNoise(z, beta)
+    res = SemidiscreteSolver(tol=0.1).solve(keys, noise=noise, generator=gen(2))
+    # the solver reports it for augmented solves
+    reported = res.settings["condition_mismatch"]
+    assert 0 < reported["left"] <= 1 and 0 < reported["relative_distance"] < 1
+    got = condition_mismatch(keys, res.potential, noise, num_samples=3000, batch_size=1000, generator=gen(7))
+    # replay the draws batch by batch: x0, the condition index i, then the random comparison point k
+    g, left, dist, rand = gen(7), 0, 0.0, 0.0
+    for _ in range(3):
+        x0 = torch.randn(1000, 3, generator=g, dtype=torch.float64)
+        i = torch.randint(200, (1000,), generator=g)
+        cost = 0.5 * torch.cdist(x0, y) ** 2 + beta * 0.5 * torch.cdist(z[i], z) ** 2
+        j = torch.argmax(res.potential[None, :] - cost, dim=1)
+        k = torch.randint(200, (1000,), generator=g)
+        left += int((j != i).sum())
+        dist += float((z[i] - z[j]).norm(dim=1).sum())
+        rand += float((z[i] - z[k]).norm(dim=1).sum())
+    assert got.num_samples == 3000 and got.left == left / 3000
+    assert got.relative_distance == pytest.approx(dist / rand, rel=1e-12)
+    # limits: beta -> infinity keeps every condition; beta = 0 ignores it (distance ratio near 1)
+    zero = torch.zeros(200, dtype=torch.float64)
+    far = ConditionedNoise(z, 1e6)
+    assert condition_mismatch(augmented_keys(y, z, 1e6), zero, far, num_samples=2000).left == 0
+    free = condition_mismatch(augmented_keys(y, z, 0.0), zero, ConditionedNoise(z, 0.0), generator=gen(8))
+    assert free.left > 0.9 and 0.8 < free.relative_distance < 1.2
+    with pytest.raises(ValueError, match="keys"):
+        condition_mismatch(keys[:100], zero[:100], noise)  # not one key per condition
 
 
 def test_beta_limits(problem):
@@ -97,6 +131,8 @@ def test_superres_cli_round_trip(tmp_path, capsys):
     info = json.loads((run / "run.json").read_text())
     assert info["coupling"]["superres"] == {"factor": 2, "noise": 0.1, "beta": 5.0}
     assert info["model"]["config"]["cond_dim"] == 16
+    mismatch = load_potential(run / "potential.safetensors").meta["solver"]["condition_mismatch"]
+    assert 0 <= mismatch["left"] <= 1 and mismatch["num_samples"] == 1 << 16  # sdfm info shows it too
     assert main(["eval", "--run", str(run), "--steps", "1,2", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "euler-2" in out and "upsampled condition" in out

@@ -184,4 +184,10 @@ def _augmented(spec, ctx):
         path, res, fingerprint=fp_keys, targets=keys, data_name=ctx.data_name, extra={"seed": ctx.seed}
     )
     ctx.log(f"potential chi2 {res.chi2:.4f} ± {res.chi2_stderr:.4f}, {res.seconds:.1f} s")
+    mismatch = res.settings.get("condition_mismatch")
+    if mismatch:
+        ctx.log(
+            f"condition mismatch: {100 * mismatch['left']:.1f}% of pairs leave their condition "
+            f"(mean |z0 - z_j| {mismatch['relative_distance']:.3f} of a random pair's)"
+        )
     return coupling, {"potential": POTENTIAL_FILE, "eps": res.eps, "eps_relative": 0.0}

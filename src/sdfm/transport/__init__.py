@@ -13,7 +13,13 @@
 """
 
 from sdfm.transport.assign import LaguerreCells, assign, c_transform, marginal
-from sdfm.transport.augmented import ConditionedNoise, augmented_keys, augmented_queries
+from sdfm.transport.augmented import (
+    ConditionedNoise,
+    ConditionMismatch,
+    augmented_keys,
+    augmented_queries,
+    condition_mismatch,
+)
 from sdfm.transport.conditional import ClassConditionalResult, solve_per_class
 from sdfm.transport.diagnostics import (
     MarginalEstimate,
@@ -43,6 +49,8 @@ __all__ = [
     "ClassConditionalResult",
     "Collective",
     "ConditionedNoise",
+    "ConditionMismatch",
+    "condition_mismatch",
     "DuplicateGroups",
     "HistoryEntry",
     "LaguerreCells",

@@ -52,6 +52,7 @@ import torch
 from sdfm.checks import check_float, check_int
 from sdfm.transport import validate
 from sdfm.transport._stream import full_precision
+from sdfm.transport.augmented import ConditionedNoise, condition_mismatch
 from sdfm.transport.diagnostics import chi2_from_sums
 from sdfm.transport.semidiscrete import parts
 from sdfm.transport.semidiscrete.coarse import CoarseCorrection
@@ -78,6 +79,8 @@ SMOOTH_WINDOW = 10
 #: Unscaled, the clip biased large-N steps, where a cell's count per batch is 0 or 1: at N = 100,000
 #: chi2 stalled near 0.3.
 RESIDUAL_FLOOR = -3.0
+#: the fixed seed of the condition-mismatch check of augmented solves (fresh noise, reproducible)
+MISMATCH_SEED = 20250925
 
 
 #: the numeric options of SemidiscreteSolver: name -> (int or float, low, high, None allowed)
@@ -617,8 +620,18 @@ class _Iteration:
             score_precision=str(problem.dtype).removeprefix("torch."),
             pruning_used=problem.pruning_summary(),
         )
+        potential = problem.potential_of(h)
+        if (
+            isinstance(problem.noise, ConditionedNoise)
+            and problem.eps_abs == 0
+            and problem.collective is None
+        ):
+            # augmented solves: chi2 misses pairs that leave their condition (see condition_mismatch)
+            gen = torch.Generator(device=problem.device).manual_seed(MISMATCH_SEED)
+            check = condition_mismatch(problem.src, potential, problem.noise, generator=gen)
+            settings["condition_mismatch"] = check.to_dict()
         return SemidiscreteResult(
-            potential=problem.potential_of(h),
+            potential=potential,
             eps=problem.eps_abs,
             chi2=float(chi2),
             chi2_stderr=float(se),
