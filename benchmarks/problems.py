@@ -1,4 +1,4 @@
-"""The three solver benchmark problems of the core issue, and the independent chi2 check."""
+"""The solver benchmark problems (the core issue's three, a small 1-D one) and the independent chi2 check."""
 
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ PROBLEMS = {
     "checkerboard-2d": "checkerboard:n=10000",  # (i) 10,000 points in d = 2
     "digits-64d": "digits:split=all",  # (ii) scikit-learn digits, 1797 x 64, values 0..16
     "gmm8-64d": "gmm:d=64,k=8,n=10000",  # (iii) 10,000 points, 8-component mixture in d = 64
+    "sorted1d-64": None,  # (iv) 64 points in 1-D: sort(1.7 z + 0.4), z standard normal (seed 0)
 }
 
 CHECK_SAMPLES = 1 << 20  # >= 10^6 fresh noise samples for every reported chi2
 
 
 def load(name: str) -> np.ndarray:
+    if name == "sorted1d-64":
+        z = np.random.default_rng(0).standard_normal(64)
+        return np.sort(1.7 * z + 0.4).astype(np.float32)[:, None]
     return np.ascontiguousarray(load_dataset(PROBLEMS[name]).x, dtype=np.float32)
 
 
