@@ -5,7 +5,7 @@ import torch
 
 from sdfm.couplings import SemidiscreteCoupling
 from sdfm.transport import LaguerreCells, SemidiscreteSolver, estimate_marginal
-from sdfm.transport.pruned import ClusterBounds, Pruning
+from sdfm.transport.pruned import PRUNE_GIVE_UP, PRUNE_RETRY, ClusterBounds, Pruning
 from sdfm.transport.scoring import Scorer
 
 
@@ -122,6 +122,13 @@ def test_auto_mode_keeps_the_dense_scan_where_bounds_do_not_prune():
         assert torch.equal(scorer.argmax(x, bias)[0], first)
     assert auto.pruned_calls == 1 and auto.dense_calls == 3
     assert torch.equal(first, dense.argmax(x, bias)[0])
+    # a trial every PRUNE_RETRY calls; after PRUNE_GIVE_UP failed trials it stops and frees the bounds
+    for _ in range(2 * PRUNE_RETRY):
+        scorer.argmax(x, bias)
+    assert auto.pruned_calls == PRUNE_GIVE_UP and not auto._bounds
+    for _ in range(2 * PRUNE_RETRY):
+        scorer.argmax(x, bias)
+    assert auto.pruned_calls == PRUNE_GIVE_UP and auto.dense_calls == 3 + 4 * PRUNE_RETRY - 2
     small = Pruning("auto")  # below PRUNE_MIN_ATOMS: never built
     Scorer(z, 4000, pruning=small).argmax(x, bias)
     assert small.pruned_calls == 0 and small.dense_calls == 1 and not small._bounds

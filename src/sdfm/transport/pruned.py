@@ -46,6 +46,9 @@ VISIT_COST = 1e5
 GATHER_COST = 1.5
 #: with ``mode="auto"``, calls between two trials of the pruned search while the dense one is used
 PRUNE_RETRY = 32
+#: with ``mode="auto"``, after this many trials in a row that do not pay, pruning stops for good and
+#: the bounds (a cluster-sorted copy of the atoms) are freed
+PRUNE_GIVE_UP = 3
 MODES = ("auto", "on", "off")
 #: with ``mode="auto"``, pairing (:class:`~sdfm.transport.LaguerreCells`) prunes only when the
 #: cluster-sorted copy of the keys it makes (float32) is at most this large
@@ -284,8 +287,11 @@ class Pruning:
     the dense scan's, with one pruned trial every :data:`PRUNE_RETRY` calls, as the potential moves.
     The decision depends only on the data, the potential and the queries (counts, not timings), so a
     seeded solve repeats bit for bit. On GPUs "auto" keeps the dense scan: there the per-cluster
-    kernel launches cost more than the dense matmul saves (use "on" to measure). ``clusters``: K
-    (None: about sqrt(N)). The bounds are built on first use for the queries' device and dtype.
+    kernel launches cost more than the dense matmul saves (use "on" to measure). After
+    :data:`PRUNE_GIVE_UP` trials in a row that do not pay, "auto" stops trying and frees the bounds
+    (high-dimensional data pay one k-means and a few trials, then nothing). ``clusters``: K (None:
+    about sqrt(N)). The bounds are built on first use for the queries' device and dtype and hold a
+    cluster-sorted copy of the atoms (N d in the compute dtype) while in use.
     """
 
     mode: str = "auto"
@@ -300,6 +306,7 @@ class Pruning:
     dense_calls: int = 0
     _bounds: dict = field(default_factory=dict, repr=False)
     _since_trial: int = 0
+    _failed_trials: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -308,7 +315,8 @@ class Pruning:
     def wanted(self, num_atoms: int, device: torch.device) -> bool:
         """Whether the next argmax over ``num_atoms`` atoms should be pruned (counts the call)."""
         auto = self.mode == "auto"
-        if self.mode == "off" or (auto and (num_atoms < self.min_atoms or device.type != "cpu")):
+        given_up = auto and self._failed_trials >= PRUNE_GIVE_UP
+        if self.mode == "off" or given_up or (auto and (num_atoms < self.min_atoms or device.type != "cpu")):
             self.dense_calls += 1
             return False
         if self.mode == "on" or self.last_cost is None or self.last_cost <= self.max_cost:
@@ -339,6 +347,9 @@ class Pruning:
         self.last_fraction = scored / dense
         self.last_cost = (GATHER_COST * scored + VISIT_COST * visits + num_queries * num_clusters) / dense
         self.pruned_calls += 1
+        self._failed_trials = self._failed_trials + 1 if self.last_cost > self.max_cost else 0
+        if self.mode == "auto" and self._failed_trials >= PRUNE_GIVE_UP:
+            self._bounds.clear()  # pruning is over for these atoms: free the sorted copy
 
     def summary(self) -> dict:
         """mode, calls of each kind, and the last pruned search's fraction scored and relative cost."""

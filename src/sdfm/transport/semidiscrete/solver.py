@@ -206,8 +206,10 @@ class SemidiscreteSolver:
             (:mod:`sdfm.transport.pruned`) in the hard phase and the chi2 checks: "auto" (default:
             tried from 20,000 atoms on, on CPU, when the atoms are held in memory, and kept while its
             estimated cost is below 0.8 of the dense scan's: low-dimensional data at large N; the
-            same cells, and the same potential to the rounding
-            of the scores), "on" or "off". The result's settings report how often it was used.
+            same cells, and the same potential to the rounding of the scores: the trajectory may
+            part from the dense one's), "on" or "off". While in use the bounds hold a cluster-sorted
+            copy of the atoms (N d in the compute dtype; "auto" frees it after three trials that do
+            not pay). The result's settings report how often it was used (``pruning_used``).
         exact_1d: solve one-dimensional problems with eps = 0 by quantiles
             (:mod:`~sdfm.transport.semidiscrete.exact1d`: closed form for the Gaussian source, sample
             quantiles otherwise) instead of stochastic ascent, which converges slowly on their chain
