@@ -25,6 +25,21 @@ def test_solve_builtin_writes_potential(tmp_path, capsys):
     assert '"fingerprint"' in capsys.readouterr().out
 
 
+def test_solve_pruning_option(tmp_path, capsys):
+    out = tmp_path / "p.safetensors"
+    args = ["solve", "--data", "checkerboard:n=2000", "--out", str(out), "--quiet", "--tol", "0.2"]
+    assert main(args + ["--pruning", "on"]) == 0
+    printed = capsys.readouterr().out
+    assert "pruned search:" in printed and "% of the targets" in printed
+    used = load_potential(out).meta["solver"]["pruning_used"]
+    assert used["mode"] == "on" and used["pruned_calls"] > 0 and used["dense_calls"] == 0
+    assert main(args + ["--pruning", "off"]) == 0  # the dense scan: nothing printed about pruning
+    assert "pruned search:" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--pruning", "sometimes"])
+    assert exc.value.code == 2 and "--pruning" in capsys.readouterr().err
+
+
 def test_solve_1d_file_is_exact(tmp_path, capsys):
     """The issue's new-user case: 64 sorted 1-D points; solved by quantiles, no noise drawn."""
     z = np.random.default_rng(0).standard_normal(64)
