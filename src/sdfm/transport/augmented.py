@@ -87,12 +87,18 @@ class ConditionedNoise:
         return torch.multinomial(self.weights.to(device), n, replacement=True, generator=generator)
 
     def __call__(self, n: int, d: int, *, generator=None, device="cpu", dtype=torch.float32) -> torch.Tensor:
+        return self.draw(n, d, generator=generator, device=device, dtype=dtype)[0]
+
+    def draw(
+        self, n: int, d: int, *, generator=None, device="cpu", dtype=torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The queries [n, d] (as ``noise(n, d)`` draws them) and the index i [n] of each one's condition."""
         k = self.cond_dim
         if d <= k:
             raise ValueError(f"d: the augmented dimension {d} must exceed the condition size {k}")
         x0 = torch.randn(n, d - k, generator=generator, device=device, dtype=dtype)
         i = self.draw_index(n, generator, device)
-        return augmented_queries(x0, self.conditions.to(device)[i], self.beta)
+        return augmented_queries(x0, self.conditions.to(device)[i], self.beta), i
 
 
 @dataclass(frozen=True)
@@ -149,10 +155,8 @@ def condition_mismatch(
     done = 0
     while done < num_samples:
         n = min(batch_size, num_samples - done)
-        d = keys.shape[1] - noise.cond_dim
-        x0 = torch.randn(n, d, generator=generator, device=device, dtype=keys.dtype)
-        i = noise.draw_index(n, generator, device)
-        j = cells.assign(augmented_queries(x0, noise.conditions.to(device)[i], noise.beta))
+        queries, i = noise.draw(n, keys.shape[1], generator=generator, device=device, dtype=keys.dtype)
+        j = cells.assign(queries)
         k = torch.randint(z.shape[0], (n,), generator=generator, device=device)
         left += float((z[j] != z[i]).any(dim=1).sum())
         dist += float((z[i] - z[j]).norm(dim=1).sum())

@@ -161,7 +161,7 @@ class ClusterBounds:
 
     def search(
         self, x: torch.Tensor, bias: torch.Tensor, *, second: str | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, float]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, int, int]:
         """(position [n], best [n], second score or None, second position or None, atoms scored,
         clusters visited) of each query x [n, d] (compute dtype), for scores ``<x, z_j> + bias_j``;
         positions are among the scorer's atoms, ties to the smallest; ``second`` as in the dense scan
@@ -209,7 +209,7 @@ class ClusterBounds:
         top = torch.full((self.num_clusters,), float("-inf"), dtype=values.dtype, device=values.device)
         return top.scatter_reduce_(0, self.label, values, "amax")
 
-    def _score_pairs(self, x, bias_sorted, q, k, state: _Best) -> int:
+    def _score_pairs(self, x, bias_sorted, q, k, state: _Best) -> tuple[int, int]:
         """Scores queries q against clusters k (pairs) and merges into ``state``; (atom scores
         computed, clusters visited)."""
         if q.numel() == 0:
