@@ -4,6 +4,7 @@
     python benchmarks/scale.py pairing                   # assign time against N (d = 64, 784) + PNG
     python benchmarks/scale.py plot                      # redraw results/scale_pairing.png
     python benchmarks/scale.py solve --n 100000 --d 64 [--pca K] [--memory-limit B] [--max-seconds T]
+    python benchmarks/scale.py check --n 100000 --d 64 [--pca K]   # independent chi2 of that solve
     python benchmarks/scale.py faiss --n 200000 --d 64   # recall / chi2 / speed of flat, IVF, HNSW
     python benchmarks/scale.py precision                 # solver: float32 vs bf16 scores, N 20,000 x 784
     python benchmarks/scale.py processes                 # 1 vs 2 gloo processes: solve and train
@@ -226,6 +227,32 @@ def cmd_solve(args):
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
 
 
+def cmd_check(args):
+    """Independent chi2 of a solve's saved potential (2^20 fresh samples, another seed), added to its
+    JSON as chi2_independent."""
+    from sdfm.transport import estimate_marginal
+
+    targets = open_targets(make_data(args.n, args.d))
+    keys = targets
+    if args.pca:
+        keys = PCAProjection.fit(targets, args.pca).project_targets(targets)
+    name = f"scale_solve_n{args.n}_d{args.d}" + (f"_pca{args.pca}" if args.pca else "")
+    potential = torch.load(DIR / f"{name}.potential.pt")
+    est = estimate_marginal(
+        keys,
+        potential,
+        num_samples=1 << 20,
+        batch_size=8192,
+        generator=torch.Generator().manual_seed(12345),
+        with_cost=False,
+    )
+    path = RESULTS / f"{name}.json"
+    result = json.loads(path.read_text())
+    result.update(chi2_independent=est.chi2, chi2_independent_stderr=est.chi2_stderr)
+    save(name, result)
+    print(name, "independent chi2", est.chi2, "+-", est.chi2_stderr)
+
+
 def cmd_precision(args):
     """The solver with float32 scores against bf16 scores with exact re-scoring, same seed."""
     y = open_targets(make_data(args.n, args.d)).clone()
@@ -436,6 +463,10 @@ def main():
     s.add_argument("--memory-limit", type=int, default=1 << 30)
     s.add_argument("--max-seconds", type=float, default=None)
     s.add_argument("--quiet", action="store_true")
+    c = sub.add_parser("check")
+    c.add_argument("--n", type=int, required=True)
+    c.add_argument("--d", type=int, required=True)
+    c.add_argument("--pca", type=int, default=None)
     f = sub.add_parser("faiss")
     f.add_argument("--n", type=int, default=200_000)
     f.add_argument("--d", type=int, default=64)
@@ -460,6 +491,7 @@ def main():
         "pairing": cmd_pairing,
         "plot": lambda args: print(plot_pairing()),
         "solve": cmd_solve,
+        "check": cmd_check,
         "faiss": cmd_faiss,
         "precision": cmd_precision,
         "processes": cmd_processes,

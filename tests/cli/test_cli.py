@@ -40,6 +40,31 @@ def test_solve_pruning_option(tmp_path, capsys):
     assert exc.value.code == 2 and "--pruning" in capsys.readouterr().err
 
 
+def test_solve_reports_the_regime(tmp_path, capsys):
+    """Large high-dimensional targets skip the annealing; sdfm solve says so and the file records it."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((32, 32)))
+    np.save(tmp_path / "y.npy", (rng.standard_normal((12_000, 16)) @ q[:16]).astype(np.float32))
+    out = tmp_path / "g.safetensors"
+    args = [
+        "solve",
+        "--data",
+        str(tmp_path / "y.npy"),
+        "--out",
+        str(out),
+        "--quiet",
+        "--tol",
+        "0",
+        "--steps",
+        "2",
+    ]
+    assert main(args) == 0
+    assert "(TwoNN): annealing skipped (large, high-dimensional atoms)" in capsys.readouterr().out
+    meta = load_potential(out).meta["solver"]
+    assert meta["annealed"] is False and 12 < meta["intrinsic_dimension"] < 17
+    assert meta["noise_level_used"] == 0.7
+
+
 def test_solve_1d_file_is_exact(tmp_path, capsys):
     """The issue's new-user case: 64 sorted 1-D points; solved by quantiles, no noise drawn."""
     z = np.random.default_rng(0).standard_normal(64)

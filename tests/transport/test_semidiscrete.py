@@ -165,7 +165,7 @@ def test_stops_on_step_and_time_budgets():
 def _annealed_only(y, batch, **extra):
     """The iterate at the end of the annealing phase (no hard step, no averaging) and its chi2."""
     steps = math.ceil(10.0 * y.shape[0] / batch)  # anneal_length 10 samples per atom
-    solver = SemidiscreteSolver(anneal_batch_size=batch, max_steps=steps, tol=None, **extra)
+    solver = SemidiscreteSolver(anneal=True, anneal_batch_size=batch, max_steps=steps, tol=None, **extra)
     return solver.solve(y, generator=gen(21))
 
 

@@ -209,6 +209,10 @@ def _print_solve(result, args, out, n: int) -> None:
             f"pruned search: {used['pruned_calls']} of {used['pruned_calls'] + used['dense_calls']} argmax "
             f"calls, the last scored {100 * used['last_fraction_scored']:.1f}% of the targets"
         )
+    dim = result.settings.get("intrinsic_dimension")
+    if dim is not None:
+        what = "ran" if result.settings.get("annealed") else "skipped (large, high-dimensional atoms)"
+        print(f"intrinsic dimension of the targets {dim:.1f} (TwoNN): annealing {what}")
     if result.smooth_errors:
         worst = max(result.smooth_errors, key=lambda e: e.ratio)
         print(

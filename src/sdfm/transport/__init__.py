@@ -9,7 +9,8 @@
 - scale: :class:`PCAProjection` (the pairing cost in a PCA space), :class:`Collective` (atoms
   sharded across processes; the collective operations are passed in as callables).
 - diagnostics: chi2 with standard error, total variation and its sampling floor, usage, cost; mass
-  errors along smooth functions of the atoms (:class:`SmoothGroups`, :class:`SmoothError`).
+  errors along smooth functions of the atoms (:class:`SmoothGroups`, :class:`SmoothError`);
+  :func:`intrinsic_dimension` (TwoNN), which picks the solver's regime.
 """
 
 from sdfm.transport.assign import LaguerreCells, assign, c_transform, marginal
@@ -33,6 +34,7 @@ from sdfm.transport.diagnostics import (
     usage_histogram,
 )
 from sdfm.transport.duplicates import DuplicateGroups, find_duplicates
+from sdfm.transport.intrinsic import intrinsic_dimension
 from sdfm.transport.minibatch import SinkhornResult, cost_matrix, exact_assignment, sample_plan_rows, sinkhorn
 from sdfm.transport.projection import PCAProjection
 from sdfm.transport.semidiscrete import (
@@ -71,6 +73,7 @@ __all__ = [
     "estimate_marginal",
     "exact_assignment",
     "find_duplicates",
+    "intrinsic_dimension",
     "marginal",
     "relative_eps_scale",
     "sample_plan_rows",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sdfm.transport import validate
+from sdfm.transport import intrinsic, validate
 from sdfm.transport._stream import LowpKeys, Top2, chunk_size_for, target_chunks
 from sdfm.transport.diagnostics import MarginalAccumulator
 from sdfm.transport.duplicates import find_duplicates
@@ -304,6 +304,15 @@ class SemidiscreteProblem:
             done += m
         return acc.chi2()[0]
 
+    def intrinsic_dimension(self) -> float:
+        """TwoNN estimate of the atoms' intrinsic dimension (:mod:`sdfm.transport.intrinsic`), on a
+        fixed-seed subsample of at most 2,048 atoms read from the targets (nothing else is copied)."""
+        pick = torch.randperm(self.n, generator=torch.Generator().manual_seed(intrinsic.SEED))
+        pick = pick[: intrinsic.SAMPLE].sort().values
+        rows = pick if self.rows is None else self.rows.cpu()[pick]
+        points = self.src[rows.to(self.src.device)].to(self.device, torch.float64)
+        return intrinsic.intrinsic_dimension(points)
+
     def smooth_groups(self) -> SmoothGroups | None:
         """The smooth-function groups of the atoms (built at the first check; None for n < 8)."""
         if self._smooth is None and self.n >= 8:
@@ -319,9 +328,9 @@ class SemidiscreteProblem:
             )
         return self._smooth
 
-    def check(self, h: torch.Tensor, tol: float | None = None, *, extend: bool = False) -> Check:
+    def check(self, h: torch.Tensor, tol: float | None = None, *, extend: bool | int = False) -> Check:
         """chi2 (with standard error) and the smooth-group errors of h on eval_samples fresh i.i.d.
-        samples (see :meth:`measure`)."""
+        samples (see :meth:`measure`; an int ``extend`` caps the extended sample at that many)."""
         acc = self._accumulate(h, tol, extend)
         chi2, se = acc.chi2()
         groups = self.smooth_groups()
@@ -334,12 +343,15 @@ class SemidiscreteProblem:
         """chi2 and its standard error for potential h, on eval_samples fresh i.i.d. samples.
 
         With ``extend``, while the verdict against ``tol`` is unclear (chi2 within two standard errors
-        of tol) the sample doubles, up to 8x (for a final verdict; during a solve, more training is the
-        better use of samples).
+        of tol) the sample doubles, up to 8x (for a final verdict), or up to ``extend`` samples if it is
+        an int (the solver's stop test: 2 per atom, where that is more than eval_samples; only while the
+        estimate is below tol, where more samples can confirm it).
         """
         return self._accumulate(h, tol, extend).chi2()
 
-    def _accumulate(self, h: torch.Tensor, tol: float | None, extend: bool) -> MarginalAccumulator:
+    def _accumulate(self, h: torch.Tensor, tol: float | None, extend: bool | int) -> MarginalAccumulator:
+        # extend: True (up to 8 x eval_samples), False, or the most samples to extend to
+        limit = 8 * self.eval_samples if extend is True else int(extend)
         acc = MarginalAccumulator(self.n, self.b, device=self.device)
         # soft rows are summed per batch: eight batches at least, one per jackknife group
         batch = max(self.batch_size, 4096) if self.eps_abs == 0 else -(-self.eval_samples // 8)
@@ -356,9 +368,11 @@ class SemidiscreteProblem:
                     acc.add_soft(sums, squares, m)
             chi2, se = acc.chi2()
             undecided = tol is not None and abs(chi2 - tol) < 2 * se
-            if not (extend and undecided) or target >= 8 * self.eval_samples:
+            if extend is not True:  # a capped extension (the stop test) only helps below tol
+                undecided = undecided and chi2 < tol
+            if not (extend and undecided) or target >= limit:
                 return acc
-            target *= 2
+            target = min(2 * target, limit)
 
 
 def relative_eps_scale_of(targets, noise, *, device, n_ref=1024, max_targets=8192, rows=None) -> float:

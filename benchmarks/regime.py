@@ -1,0 +1,179 @@
+"""The solver's large high-dimensional regime (``anneal="auto"``, ``noise_level=None``): where to switch.
+
+    python benchmarks/regime.py sweep     # results/regime_sweep.json: annealed vs direct at N = 30,000
+    python benchmarks/regime.py curves    # results/regime_curves.json: chi2 against samples per target
+    python benchmarks/regime.py lowdim    # results/regime_lowdim.json: the larger step on 2-D data
+    python benchmarks/regime.py twonn     # results/regime_twonn.json: TwoNN on the benchmark data sets
+
+``sweep``: each problem is solved to tol 0.1 (300 s cap) twice with the same seed, once as below
+N = 10,240 (annealing, noise level 0.25) and once in the direct regime (no annealing, noise level 0.7);
+samples per target at the solver's stop, seconds, and chi2 of an independent check on 2^20 fresh
+samples. Problems: k-dimensional standard Gaussians rotated into 64 dimensions (k = 4, 6, 8), and the
+64-d mixture of 16 rank-16 Gaussians of scale.py (TwoNN dimension printed for each).
+
+``curves``: on that mixture (N = 30,000), the averaged potential is copied at fixed samples per target
+and its chi2 measured afterwards on 2^17 fresh samples; the last iterate's chi2 beside it. One run per
+configuration, fixed seed.
+
+``lowdim``: the 2-D checkerboard of the solver benchmarks (N = 10,000, annealed as always) solved to
+the default tol 0.05 with the hard step capped at 0.25 (the default) and at 0.7 x batch / N, seeds 0
+and 1. Threads: 2 (set below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, save  # noqa: E402
+from problems import load, solve_and_check  # noqa: E402
+from scale import make_data  # noqa: E402
+from sdfm.data import load_dataset
+from sdfm.transport import SemidiscreteSolver, estimate_marginal, intrinsic_dimension  # noqa: E402
+from sdfm.transport._stream import full_precision  # noqa: E402
+from sdfm.transport.semidiscrete.problem import SemidiscreteProblem  # noqa: E402
+from sdfm.transport.semidiscrete.solver import _Iteration  # noqa: E402
+
+N = 30_000
+ANNEALED = {"anneal": True, "noise_level": 0.25}  # what every N <= 10,240 and low-d data run
+DIRECT = {"anneal": False, "noise_level": 0.7}  # the large high-dimensional regime
+
+
+def embedded(k: int, n: int = N, d: int = 64) -> np.ndarray:
+    """n standard Gaussian points of dimension k rotated into d dimensions (seed 0)."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return (rng.standard_normal((n, k)) @ q[:k]).astype(np.float32)
+
+
+def mixture(n: int = N) -> np.ndarray:
+    return np.load(make_data(n, 64))
+
+
+def cmd_sweep(args):
+    problems = {f"gauss{k}-in-64d": lambda k=k: embedded(k) for k in (4, 6, 8)}
+    problems["mixture-64d"] = mixture
+    rows = []
+    for name, make in problems.items():
+        y = make()
+        dim = intrinsic_dimension(torch.from_numpy(y))
+        for label, cfg in (("annealed", ANNEALED), ("direct", DIRECT)):
+            solver = SemidiscreteSolver(tol=0.1, max_steps=None, max_seconds=args.cap, **cfg)
+            res, seconds, chi2, se = solve_and_check(solver, y)
+            row = {
+                "problem": name,
+                "twonn": round(dim, 2),
+                "config": label,
+                "seconds": round(seconds, 1),
+                "samples_per_target": round(res.samples / len(y), 1),
+                "converged": res.converged,
+                "chi2_solver": round(res.chi2, 4),
+                "chi2_independent": round(chi2, 4),
+                "chi2_independent_se": round(se, 4),
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    save("regime_sweep", {"machine": machine(), "command": " ".join(sys.argv), "n": N, "rows": rows})
+
+
+def curve(y: torch.Tensor, cfg: dict, marks: list[float]) -> list[dict]:
+    """chi2 of the averaged potential and of the last iterate at the given samples per target."""
+    solver = SemidiscreteSolver(tol=None, max_steps=10**9, **cfg)
+    problem = SemidiscreteProblem(solver, y, None, torch.Generator().manual_seed(0), None, None)
+    snaps = []
+    with full_precision(problem.device):
+        run = _Iteration(solver, problem, time.perf_counter())
+        state = run.start(None)
+        for mark in marks:
+            while problem.samples < mark * len(y):
+                state = run.step(state, problem.draw_train(run.batch_size(state)))
+            avg = state.average if state.average is not None else state.potential
+            snaps.append((mark, problem.potential_of(avg), problem.potential_of(state.potential)))
+
+    def chi2(g):
+        gen = torch.Generator().manual_seed(5)
+        return estimate_marginal(
+            y, g, num_samples=1 << 17, batch_size=8192, generator=gen, with_cost=False
+        ).chi2
+
+    return [
+        {"samples_per_target": m, "chi2_average": round(chi2(a), 4), "chi2_iterate": round(chi2(p), 4)}
+        for m, a, p in snaps
+    ]
+
+
+def cmd_curves(args):
+    y = torch.from_numpy(mixture())
+    marks = [6.0, 8.0, 10.0, 12.0, 15.0, 18.0, 22.0, 26.0, 30.0]
+    configs = {
+        "annealed, 0.25 (before)": ANNEALED,
+        "no annealing, 0.25": {"anneal": False, "noise_level": 0.25},
+        "no annealing, 0.5": {"anneal": False, "noise_level": 0.5},
+        "no annealing, 0.7 (direct)": DIRECT,
+        "no annealing, 1.0": {"anneal": False, "noise_level": 1.0},
+    }
+    out = {}
+    for label, cfg in configs.items():
+        out[label] = curve(y, cfg, marks)
+        print(label, json.dumps(out[label]), flush=True)
+    save("regime_curves", {"machine": machine(), "command": " ".join(sys.argv), "n": N, "curves": out})
+
+
+def cmd_lowdim(args):
+    y = load("checkerboard-2d")
+    rows = []
+    for level in (0.25, 0.7):
+        for seed in (0, 1):
+            solver = SemidiscreteSolver(anneal=True, noise_level=level, max_seconds=args.cap)
+            res, seconds, chi2, se = solve_and_check(solver, y, seed)
+            row = {
+                "noise_level": level,
+                "seed": seed,
+                "seconds": round(seconds, 1),
+                "samples_per_target": round(res.samples / len(y), 1),
+                "converged": res.converged,
+                "chi2_independent": round(chi2, 4),
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    save("regime_lowdim", {"machine": machine(), "command": " ".join(sys.argv), "rows": rows})
+
+
+def cmd_twonn(args):
+    sets = {name: lambda name=name: load(name) for name in ("checkerboard-2d", "digits-64d", "gmm8-64d")}
+    sets["mnist1d"] = lambda: np.asarray(load_dataset("mnist1d").x, dtype=np.float32)
+    rot = np.linalg.qr(np.random.default_rng(0).standard_normal((64, 64)))[0][:2].astype(np.float32)
+    sets["checkerboard-2d rotated into 64-d"] = lambda: load("checkerboard-2d") @ rot
+    for k in (2, 4, 8, 12, 16):
+        sets[f"gauss{k}-in-64d"] = lambda k=k: embedded(k)
+    sets["mixture-64d"] = mixture
+    out = {name: round(intrinsic_dimension(torch.from_numpy(make())), 2) for name, make in sets.items()}
+    print(json.dumps(out, indent=1))
+    save("regime_twonn", {"machine": machine(), "command": " ".join(sys.argv), "twonn": out})
+
+
+def main():
+    torch.set_num_threads(2)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sweep")
+    s.add_argument("--cap", type=float, default=300.0, help="seconds per solve at most")
+    s.set_defaults(fn=cmd_sweep)
+    sub.add_parser("curves").set_defaults(fn=cmd_curves)
+    sub.add_parser("twonn").set_defaults(fn=cmd_twonn)
+    low = sub.add_parser("lowdim")
+    low.add_argument("--cap", type=float, default=120.0, help="seconds per solve at most")
+    low.set_defaults(fn=cmd_lowdim)
+    args = p.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
