@@ -23,19 +23,24 @@ SAMPLE = 2048
 SEED = 20170912
 
 
+def sample_rows(n: int, sample: int = SAMPLE, seed: int = SEED) -> torch.Tensor:
+    """The sorted indices (CPU) of the fixed-seed random subsample of at most ``sample`` of n points."""
+    if n <= sample:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:sample].sort().values
+
+
 def intrinsic_dimension(points: torch.Tensor, *, sample: int = SAMPLE, seed: int = SEED) -> float:
     """TwoNN estimate of the intrinsic dimension of ``points`` [n, d] (any device; float64 inside).
 
-    Uses a random subsample of at most ``sample`` points (fixed ``seed``); coincident points count
-    once. Returns ``float(d)`` when fewer than three distinct
-    points remain (no ratio to estimate from).
+    Uses a random subsample of at most ``sample`` points (:func:`sample_rows`, fixed ``seed``);
+    coincident points count once. Returns ``float(d)`` when fewer than three distinct points remain
+    (no ratio to estimate from).
     """
     if points.ndim != 2:
         raise ValueError(f"points: expected a 2-D array [n, d], got shape {tuple(points.shape)}")
-    n, d = points.shape
-    if n > sample:
-        rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:sample]
-        points = points[rows.sort().values.to(points.device)]
+    if points.shape[0] > sample:
+        points = points[sample_rows(points.shape[0], sample, seed).to(points.device)]
     # coincident points are one point (their distance would come out as rounding, not 0)
     return _twonn(torch.unique(points.to(torch.float64), dim=0))
 

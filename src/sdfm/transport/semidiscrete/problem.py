@@ -307,8 +307,7 @@ class SemidiscreteProblem:
     def intrinsic_dimension(self) -> float:
         """TwoNN estimate of the atoms' intrinsic dimension (:mod:`sdfm.transport.intrinsic`), on a
         fixed-seed subsample of at most 2,048 atoms read from the targets (nothing else is copied)."""
-        pick = torch.randperm(self.n, generator=torch.Generator().manual_seed(intrinsic.SEED))
-        pick = pick[: intrinsic.SAMPLE].sort().values
+        pick = intrinsic.sample_rows(self.n)
         rows = pick if self.rows is None else self.rows.cpu()[pick]
         points = self.src[rows.to(self.src.device)].to(self.device, torch.float64)
         return intrinsic.intrinsic_dimension(points)

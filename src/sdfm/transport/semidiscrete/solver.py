@@ -34,8 +34,8 @@ Algorithm (chosen by the comparison in BENCHMARKS.md, "Solver"), one :meth:`_Ite
 5. Averaging after annealing: polynomial-decay averaging h_avg += (p + 1) / (k + p + 1) (h - h_avg),
    whose window grows with k so the sampling noise keeps falling (no floor as with a fixed EMA).
 6. chi2 of the averaged potential is measured on fresh i.i.d. noise, first after 5 training samples
-   per atom, then at spans that grow with the distance to tol. A measurement within two standard
-   errors of tol doubles its sample, up to 2 samples per atom (where that exceeds eval_samples: large
+   per atom, then at spans that grow with the distance to tol. A measurement below tol but within two
+   standard errors of it doubles its sample, up to 2 samples per atom (where that exceeds eval_samples: large
    N, where one measurement costs well under a sample per atom). Once chi2 + 2 stderr <= tol and the
    smooth-error monitor (:mod:`~sdfm.transport.smoothness`, group residuals of the recent training
    batches) is within ``smooth_tol`` of its floor, a second measurement on fresh noise confirms both
@@ -416,7 +416,7 @@ class _Iteration:
         # the coarse correction and the smooth stop apply up to smooth_max_n atoms (see its docstring)
         self.large_scale = solver.smooth_max_n is None or problem.n <= solver.smooth_max_n
         self.smooth_tol = solver.smooth_tol if self.large_scale else None
-        self._intrinsic = None  # the atoms' intrinsic dimension, when the regime needs it
+        self._intrinsic = None  # the atoms' intrinsic dimension, estimated by direct() where it matters
         self._direct = None  # whether the large high-dimensional regime applies (see direct())
         self.schedule_ran = False  # whether the annealing ran
 
@@ -432,14 +432,10 @@ class _Iteration:
         if self._direct is None:
             s, problem = self.s, self.problem
             capped = parts.capped(s.lr_anneal, s.anneal_noise_level, problem.anneal_batch_size, problem.n)
-            self._direct = capped < s.lr_anneal and self.intrinsic_dimension() >= LOW_DIM_BELOW
+            if capped < s.lr_anneal:
+                self._intrinsic = problem.intrinsic_dimension()
+            self._direct = self._intrinsic is not None and self._intrinsic >= LOW_DIM_BELOW
         return self._direct
-
-    def intrinsic_dimension(self) -> float:
-        """TwoNN estimate of the atoms' intrinsic dimension (computed once, when the regime needs it)."""
-        if self._intrinsic is None:
-            self._intrinsic = self.problem.intrinsic_dimension()
-        return self._intrinsic
 
     def _anneals(self) -> bool:
         anneal = self.s.anneal
@@ -588,10 +584,9 @@ class _Iteration:
                 f"{problem.eps_abs:.3g}); the targets' scale is extreme for this precision: rescale the "
                 "data or raise eps"
             )
-        # An unclear verdict (chi2 within two standard errors of tol) draws more samples, up to 2 per
+        # An unclear verdict below tol (within two standard errors of it) draws more samples, up to 2 per
         # atom in all (large N only: the measurement is then cheap against the training it can save)
-        extend = max(problem.eval_samples, 2 * problem.n)
-        extend = extend if extend > problem.eval_samples else False
+        extend = 2 * problem.n if 2 * problem.n > problem.eval_samples else False
         check = problem.check(state.average, tol, extend=extend)
         ok = check.passes(tol, None) and self._smooth_ok(check.chi2)
         if ok:
@@ -687,9 +682,8 @@ class _Iteration:
             pruning_used=problem.pruning_summary(),
             annealed=self.schedule_ran,
             intrinsic_dimension=self._intrinsic,
-            noise_level_used=None
-            if self._direct is None and self.s.noise_level is None
-            else self.noise_level(),
+            # the hard phase's step cap (None if no hard step ran with the regime's default)
+            noise_level_used=self.s.noise_level if self._direct is None else self.noise_level(),
         )
         potential = problem.potential_of(h)
         if (
