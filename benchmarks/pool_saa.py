@@ -18,9 +18,9 @@ A pool of ``k N`` i.i.d. standard normal samples is drawn once (seed 1). Then:
    h_j += lr s_j max(1 - c_j / (k), -3), s_j the mean gap between the best and second-best cached
    score of the rows in cell j (frozen at the first step), lr 0.5; every atom's rise since the cache
    is clamped to one mean gap (an atom in no row's candidates would otherwise grow unseen).
-   After ``--iters`` steps the cache is rebuilt at the current potential (it counts the rows whose
-   cached best atom was not the true one) and as many steps follow; the result is the average of the
-   second half of each round's iterates.
+   After ``--iters`` steps the cache is rebuilt at the last iterate (it counts the rows whose cached
+   best atom was not the true one) and as many steps follow; the result is the average of the second
+   half of that round's iterates.
    ``--stale-cache`` instead caches each training batch's top-K during the epoch, at the iterate that
    scored it (no extra scoring pass; early rows are stale), and runs one round without rebuilding.
 
