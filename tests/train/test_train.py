@@ -74,6 +74,12 @@ def test_checkpoints_atomic_and_pruned(tmp_path):
     assert path.name == "step_00000030"
     ck = load_checkpoint(path)
     assert ck.step == 30 and ck.meta["note"] == "x" and ck.meta["train"]["steps"] == 30
+    # a state.json whose checksum key was damaged (renamed) is refused, not read unchecked
+    original = (path / "state.json").read_text()
+    (path / "state.json").write_text(original.replace('"checksum"', '"ciecksum"'))
+    with pytest.raises(ValueError, match="no checksum"):
+        load_checkpoint(path)
+    (path / "state.json").write_text(original)
     (path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="checkpoint"):
         load_checkpoint(path)

@@ -195,6 +195,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         meta = check_type("state.json", json.loads((path / "state.json").read_text()), dict)
         stored_sum = meta.pop("checksum", None)
+        if stored_sum is None and "files" in meta:  # both are written together since checksums exist
+            raise ValueError("state.json has file hashes but no checksum (modified or corrupt)")
         if stored_sum is not None and stored_sum != checksum({}, meta):
             raise ValueError("state.json does not match its checksum (modified or corrupt)")
         step = check_int("step", meta.pop("step", None), low=0, high=1 << 62, where="state.json")
