@@ -2,18 +2,28 @@
 
     python benchmarks/regime.py sweep     # results/regime_sweep.json: annealed vs direct at N = 30,000
     python benchmarks/regime.py curves    # results/regime_curves.json: chi2 against samples per target
+    python benchmarks/regime.py seeds     # results/regime_seeds.json: section 17's change, three seeds
+    python benchmarks/regime.py steptime  # results/regime_steptime.json: its cost per step, N = 100,000
     python benchmarks/regime.py lowdim    # results/regime_lowdim.json: the larger step on 2-D data
     python benchmarks/regime.py twonn     # results/regime_twonn.json: TwoNN on the benchmark data sets
 
-``sweep``: each problem is solved to tol 0.1 (300 s cap) twice with the same seed, once as below
-N = 10,240 (annealing, noise level 0.25) and once in the direct regime (no annealing, noise level 0.7);
+``sweep``: each problem is solved to tol 0.1 (300 s cap) three times with the same seed: as below
+N = 10,240 (annealing, noise level 0.25, averaging power 2), in the direct regime of section 15 (no
+annealing, noise level 0.7, power 2, no coarse correction) and in the direct regime now (power 1 and
+the coarse-space correction, section 17);
 samples per target at the solver's stop, seconds, and chi2 of an independent check on 2^20 fresh
 samples. Problems: k-dimensional standard Gaussians rotated into 64 dimensions (k = 4, 6, 8), and the
 64-d mixture of 16 rank-16 Gaussians of scale.py (TwoNN dimension printed for each).
 
 ``curves``: on that mixture (N = 30,000), the averaged potential is copied at fixed samples per target
 and its chi2 measured afterwards on 2^17 fresh samples; the last iterate's chi2 beside it. One run per
-configuration, fixed seed.
+configuration, fixed seed; section 15's configurations are pinned to what that section ran.
+
+``seeds``: the same measurement at 12, 15 and 18 samples per target for seeds 0, 1, 2: the direct
+regime of section 15, with averaging power 1, and with power 1 and the coarse correction (now).
+
+``steptime``: seconds per hard step (batch 4,096) at N = 100,000 on the mixture, section 15's direct
+regime and today's, in alternating rounds of 10 steps after a warm-up round (min and median).
 
 ``lowdim``: the 2-D checkerboard of the solver benchmarks (N = 10,000, annealed as always) solved to
 the default tol 0.05 with the hard step capped at 0.25 (the default) and at 0.7 x batch / N, seeds 0
@@ -42,8 +52,14 @@ from sdfm.transport.semidiscrete.problem import SemidiscreteProblem  # noqa: E40
 from sdfm.transport.semidiscrete.solver import _Iteration  # noqa: E402
 
 N = 30_000
-ANNEALED = {"anneal": True, "noise_level": 0.25}  # what every N <= 10,240 and low-d data run
-DIRECT = {"anneal": False, "noise_level": 0.7}  # the large high-dimensional regime
+# Section 15's configurations pin what that section measured: averaging power 2 and no coarse-space
+# correction (both off at N = 30,000 > smooth_max_n then); section 17 gave the direct regime power 1
+# and the coarse correction at any N.
+SECTION15 = {"average_power": 2.0, "coarse_size": 0}
+ANNEALED = {"anneal": True, "noise_level": 0.25, **SECTION15}  # every N <= 10,240 and low-d data
+DIRECT15 = {"anneal": False, "noise_level": 0.7, **SECTION15}  # the direct regime of section 15
+# the direct regime now (what the defaults pick on the mixture), forced on every problem of the sweep
+DIRECT = {"anneal": False, "noise_level": 0.7, "average_power": 1.0, "smooth_max_n": None, "smooth_tol": None}
 
 
 def embedded(k: int, n: int = N, d: int = 64) -> np.ndarray:
@@ -64,7 +80,7 @@ def cmd_sweep(args):
     for name, make in problems.items():
         y = make()
         dim = intrinsic_dimension(torch.from_numpy(y))
-        for label, cfg in (("annealed", ANNEALED), ("direct", DIRECT)):
+        for label, cfg in (("annealed", ANNEALED), ("direct (section 15)", DIRECT15), ("direct", DIRECT)):
             solver = SemidiscreteSolver(tol=0.1, max_steps=None, max_seconds=args.cap, **cfg)
             res, seconds, chi2, se = solve_and_check(solver, y)
             row = {
@@ -83,10 +99,10 @@ def cmd_sweep(args):
     save("regime_sweep", {"machine": machine(), "command": " ".join(sys.argv), "n": N, "rows": rows})
 
 
-def curve(y: torch.Tensor, cfg: dict, marks: list[float]) -> list[dict]:
+def curve(y: torch.Tensor, cfg: dict, marks: list[float], seed: int = 0) -> list[dict]:
     """chi2 of the averaged potential and of the last iterate at the given samples per target."""
     solver = SemidiscreteSolver(tol=None, max_steps=10**9, **cfg)
-    problem = SemidiscreteProblem(solver, y, None, torch.Generator().manual_seed(0), None, None)
+    problem = SemidiscreteProblem(solver, y, None, torch.Generator().manual_seed(seed), None, None)
     snaps = []
     with full_precision(problem.device):
         run = _Iteration(solver, problem, time.perf_counter())
@@ -114,16 +130,72 @@ def cmd_curves(args):
     marks = [6.0, 8.0, 10.0, 12.0, 15.0, 18.0, 22.0, 26.0, 30.0]
     configs = {
         "annealed, 0.25 (before)": ANNEALED,
-        "no annealing, 0.25": {"anneal": False, "noise_level": 0.25},
-        "no annealing, 0.5": {"anneal": False, "noise_level": 0.5},
-        "no annealing, 0.7 (direct)": DIRECT,
-        "no annealing, 1.0": {"anneal": False, "noise_level": 1.0},
+        "no annealing, 0.25": {"anneal": False, "noise_level": 0.25, **SECTION15},
+        "no annealing, 0.5": {"anneal": False, "noise_level": 0.5, **SECTION15},
+        "no annealing, 0.7 (direct, section 15)": DIRECT15,
+        "no annealing, 1.0": {"anneal": False, "noise_level": 1.0, **SECTION15},
+        "no annealing, 0.7, power 1 + coarse (direct, now)": {"anneal": False, "noise_level": 0.7},
     }
     out = {}
     for label, cfg in configs.items():
         out[label] = curve(y, cfg, marks)
         print(label, json.dumps(out[label]), flush=True)
     save("regime_curves", {"machine": machine(), "command": " ".join(sys.argv), "n": N, "curves": out})
+
+
+def cmd_seeds(args):
+    """Section 17: the direct regime's averaging power and coarse correction, three seeds."""
+    y = torch.from_numpy(mixture())
+    configs = {
+        "section 15 (power 2, no coarse)": DIRECT15,
+        "power 1, no coarse": {**DIRECT15, "average_power": 1.0},
+        "power 1 + coarse (now)": {"anneal": False, "noise_level": 0.7},
+    }
+    out = {label: {} for label in configs}
+    for seed in (0, 1, 2):
+        for label, cfg in configs.items():
+            out[label][seed] = curve(y, cfg, [12.0, 15.0, 18.0], seed=seed)
+            print(seed, label, json.dumps(out[label][seed]), flush=True)
+    save("regime_seeds", {"machine": machine(), "command": " ".join(sys.argv), "n": N, "curves": out})
+
+
+def cmd_steptime(args):
+    """Section 17: seconds per hard step of section 15's direct regime and of today's (the coarse
+    correction's per-step work), at N = 100,000 on the 64-d mixture, in alternating rounds."""
+    y = torch.from_numpy(np.load(make_data(100_000, 64)))
+    configs = {"section 15": DIRECT15, "now": {"anneal": False, "noise_level": 0.7}}
+    runs = {}
+    for label, cfg in configs.items():
+        solver = SemidiscreteSolver(tol=None, max_steps=10**9, **cfg)
+        problem = SemidiscreteProblem(solver, y, None, torch.Generator().manual_seed(0), None, None)
+        run = _Iteration(solver, problem, time.perf_counter())
+        t0 = time.perf_counter()
+        with full_precision(problem.device):
+            state = run.start(None)
+        runs[label] = [run, problem, state, time.perf_counter() - t0, []]
+    for rnd in range(args.rounds + 1):  # round 0 warms up (and passes the coarse warm-up)
+        for entry in runs.values():
+            run, problem, state = entry[:3]
+            with full_precision(problem.device):
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    state = run.step(state, problem.draw_train(run.batch_size(state)))
+                dt = (time.perf_counter() - t0) / 10
+            entry[2] = state
+            if rnd > 0:
+                entry[4].append(dt)
+    out = {
+        label: {"start_seconds": round(e[3], 2), "step_seconds": [round(t, 4) for t in e[4]]}
+        for label, e in runs.items()
+    }
+    for label, e in out.items():
+        t = sorted(e["step_seconds"])
+        e["min"], e["median"] = t[0], t[len(t) // 2]
+        print(label, json.dumps(e), flush=True)
+    out["ratio_min"] = round(out["now"]["min"] / out["section 15"]["min"], 3)
+    out["ratio_median"] = round(out["now"]["median"] / out["section 15"]["median"], 3)
+    print("ratio now / section 15:", out["ratio_min"], "(min),", out["ratio_median"], "(median)")
+    save("regime_steptime", {"machine": machine(), "command": " ".join(sys.argv), **out})
 
 
 def cmd_lowdim(args):
@@ -167,6 +239,10 @@ def main():
     s.add_argument("--cap", type=float, default=300.0, help="seconds per solve at most")
     s.set_defaults(fn=cmd_sweep)
     sub.add_parser("curves").set_defaults(fn=cmd_curves)
+    sub.add_parser("seeds").set_defaults(fn=cmd_seeds)
+    st = sub.add_parser("steptime")
+    st.add_argument("--rounds", type=int, default=5, help="alternating rounds of 10 steps per configuration")
+    st.set_defaults(fn=cmd_steptime)
     sub.add_parser("twonn").set_defaults(fn=cmd_twonn)
     low = sub.add_parser("lowdim")
     low.add_argument("--cap", type=float, default=120.0, help="seconds per solve at most")

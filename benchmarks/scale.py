@@ -198,10 +198,22 @@ def cmd_solve(args):
             keys = proj.project_targets(targets)
             result["pca_explained"] = proj.explained
             result["pca_seconds"] = time.perf_counter() - t0
+        # --section15: the direct regime as section 15 ran it (averaging power 2, no coarse correction
+        # beyond smooth_max_n), for a side-by-side run with the defaults
+        pinned = {"average_power": 2.0, "coarse_size": 0} if args.section15 else {}
         solver = SemidiscreteSolver(
-            tol=args.tol, memory_limit=args.memory_limit, max_seconds=args.max_seconds, max_steps=None
+            tol=args.tol,
+            memory_limit=args.memory_limit,
+            max_seconds=args.max_seconds,
+            max_steps=None,
+            **pinned,
         )
-        res = solver.solve(keys, generator=torch.Generator().manual_seed(0))
+        trained = [0]  # noise samples of the training steps (the rest are chi2 measurements)
+        res = solver.solve(
+            keys,
+            generator=torch.Generator().manual_seed(0),
+            callback=lambda state: trained.__setitem__(0, state.train_samples),
+        )
         result["seconds_total"] = time.perf_counter() - t0
     result.update(
         chi2=res.chi2,
@@ -209,6 +221,7 @@ def cmd_solve(args):
         converged=res.converged,
         samples=res.samples,
         samples_per_atom=res.samples / args.n,
+        train_samples_per_atom=trained[0] / args.n,
         steps=res.steps,
         solve_seconds=res.seconds,
         targets_streamed=res.settings["targets_streamed"],
@@ -222,6 +235,7 @@ def cmd_solve(args):
     ]
     name = f"scale_solve_n{args.n}_d{args.d}" + (f"_pca{args.pca}" if args.pca else "")
     name += "_streamed" if args.memory_limit == 0 else ""
+    name += "_before17" if args.section15 else ""
     torch.save(res.potential, DIR / f"{name}.potential.pt")
     save(name, {"machine": machine(), "command": " ".join(sys.argv), **result})
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
@@ -237,6 +251,7 @@ def cmd_check(args):
     if args.pca:
         keys = PCAProjection.fit(targets, args.pca).project_targets(targets)
     name = f"scale_solve_n{args.n}_d{args.d}" + (f"_pca{args.pca}" if args.pca else "")
+    name += "_before17" if args.section15 else ""
     potential = torch.load(DIR / f"{name}.potential.pt")
     est = estimate_marginal(
         keys,
@@ -467,6 +482,13 @@ def main():
     c.add_argument("--n", type=int, required=True)
     c.add_argument("--d", type=int, required=True)
     c.add_argument("--pca", type=int, default=None)
+    for parser in (s, c):
+        parser.add_argument(
+            "--section15",
+            action="store_true",
+            help="the direct regime as BENCHMARKS section 15 ran it (averaging power 2, no coarse "
+            "correction beyond 16,384 atoms); results named ..._before17",
+        )
     f = sub.add_parser("faiss")
     f.add_argument("--n", type=int, default=200_000)
     f.add_argument("--d", type=int, default=64)

@@ -9,7 +9,13 @@ import torch
 from sdfm.data import load_dataset
 from sdfm.transport import SemidiscreteSolver, intrinsic_dimension
 from sdfm.transport.semidiscrete.problem import SemidiscreteProblem
-from sdfm.transport.semidiscrete.solver import NOISE_LEVEL, NOISE_LEVEL_DIRECT, _Iteration
+from sdfm.transport.semidiscrete.solver import (
+    AVERAGE_POWER,
+    AVERAGE_POWER_DIRECT,
+    NOISE_LEVEL,
+    NOISE_LEVEL_DIRECT,
+    _Iteration,
+)
 
 
 def _embedded(n: int, k: int, d: int = 64, seed: int = 0) -> torch.Tensor:
@@ -79,6 +85,37 @@ def test_regime_sets_annealing_and_step_and_is_recorded():
     assert forced.settings["annealed"] is True and forced.settings["noise_level_used"] == 0.3
     low = SemidiscreteSolver(**kw).solve(y[:2000], generator=torch.Generator().manual_seed(1))
     assert low.settings["annealed"] is True and low.settings["intrinsic_dimension"] is None
+
+
+def test_regime_sets_averaging_power_and_coarse_correction_at_any_n():
+    """The large high-dimensional regime averages with power 1 and keeps the coarse-space correction
+    beyond smooth_max_n; elsewhere power 2, and no correction beyond smooth_max_n."""
+    y = _embedded(12_000, 16).float()
+    kw = {"tol": None, "max_steps": 8, "smooth_max_n": 1000}
+    gen = torch.Generator
+    states = []
+    direct = SemidiscreteSolver(**kw).solve(
+        y, generator=gen().manual_seed(1), callback=lambda st: states.append(st)
+    )
+    assert direct.settings["annealed"] is False
+    assert direct.settings["average_power_used"] == AVERAGE_POWER_DIRECT == 1.0
+    assert direct.settings["coarse_used"] is True
+    assert direct.settings["average_power"] is None  # the option as given
+    # the averaged potential is the power-1 average: the k-th step's iterate enters with weight 2 / (k + 2)
+    assert [st.num_averaged for st in states] == list(range(1, 9))
+    for k in range(2, 9):
+        prev, cur = states[k - 2], states[k - 1]
+        expected = prev.average + 2.0 / (k + 2.0) * (cur.potential - prev.average)
+        torch.testing.assert_close(cur.average, expected)
+    forced = SemidiscreteSolver(average_power=2.0, coarse_size=0, **kw).solve(
+        y, generator=gen().manual_seed(1)
+    )
+    assert forced.settings["average_power_used"] == 2.0 and forced.settings["coarse_used"] is False
+    low = SemidiscreteSolver(anneal=False, **kw).solve(y[:3000], generator=gen().manual_seed(1))
+    assert low.settings["average_power_used"] == AVERAGE_POWER == 2.0
+    assert low.settings["coarse_used"] is False  # N = 3,000 > smooth_max_n, not the direct regime
+    ema = SemidiscreteSolver(averaging="ema", **kw).solve(y, generator=gen().manual_seed(1))
+    assert ema.settings["average_power_used"] is None
 
 
 def test_regime_noise_level_default_on_small_problems():

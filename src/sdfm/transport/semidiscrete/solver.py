@@ -30,9 +30,11 @@ Algorithm (chosen by the comparison in BENCHMARKS.md, "Solver"), one :meth:`_Ite
    variance N / batch, and iterates noisier than that average badly (the coupling is far from
    linear in h). Each step also takes the coarse-space correction
    (:mod:`~sdfm.transport.semidiscrete.coarse`): a damped Newton step on K smooth functions of the
-   atoms, whose Hessian is estimated from the flux of the noise through the faces between cells.
+   atoms, whose Hessian is estimated from the flux of the noise through the faces between cells
+   (up to ``smooth_max_n`` atoms, and at any N in the large high-dimensional regime).
 5. Averaging after annealing: polynomial-decay averaging h_avg += (p + 1) / (k + p + 1) (h - h_avg),
-   whose window grows with k so the sampling noise keeps falling (no floor as with a fixed EMA).
+   whose window grows with k so the sampling noise keeps falling (no floor as with a fixed EMA);
+   p = 2, or 1 in the large high-dimensional regime.
 6. chi2 of the averaged potential is measured on fresh i.i.d. noise, first after 5 training samples
    per atom, then at spans that grow with the distance to tol. A measurement below tol but within two
    standard errors of it doubles its sample, up to 2 samples per atom (where that exceeds eval_samples: large
@@ -94,6 +96,12 @@ NOISE_LEVEL = 0.25
 #: ... and in the large high-dimensional regime, where every cell borders many others and larger
 #: steps average well (64-d mixture, N = 30,000: chi2 0.11 after 15 samples per target against 0.21)
 NOISE_LEVEL_DIRECT = 0.7
+#: the power p of the polynomial-decay averaging (``average_power=None``): 2, and 1 in the large
+#: high-dimensional regime, whose iterates are stationary after a few samples per target: a flatter
+#: weighting averages more of them (64-d mixture, N = 30,000, three seeds: chi2 3-13% lower at 12-18
+#: samples per target; BENCHMARKS.md section 17)
+AVERAGE_POWER = 2.0
+AVERAGE_POWER_DIRECT = 1.0
 #: the fixed seed of the condition-mismatch check of augmented solves (fresh noise, reproducible)
 MISMATCH_SEED = 20250925
 
@@ -118,7 +126,8 @@ _NUMBERS = {
     ),
     "noise_level": (float, 0, None, True),
     "anneal_noise_level": (float, 0, None, True),
-    **dict.fromkeys(("lr_decay", "batch_growth", "average_power"), (float, 0, None, False)),
+    **dict.fromkeys(("lr_decay", "batch_growth"), (float, 0, None, False)),
+    "average_power": (float, 0, None, True),
     "ema_decay": (float, 0, 1, False),
 }
 #: float options that may be 0 (the others must be > 0)
@@ -162,7 +171,9 @@ class SemidiscreteSolver:
         optimizer: "sgd" or "adam" (Adam on the preconditioned gradient; for comparisons).
         lr_decay: step size decays as (1 + k / 100)^-lr_decay (0 = constant).
         averaging: "poly" (polynomial decay), "ema", "uniform" (Polyak) or "none".
-        average_power: p of the polynomial-decay averaging.
+        average_power: p of the polynomial-decay averaging (None: 2, or 1 in the large
+            high-dimensional regime, see ``anneal``, where the iterates are stationary early and a
+            flatter weighting averages more of them).
         ema_decay: decay of the "ema" averaging.
         anneal: run the entropic annealing warm-up phase (True / False), or "auto" (default): anneal
             except in the large high-dimensional regime, where the annealing step is capped (N above
@@ -221,11 +232,14 @@ class SemidiscreteSolver:
             :mod:`~sdfm.transport.smoothness`) has a mass error above ``smooth_tol`` times the floor
             that chi2 and the measurement noise explain (None: chi2 alone decides).
         smooth_max_n: the coarse-space correction and the smooth-error stop apply up to this many
-            atoms (None: at any N). Beyond, the steps are capped by the counting noise and the floor
-            of the smooth errors falls like 1 / sqrt(N): on the 64-d mixture of BENCHMARKS.md
-            section 10 at N = 100,000 chi2 reached 0.071 after 31 samples per atom, but the smooth
-            stop came only at 51 (905 s, against about 35 samples per atom without it); at
-            N = 30,000 it cost 41 against 38. Smooth errors are still measured and reported at any N.
+            atoms (None: at any N; the coarse correction also applies at any N in the large
+            high-dimensional regime, see ``anneal``, where it lowers chi2 by 4-10% at 15 samples per
+            target on the 64-d mixture, BENCHMARKS.md section 17). Beyond, the steps are capped by
+            the counting noise and the floor of the smooth errors falls like 1 / sqrt(N): on the
+            64-d mixture of BENCHMARKS.md section 10 at N = 100,000 chi2 reached 0.071 after 31
+            samples per atom, but the smooth stop came only at 51 (905 s, against about 35 samples
+            per atom without it); at N = 30,000 it cost 41 against 38. Smooth errors are still
+            measured and reported at any N.
         pruning: exact argmax with cluster bounds instead of scoring every atom
             (:mod:`sdfm.transport.pruned`) in the hard phase and the chi2 checks: "auto" (default:
             tried from 20,000 atoms on, on CPU, when the atoms are held in memory, and kept while its
@@ -255,7 +269,7 @@ class SemidiscreteSolver:
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr_decay: float = 0.0
     averaging: Literal["poly", "ema", "uniform", "none"] = "poly"
-    average_power: float = 2.0
+    average_power: float | None = None
     ema_decay: float = 0.99
     anneal: bool | Literal["auto"] = "auto"
     anneal_start: float = 100.0
@@ -406,7 +420,7 @@ class _Iteration:
         self.t_start = t_start
         self.history: list[HistoryEntry] = []
         self.optimizer = parts.OPTIMIZERS[solver.optimizer](problem.n, problem.device)
-        self.averaging = parts.Averaging(solver.averaging, solver.average_power, solver.ema_decay)
+        self.averaging = None  # set by start(), once the regime is known (see average_power())
         self.cells = None  # per-cell step scales, set by start()
         self.schedule = None  # the annealing schedule, set by start()
         self.finished = None  # (chi2, se, converged) when start() already decided
@@ -447,6 +461,15 @@ class _Iteration:
             return self.s.noise_level
         return NOISE_LEVEL_DIRECT if self.direct() else NOISE_LEVEL
 
+    def average_power(self) -> float:
+        """The polynomial averaging's power: ``average_power``, or by the regime when it is None."""
+        if self.s.average_power is not None:
+            return self.s.average_power
+        return AVERAGE_POWER_DIRECT if self.direct() else AVERAGE_POWER
+
+    def _polynomial(self) -> bool:
+        return self.averaging is not None and self.averaging.kind == "poly"
+
     # -- the phases --------------------------------------------------------------------------------
     def start(self, init: torch.Tensor | None) -> SolverState:
         """The first state: a warm start (or ``init``), the score scale, the annealing schedule."""
@@ -455,6 +478,8 @@ class _Iteration:
             self.finished = (0.0, 0.0, True)
             return SolverState(potential=parts.zero_start(problem), converged=True)
         h = parts.WARM_STARTS[s.warm_start](problem) if init is None else init
+        power = self.average_power() if s.averaging == "poly" else AVERAGE_POWER  # (unused)
+        self.averaging = parts.Averaging(s.averaging, power, s.ema_decay)
         if init is not None:  # resuming: done already if the given potential is good enough
             self.last_check = problem.check(h, s.tol, extend=True)
             if self.last_check.passes(s.tol, self.smooth_tol):
@@ -558,7 +583,7 @@ class _Iteration:
         s, problem = self.s, self.problem
         if (
             s.coarse_size <= 0
-            or not self.large_scale
+            or not (self.large_scale or self.direct())
             or problem.eps_abs > 0
             or problem.lowp is not None
             or problem.n < 8
@@ -684,6 +709,8 @@ class _Iteration:
             intrinsic_dimension=self._intrinsic,
             # the hard phase's step cap (None if no hard step ran with the regime's default)
             noise_level_used=self.s.noise_level if self._direct is None else self.noise_level(),
+            average_power_used=self.averaging.power if self._polynomial() else None,
+            coarse_used=self.coarse is not None,
         )
         potential = problem.potential_of(h)
         if (
