@@ -58,8 +58,10 @@ N = 30_000
 SECTION15 = {"average_power": 2.0, "coarse_size": 0}
 ANNEALED = {"anneal": True, "noise_level": 0.25, **SECTION15}  # every N <= 10,240 and low-d data
 DIRECT15 = {"anneal": False, "noise_level": 0.7, **SECTION15}  # the direct regime of section 15
-# the direct regime now (what the defaults pick on the mixture), forced on every problem of the sweep
-DIRECT = {"anneal": False, "noise_level": 0.7, "average_power": 1.0, "smooth_max_n": None, "smooth_tol": None}
+# the direct regime now: what the defaults pick on the mixture (NOW), and forced on every problem of
+# the sweep (DIRECT; power 1 and the coarse correction, without the smooth stop)
+NOW = {"anneal": False, "noise_level": 0.7}
+DIRECT = {**NOW, "average_power": 1.0, "smooth_max_n": None, "smooth_tol": None}
 
 
 def embedded(k: int, n: int = N, d: int = 64) -> np.ndarray:
@@ -134,7 +136,7 @@ def cmd_curves(args):
         "no annealing, 0.5": {"anneal": False, "noise_level": 0.5, **SECTION15},
         "no annealing, 0.7 (direct, section 15)": DIRECT15,
         "no annealing, 1.0": {"anneal": False, "noise_level": 1.0, **SECTION15},
-        "no annealing, 0.7, power 1 + coarse (direct, now)": {"anneal": False, "noise_level": 0.7},
+        "no annealing, 0.7, power 1 + coarse (direct, now)": NOW,
     }
     out = {}
     for label, cfg in configs.items():
@@ -149,7 +151,7 @@ def cmd_seeds(args):
     configs = {
         "section 15 (power 2, no coarse)": DIRECT15,
         "power 1, no coarse": {**DIRECT15, "average_power": 1.0},
-        "power 1 + coarse (now)": {"anneal": False, "noise_level": 0.7},
+        "power 1 + coarse (now)": NOW,
     }
     out = {label: {} for label in configs}
     for seed in (0, 1, 2):
@@ -163,7 +165,7 @@ def cmd_steptime(args):
     """Section 17: seconds per hard step of section 15's direct regime and of today's (the coarse
     correction's per-step work), at N = 100,000 on the 64-d mixture, in alternating rounds."""
     y = torch.from_numpy(np.load(make_data(100_000, 64)))
-    configs = {"section 15": DIRECT15, "now": {"anneal": False, "noise_level": 0.7}}
+    configs = {"section 15": DIRECT15, "now": NOW}
     runs = {}
     for label, cfg in configs.items():
         solver = SemidiscreteSolver(tol=None, max_steps=10**9, **cfg)

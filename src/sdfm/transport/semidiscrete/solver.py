@@ -467,9 +467,6 @@ class _Iteration:
             return self.s.average_power
         return AVERAGE_POWER_DIRECT if self.direct() else AVERAGE_POWER
 
-    def _polynomial(self) -> bool:
-        return self.averaging is not None and self.averaging.kind == "poly"
-
     # -- the phases --------------------------------------------------------------------------------
     def start(self, init: torch.Tensor | None) -> SolverState:
         """The first state: a warm start (or ``init``), the score scale, the annealing schedule."""
@@ -478,8 +475,8 @@ class _Iteration:
             self.finished = (0.0, 0.0, True)
             return SolverState(potential=parts.zero_start(problem), converged=True)
         h = parts.WARM_STARTS[s.warm_start](problem) if init is None else init
-        power = self.average_power() if s.averaging == "poly" else AVERAGE_POWER  # (unused)
-        self.averaging = parts.Averaging(s.averaging, power, s.ema_decay)
+        poly = s.averaging == "poly"  # (the power of the other kinds is unused)
+        self.averaging = parts.Averaging(s.averaging, self.average_power() if poly else 0.0, s.ema_decay)
         if init is not None:  # resuming: done already if the given potential is good enough
             self.last_check = problem.check(h, s.tol, extend=True)
             if self.last_check.passes(s.tol, self.smooth_tol):
@@ -709,7 +706,7 @@ class _Iteration:
             intrinsic_dimension=self._intrinsic,
             # the hard phase's step cap (None if no hard step ran with the regime's default)
             noise_level_used=self.s.noise_level if self._direct is None else self.noise_level(),
-            average_power_used=self.averaging.power if self._polynomial() else None,
+            average_power_used=getattr(self.averaging, "power", None) if self.s.averaging == "poly" else None,
             coarse_used=self.coarse is not None,
         )
         potential = problem.potential_of(h)
