@@ -1,0 +1,234 @@
+"""Variance reduction of the training noise in the large high-dimensional regime: does it lower the
+solver's chi2 at a fixed number of samples per target, and at what cost per sample? A measurement of
+designs (issue 14, section 2), not a solver mode: the solver is unchanged by it.
+
+    python benchmarks/variance.py qmc        # results/variance_qmc_n30000.json
+    python benchmarks/variance.py subspace   # results/variance_subspace_n30000.json
+
+Problem: the 64-d mixture of 16 rank-16 Gaussians of scale.py, N = 30,000 (the direct regime: no
+annealing, power-1 averaging, coarse correction). chi2 is measured independently on 2^20 fresh
+i.i.d. samples (seed 7).
+
+``qmc``: the default solver, run for 12 training samples per target (``max_steps``, tol None), with
+its noise drawn i.i.d. (the default), as scrambled Sobol points in all 64 dimensions through the
+normal quantile function, or as Sobol points along the data's top 16 principal directions and
+i.i.d. noise in the other 48 (the stratification that could reach the cells' large-scale modes).
+Two seeds each.
+
+``subspace``: conditional Monte Carlo. Each noise x is split as x = z + U U^T x for a random
+k-dimensional subspace U; M points z + U w_m (w_m a Latin hypercube of N(0, I_k)) stand in for x,
+each marginally N(0, I), so the fraction f_j of them in cell j is an unbiased mass estimate whose
+variance per draw is E[sum_j f_j^2] (1 for a single point: chi2 at a fixed number of draws scales
+with it). The points cost O(N k) flops each instead of O(N d); the script times one batch of 4,096
+draws scored by the solver's own dense scan (best and runner-up of every row) against the same
+draws with their M points (score block c + (w - U^T x) (U^T y)^T, row max, in blocks of 256 draws
+x 1,024 atoms), in one process, min of 3. The potential is the i.i.d. run's result. Then the solver
+runs again with its hard-phase counts taken from the M points of each of its draws (k = 4 and 8,
+M = 8; the same draws, gaps and coarse flux; patched in for this measurement) to the same 12 draws
+per target. Threads: 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, repeat, save  # noqa: E402
+from scale import make_data  # noqa: E402
+from sdfm.transport import SemidiscreteSolver  # noqa: E402
+from sdfm.transport._stream import stream_top2  # noqa: E402
+from sdfm.transport.diagnostics import chi2_from_counts, chi2_stderr_from_counts  # noqa: E402
+
+N, D, SPT, BATCH = 30000, 64, 12, 4096
+DESIGNS = ((1, 8), (2, 8), (4, 8), (8, 8), (16, 16))  # (k, M)
+SOLVED = ((4, 8), (8, 8))  # designs whose counts drive a solve (SubspaceCounts)
+
+
+class Mixture:
+    """The targets, their centred keys and the independent chi2."""
+
+    def __init__(self, n: int):
+        self.y = torch.from_numpy(np.load(make_data(n, D)))
+        self.n = n
+        self.keys = (self.y - self.y.mean(0)).float()
+        self.sqnorm = (self.y.double() ** 2).sum(1)
+        self.basis = torch.linalg.svd(self.keys, full_matrices=False)[2].T.double()  # [d, d]
+
+    def chi2(self, h: torch.Tensor, samples: int = 1 << 20) -> tuple[float, float]:
+        gen, hf = torch.Generator().manual_seed(7), h.float()
+        counts = torch.zeros(self.n, dtype=torch.float64)
+        for _ in range(samples // 8192):
+            z = torch.randn(8192, D, generator=gen)
+            counts += torch.bincount(torch.addmm(hf, z, self.keys.T).argmax(1), minlength=self.n)
+        return chi2_from_counts(counts), chi2_stderr_from_counts(counts)
+
+    def sampler(self, mode: str, seed: int):
+        """The solver's noise sampler: None (i.i.d.), "sobol" (64-d) or "pc16" (16 principal dims)."""
+        if mode == "iid":
+            return None
+        k = D if mode == "sobol" else int(mode[2:])
+        engine = torch.quasirandom.SobolEngine(k, scramble=True, seed=100 + seed)
+
+        def noise(m, d, generator=None, device=None, dtype=torch.float32):
+            u = engine.draw(m, dtype=torch.float64).clamp_(2.0**-53, 1.0 - 2.0**-53)
+            q = math.sqrt(2.0) * torch.special.erfinv(2.0 * u - 1.0)
+            rest = torch.randn(m, d - k, generator=generator, dtype=torch.float64)
+            return (torch.cat([q, rest], 1) @ self.basis.T).to(dtype)
+
+        return noise
+
+    def solve(self, mode: str, seed: int) -> tuple[torch.Tensor, dict]:
+        t = time.perf_counter()
+        solver = SemidiscreteSolver(tol=None, max_steps=SPT * self.n // BATCH)
+        res = solver.solve(
+            self.y, generator=torch.Generator().manual_seed(seed), noise=self.sampler(mode, seed)
+        )
+        h = res.potential - 0.5 * self.sqnorm
+        chi2, se = self.chi2(h)
+        row = {
+            "noise": mode,
+            "seed": seed,
+            "train_samples_per_target": res.steps * BATCH / self.n,
+            "chi2_independent": chi2,
+            "chi2_independent_stderr": se,
+            "seconds": time.perf_counter() - t,
+            "average_power_used": res.settings.get("average_power_used"),
+            "coarse_used": res.settings.get("coarse_used"),
+        }
+        print(row, flush=True)
+        return h, row
+
+
+def qmc(mix: Mixture) -> dict:
+    rows = [mix.solve(mode, seed)[1] for mode in ("iid", "sobol", "pc16") for seed in (0, 1)]
+    return {"runs": rows}
+
+
+def _points(x, u, m: int, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offsets U^T (x_m - x) [B, M, k] of each draw's M points, their Latin hypercube w [B, M, k])."""
+    b, k = x.shape[0], u.shape[1]
+    strata = torch.argsort(torch.rand(b, m, k, generator=gen), dim=1).double()
+    grid = (strata + torch.rand(b, m, k, generator=gen, dtype=torch.float64)) / m
+    w = math.sqrt(2.0) * torch.special.erfinv(2.0 * grid.clamp(1e-12, 1 - 1e-12) - 1.0)
+    return w.to(x.dtype) - (x @ u)[:, None, :], w
+
+
+def inner_points(x, keys, h, k: int, m: int, gen) -> torch.Tensor:
+    """The best atoms [B, M] of each draw's M points in a random k-dim subspace."""
+    u = torch.linalg.qr(torch.randn(D, k, generator=gen))[0]
+    delta, _ = _points(x, u, m, gen)
+    c = torch.addmm(h.float(), x, keys.T)  # [B, N]
+    return (c[:, None, :] + delta @ (keys @ u).T[None]).argmax(2)
+
+
+def herfindahl(cells: torch.Tensor) -> float:
+    """Mean over draws of sum_j f_j^2 (f_j: the fraction of a draw's points in cell j)."""
+    m = cells.shape[1]
+    same = (cells[:, :, None] == cells[:, None, :]).double().sum((1, 2))
+    return float((same / (m * m)).mean())
+
+
+def scan_inner(x, keys, h, u, delta, chunk: int = 1024, rows: int = 256) -> torch.Tensor:
+    """Best atom of every point z + U w of every draw, in blocks of draws x atoms (timed; the
+    fastest blocking of those tried: a [rows, M, chunk] block stays in cache)."""
+    a = keys @ u  # [N, k]
+    index = torch.zeros(delta.shape[:2], dtype=torch.long)
+    for r in range(0, x.shape[0], rows):
+        xr, dr = x[r : r + rows], delta[r : r + rows]
+        best = torch.full(dr.shape[:2], -float("inf"))
+        part = torch.zeros(dr.shape[:2], dtype=torch.long)
+        for start in range(0, keys.shape[0], chunk):
+            c = torch.addmm(h[start : start + chunk], xr, keys[start : start + chunk].T)
+            s = torch.baddbmm(c[:, None, :], dr, a[start : start + chunk].T.expand(xr.shape[0], -1, -1))
+            v, i = s.max(2)
+            better = v > best
+            best, part = torch.where(better, v, best), torch.where(better, i + start, part)
+        index[r : r + rows] = part
+    return index
+
+
+class SubspaceCounts:
+    """Patches the solver's hard-phase masses with the M points of each draw (weight 1 / M each):
+    the solver sees the same draws, gaps and coarse flux; only its counts change. Scored densely
+    here (the chi2 it reaches, not its time, is measured)."""
+
+    def __init__(self, k: int, m: int):
+        self.k, self.m, self.gen = k, m, torch.Generator().manual_seed(11)
+
+    def __enter__(self):
+        from sdfm.transport.semidiscrete import solver as module
+
+        self.module, self.original = module, module._Iteration._masses
+        patch = self
+
+        def masses(iteration, state, x):
+            mass, chi2 = patch.original(iteration, state, x)
+            if state.eps > 0 or state.annealing:
+                return mass, chi2
+            u = torch.linalg.qr(torch.randn(D, patch.k, generator=patch.gen, dtype=torch.float64))[0]
+            delta, _ = _points(x.double(), u, patch.m, patch.gen)
+            pts = (x[:, None, :] + (delta @ u.T).to(x.dtype)).reshape(-1, D)
+            idx, _, _ = iteration.problem.hard(pts, state.potential)
+            counts = torch.bincount(idx, minlength=iteration.problem.n).to(torch.float64)
+            return counts / (patch.m * x.shape[0]), chi2
+
+        module._Iteration._masses = masses
+        return self
+
+    def __exit__(self, *exc):
+        self.module._Iteration._masses = self.original
+
+
+def subspace(mix: Mixture) -> dict:
+    h, base = mix.solve("iid", 0)
+    gen = torch.Generator().manual_seed(3)
+    hf = h.float()
+    x = torch.randn(BATCH, D, generator=gen)
+    plain = repeat(lambda: stream_top2(x, mix.keys, hf, chunk=512), repeats=3)
+    out = {"potential": base, "batch": BATCH, "dense_scan_seconds": plain["min"], "designs": []}
+    for k, m in DESIGNS:
+        sums = [herfindahl(inner_points(x[i : i + 64], mix.keys, h, k, m, gen)) for i in range(0, 512, 64)]
+        u = torch.linalg.qr(torch.randn(D, k, generator=gen))[0]
+        delta = torch.randn(BATCH, m, k, generator=gen)
+        timed = repeat(lambda: scan_inner(x, mix.keys, hf, u, delta), repeats=3)  # noqa: B023
+        var = float(np.mean(sums))
+        row = {
+            "k": k,
+            "points": m,
+            "sum_f2_per_draw": var,
+            "seconds": timed["min"],
+            "cost_vs_dense": timed["min"] / plain["min"],
+            # variance x cost per draw, relative to one i.i.d. sample scanned densely (< 1 pays)
+            "variance_times_cost": var * timed["min"] / plain["min"],
+        }
+        print(row, flush=True)
+        out["designs"].append(row)
+    out["solves"] = [base]
+    for k, m in SOLVED:
+        with SubspaceCounts(k, m):
+            row = mix.solve("iid", 0)[1]
+        out["solves"].append({**row, "k": k, "points": m})
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("command", choices=["qmc", "subspace"])
+    p.add_argument("--n", type=int, default=N)
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    mix = Mixture(args.n)
+    out = qmc(mix) if args.command == "qmc" else subspace(mix)
+    out.update(n=args.n, d=D, machine=machine(), command=f"benchmarks/variance.py {args.command}")
+    print(save(f"variance_{args.command}_n{args.n}", out).read_text())
+
+
+if __name__ == "__main__":
+    main()
