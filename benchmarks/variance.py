@@ -4,6 +4,7 @@ designs (issue 14, section 2), not a solver mode: the solver is unchanged by it.
 
     python benchmarks/variance.py qmc        # results/variance_qmc_n30000.json
     python benchmarks/variance.py subspace   # results/variance_subspace_n30000.json
+    python benchmarks/variance.py fused      # results/variance_fused_n30000.json
 
 Problem: the 64-d mixture of 16 rank-16 Gaussians of scale.py, N = 30,000 (the direct regime: no
 annealing, power-1 averaging, coarse correction). chi2 is measured independently on 2^20 fresh
@@ -25,7 +26,13 @@ draws with their M points (score block c + (w - U^T x) (U^T y)^T, row max, in bl
 x 1,024 atoms), in one process, min of 3. The potential is the i.i.d. run's result. Then the solver
 runs again with its hard-phase counts taken from the M points of each of its draws (k = 4 and 8,
 M = 8; the same draws, gaps and coarse flux; patched in for this measurement) to the same 12 draws
-per target. Threads: 2.
+per target.
+
+``fused``: the cost of the points when their score block is never written: the block's k
+multiply-adds and its row max fused by ``torch.compile`` (inductor, C++), values only (the best
+score of every point, not yet its atom), against the dense scan and the blocked scan above, for
+k = 8, M = 8 and k = 16, M = 16 on random keys of the same shape, min of 3 after a warm-up.
+Threads: 2.
 """
 
 from __future__ import annotations
@@ -218,14 +225,64 @@ def subspace(mix: Mixture) -> dict:
     return out
 
 
+def _fused_block(k: int):
+    def block(c, delta, a_t):  # c [R, C], delta [R, M, k], a_t [k, C] -> [R, M] max over C
+        s = c[:, None, :]
+        for j in range(k):
+            s = s + delta[:, :, j, None] * a_t[j][None, None, :]
+        return s.amax(2)
+
+    return torch.compile(block, dynamic=False)
+
+
+def scan_fused(x, keys, h, a_t, delta, block, chunk: int = 1024, rows: int = 256) -> torch.Tensor:
+    """Best score [B, M] of every point, the block fused (values only)."""
+    out = torch.empty(delta.shape[:2])
+    for r in range(0, x.shape[0], rows):
+        best = torch.full(delta[r : r + rows].shape[:2], -float("inf"))
+        for start in range(0, keys.shape[0], chunk):
+            c = torch.addmm(h[start : start + chunk], x[r : r + rows], keys[start : start + chunk].T)
+            best = torch.maximum(best, block(c, delta[r : r + rows], a_t[:, start : start + chunk]))
+        out[r : r + rows] = best
+    return out
+
+
+def fused(n: int) -> dict:
+    gen = torch.Generator().manual_seed(5)
+    keys, h = torch.randn(n, D, generator=gen), torch.randn(n, generator=gen)
+    x = torch.randn(BATCH, D, generator=gen)
+    plain = repeat(lambda: stream_top2(x, keys, h, chunk=512), repeats=3)["min"]
+    out = {"dense_scan_seconds": plain, "designs": []}
+    for k, m in ((8, 8), (16, 16)):
+        u = torch.linalg.qr(torch.randn(D, k, generator=gen))[0]
+        delta, a_t = torch.randn(BATCH, m, k, generator=gen), (keys @ u).T.contiguous()
+        block = _fused_block(k)
+        blocked = repeat(lambda: scan_inner(x, keys, h, u, delta), repeats=3)["min"]  # noqa: B023
+        fast = repeat(lambda: scan_fused(x, keys, h, a_t, delta, block), repeats=3)["min"]  # noqa: B023
+        row = {
+            "k": k,
+            "points": m,
+            "blocked_seconds": blocked,
+            "fused_values_seconds": fast,
+            "blocked_point_vs_dense_score": (blocked / plain - 1) / m,
+            "fused_point_vs_dense_score": (fast / plain - 1) / m,
+        }
+        print(row, flush=True)
+        out["designs"].append(row)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=["qmc", "subspace"])
+    p.add_argument("command", choices=["qmc", "subspace", "fused"])
     p.add_argument("--n", type=int, default=N)
     args = p.parse_args()
     torch.set_num_threads(2)
-    mix = Mixture(args.n)
-    out = qmc(mix) if args.command == "qmc" else subspace(mix)
+    if args.command == "fused":
+        out = fused(args.n)
+    else:
+        mix = Mixture(args.n)
+        out = qmc(mix) if args.command == "qmc" else subspace(mix)
     out.update(n=args.n, d=D, machine=machine(), command=f"benchmarks/variance.py {args.command}")
     print(save(f"variance_{args.command}_n{args.n}", out).read_text())
 
