@@ -5,6 +5,7 @@ designs (issue 14, section 2), not a solver mode: the solver is unchanged by it.
     python benchmarks/variance.py qmc        # results/variance_qmc_n30000.json
     python benchmarks/variance.py subspace   # results/variance_subspace_n30000.json
     python benchmarks/variance.py fused      # results/variance_fused_n30000.json
+    python benchmarks/variance.py solve      # results/variance_solve_n30000.json
 
 Problem: the 64-d mixture of 16 rank-16 Gaussians of scale.py, N = 30,000 (the direct regime: no
 annealing, power-1 averaging, coarse correction). chi2 is measured independently on 2^20 fresh
@@ -32,12 +33,19 @@ per target.
 multiply-adds and its row max fused by ``torch.compile`` (inductor, C++), values only (the best
 score of every point, not yet its atom), against the dense scan and the blocked scan above, for
 k = 8, M = 8 and k = 16, M = 16 on random keys of the same shape, min of 3 after a warm-up.
+
+``solve``: whole solves to tol 0.1 (seed 0), the default against the same solver with its hard-phase
+counts from subspace points (k = 8, M = 8 and k = 16, M = 16) scored by ``points_argmax``: the fused
+block's row max per chunk, the chunk that held each point's best score, and only that chunk
+re-scored for the atom (checked against the points scored densely; compiled before the clock
+starts). Time, samples per target (draws, measurements included) and chi2.
 Threads: 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -56,6 +64,7 @@ from sdfm.transport.diagnostics import chi2_from_counts, chi2_stderr_from_counts
 N, D, SPT, BATCH = 30000, 64, 12, 4096
 DESIGNS = ((1, 8), (2, 8), (4, 8), (8, 8), (16, 16))  # (k, M)
 SOLVED = ((4, 8), (8, 8))  # designs whose counts drive a solve (SubspaceCounts)
+SOLVE_DESIGNS = ((8, 8), (16, 16))  # designs of the `solve` command (fused scan, to tol 0.1)
 
 
 class Mixture:
@@ -166,13 +175,14 @@ class SubspaceCounts:
     the solver sees the same draws, gaps and coarse flux; only its counts change. Scored densely
     here (the chi2 it reaches, not its time, is measured)."""
 
-    def __init__(self, k: int, m: int):
+    def __init__(self, k: int, m: int, fast: bool = False):
         self.k, self.m, self.gen = k, m, torch.Generator().manual_seed(11)
+        self.fast = fast  # score the points with points_argmax (fused block) instead of densely
 
     def __enter__(self):
         from sdfm.transport.semidiscrete import solver as module
 
-        self.module, self.original = module, module._Iteration._masses
+        self.module, self.original, self.steps = module, module._Iteration._masses, 0
         patch = self
 
         def masses(iteration, state, x):
@@ -181,9 +191,15 @@ class SubspaceCounts:
                 return mass, chi2
             u = torch.linalg.qr(torch.randn(D, patch.k, generator=patch.gen, dtype=torch.float64))[0]
             delta, _ = _points(x.double(), u, patch.m, patch.gen)
-            pts = (x[:, None, :] + (delta @ u.T).to(x.dtype)).reshape(-1, D)
-            idx, _, _ = iteration.problem.hard(pts, state.potential)
-            counts = torch.bincount(idx, minlength=iteration.problem.n).to(torch.float64)
+            problem = iteration.problem
+            if patch.fast:
+                bias = problem.bias(state.potential)
+                idx = points_argmax(x, problem.scorer.keys, bias, u.to(x.dtype), delta.to(x.dtype))
+            else:
+                pts = (x[:, None, :] + (delta @ u.T).to(x.dtype)).reshape(-1, D)
+                idx, _, _ = problem.hard(pts, state.potential)
+            counts = torch.bincount(idx.reshape(-1), minlength=problem.n).to(torch.float64)
+            patch.steps += 1
             return counts / (patch.m * x.shape[0]), chi2
 
         module._Iteration._masses = masses
@@ -247,6 +263,76 @@ def scan_fused(x, keys, h, a_t, delta, block, chunk: int = 1024, rows: int = 256
     return out
 
 
+def points_argmax(x, keys, bias, basis, offsets, rows: int = 256) -> torch.Tensor:
+    """Best atom [B, M] of every point x_i + basis offsets[i, m] (keys centred): the fused block's
+    row max per chunk (compiled for full blocks, batched GEMM for the ragged ones), the chunk that
+    held each point's best score, then only that chunk re-scored for its atom."""
+    b, m, k = offsets.shape
+    chunk = max(64, (1 << 21) // (rows * m))
+    block = _BLOCKS.setdefault(k, _fused_block(k))
+    best = torch.full((b, m), -float("inf"))
+    where = torch.zeros((b, m), dtype=torch.long)
+    for start in range(0, keys.shape[0], chunk):
+        y, h = keys[start : start + chunk], bias[start : start + chunk]
+        a_t = (y @ basis).T.contiguous()
+        for r in range(0, b, rows):
+            c = torch.addmm(h, x[r : r + rows], y.T)
+            if c.shape == (rows, chunk):
+                v = block(c, offsets[r : r + rows], a_t)
+            else:
+                v = torch.baddbmm(c[:, None, :], offsets[r : r + rows], a_t.expand(c.shape[0], -1, -1)).amax(
+                    2
+                )
+            better = v > best[r : r + rows]
+            best[r : r + rows] = torch.where(better, v, best[r : r + rows])
+            where[r : r + rows] = torch.where(better, start, where[r : r + rows])
+    index = torch.empty((b, m), dtype=torch.long)
+    for start in torch.unique(where).tolist():
+        y, h = keys[start : start + chunk], bias[start : start + chunk]
+        ri, mi = (where == start).nonzero(as_tuple=True)
+        scores = torch.addmm(h, x[ri], y.T) + offsets[ri, mi] @ (y @ basis).T
+        index[ri, mi] = scores.argmax(1) + start
+    return index
+
+
+_BLOCKS: dict = {}
+
+
+def solve(mix: Mixture) -> dict:
+    """The default solver to tol 0.1 against the same with subspace-point counts (fused scan)."""
+    out = {"tol": 0.1, "runs": []}
+    x = torch.randn(300, D, generator=torch.Generator().manual_seed(9))
+    for k, m in ((0, 0), *SOLVE_DESIGNS):
+        if k:  # check the scan against the points scored densely, then compile it outside the timing
+            u = torch.linalg.qr(torch.randn(D, k, generator=torch.Generator().manual_seed(k)))[0]
+            delta, _ = _points(x, u, m, torch.Generator().manual_seed(1))
+            pts = (x[:, None, :] + delta @ u.T).reshape(-1, D)
+            ref = torch.addmm(torch.zeros(mix.n), pts, mix.keys.T).argmax(1).view(300, m)
+            warm = torch.randn(BATCH, m, k)
+            points_argmax(torch.randn(BATCH, D), mix.keys, torch.zeros(mix.n), u, warm)
+            assert bool((points_argmax(x, mix.keys, torch.zeros(mix.n), u, delta) == ref).all())
+        patch = SubspaceCounts(k, m, fast=True) if k else contextlib.nullcontext()
+        t = time.perf_counter()
+        with patch:
+            res = SemidiscreteSolver(tol=0.1).solve(mix.y, generator=torch.Generator().manual_seed(0))
+        seconds = time.perf_counter() - t
+        chi2, se = mix.chi2(res.potential - 0.5 * mix.sqnorm)
+        row = {
+            "k": k,
+            "points": m,
+            "seconds": seconds,
+            "samples_per_target": res.samples / mix.n,
+            "steps": res.steps,
+            "point_steps": patch.steps if k else 0,
+            "chi2_solver": res.chi2,
+            "chi2_independent": chi2,
+            "chi2_independent_stderr": se,
+        }
+        print(row, flush=True)
+        out["runs"].append(row)
+    return out
+
+
 def fused(n: int) -> dict:
     gen = torch.Generator().manual_seed(5)
     keys, h = torch.randn(n, D, generator=gen), torch.randn(n, generator=gen)
@@ -274,7 +360,7 @@ def fused(n: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=["qmc", "subspace", "fused"])
+    p.add_argument("command", choices=["qmc", "subspace", "fused", "solve"])
     p.add_argument("--n", type=int, default=N)
     args = p.parse_args()
     torch.set_num_threads(2)
@@ -282,7 +368,7 @@ def main() -> None:
         out = fused(args.n)
     else:
         mix = Mixture(args.n)
-        out = qmc(mix) if args.command == "qmc" else subspace(mix)
+        out = {"qmc": qmc, "subspace": subspace, "solve": solve}[args.command](mix)
     out.update(n=args.n, d=D, machine=machine(), command=f"benchmarks/variance.py {args.command}")
     print(save(f"variance_{args.command}_n{args.n}", out).read_text())
 
