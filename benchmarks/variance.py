@@ -269,7 +269,9 @@ def points_argmax(x, keys, bias, basis, offsets, rows: int = 256) -> torch.Tenso
     held each point's best score, then only that chunk re-scored for its atom."""
     b, m, k = offsets.shape
     chunk = max(64, (1 << 21) // (rows * m))
-    block = _BLOCKS.setdefault(k, _fused_block(k))
+    if k not in _BLOCKS:  # one compiled block per k (setdefault would re-wrap it every call)
+        _BLOCKS[k] = _fused_block(k)
+    block = _BLOCKS[k]
     best = torch.full((b, m), -float("inf"))
     where = torch.zeros((b, m), dtype=torch.long)
     for start in range(0, keys.shape[0], chunk):
@@ -280,9 +282,8 @@ def points_argmax(x, keys, bias, basis, offsets, rows: int = 256) -> torch.Tenso
             if c.shape == (rows, chunk):
                 v = block(c, offsets[r : r + rows], a_t)
             else:
-                v = torch.baddbmm(c[:, None, :], offsets[r : r + rows], a_t.expand(c.shape[0], -1, -1)).amax(
-                    2
-                )
+                ragged = a_t.expand(c.shape[0], -1, -1)
+                v = torch.baddbmm(c[:, None, :], offsets[r : r + rows], ragged).amax(2)
             better = v > best[r : r + rows]
             best[r : r + rows] = torch.where(better, v, best[r : r + rows])
             where[r : r + rows] = torch.where(better, start, where[r : r + rows])
