@@ -16,11 +16,13 @@ one-shot forms.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from sdfm.transport import validate
 from sdfm.transport._stream import LowpKeys, chunk_size_for, full_precision, stream_argmax, target_chunks
+from sdfm.transport.collinear import line_direction
 from sdfm.transport.pruned import PRUNE_MAX_BYTES, Pruning
 from sdfm.transport.scoring import Scorer
 from sdfm.transport.sharding import Collective
@@ -28,10 +30,12 @@ from sdfm.transport.sharding import Collective
 
 def compute_dtype(x: torch.Tensor, dim: int | None = None) -> torch.dtype:
     """float64 stays float64; every other floating dtype is scored in float32 (exact argmax), except
-    one-dimensional targets (``dim == 1``), which are always scored in float64: their cells form a
+    one-dimensional targets (``dim == 1``: 1-D, or on one line in d > 1, see
+    :mod:`sdfm.transport.collinear`), which are always scored in float64: their cells form a
     chain whose widths shrink like 1 / N while the scores stay O(1), so float32 rounding moves the
     cell boundaries (measured: chi2 0.0013 at N = 1,000 and 0.21 at N = 10,000 from rounding alone,
-    against 0.0000 in float64). At d = 1 the extra cost is negligible."""
+    against 0.0000 in float64; 0.15 at N = 10,000 on a line in 2-D). At d = 1 the extra cost is
+    negligible."""
     return torch.float64 if x.dtype == torch.float64 or dim == 1 else torch.float32
 
 
@@ -142,6 +146,19 @@ class LaguerreCells:
         if pruning == "auto" and (self.hi - self.lo) * d * 4 > PRUNE_MAX_BYTES:
             pruning = "off"
         self.pruning = Pruning(pruning)  # validates the mode
+        self._collinear: bool | None = None
+
+    @property
+    def collinear(self) -> bool:
+        """Whether the targets lie on one line (1-D targets included): their chain of cells is then
+        scored in float64 (see :func:`compute_dtype`). Tested once, on first use."""
+        if self._collinear is None:
+            n_targets, d = self.targets.shape
+            chunk = chunk_size_for(1, n_targets, d, self.chunk_size)
+            device = self.targets.device
+            chunks = partial(target_chunks, self.targets, chunk, device=device, dtype=torch.float64)
+            self._collinear = n_targets >= 2 and line_direction(chunks, self.targets.dtype) is not None
+        return self._collinear
 
     @property
     def num_targets(self) -> int:
@@ -201,7 +218,7 @@ class LaguerreCells:
 
     def _query(self, x):
         x = validate.as_queries(x, self.targets.shape[1])
-        x = x.to(compute_dtype(x, self.targets.shape[1]))
+        x = x.to(compute_dtype(x, 1 if self.collinear else self.targets.shape[1]))
         return x, self._keys(x.device, x.dtype)
 
     def _query_classes(self, classes, x: torch.Tensor) -> torch.Tensor | None:

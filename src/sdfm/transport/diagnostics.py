@@ -245,7 +245,8 @@ def estimate_marginal(
     Args:
         targets: [N, d]; potential: [N] (1/2 |x - y|^2 convention); eps: absolute.
         duplicates: groups of identical targets; their mass is measured per group (merged cells).
-        dtype: of the scores (float32 or float64; one-dimensional targets always use float64).
+        dtype: of the scores (float32 or float64; targets on one line, 1-D ones included, always use
+            float64).
     """
     from sdfm.transport.assign import LaguerreCells, compute_dtype
 
@@ -259,7 +260,7 @@ def estimate_marginal(
     # the dense scan: an independent check of solvers that prune (sdfm.transport.pruned)
     cells = LaguerreCells(targets, potential, eps=eps, weights=weights, chunk_size=chunk_size, pruning="off")
     w = cells.weights
-    dtype = compute_dtype(torch.empty(0, dtype=dtype), d)
+    dtype = compute_dtype(torch.empty(0, dtype=dtype), 1 if cells.collinear else d)
     # eps = 0: identical targets share one cell, so their mass is measured per group. eps > 0: the
     # softmax already splits a shared cell by weight, so per-copy masses are the right measure.
     group_of = None

@@ -1,5 +1,10 @@
 """One dimension: the semidiscrete problem is solved by quantiles, not by stochastic ascent.
 
+This covers every problem whose atoms lie on one line y_j = mean + z_j u (``problem.line``, u a unit
+vector): 1-D targets, any two distinct targets, a chain embedded in d > 1 dimensions. The score
+<x, y_j - mean> + h_j = <x, u> z_j + h_j then depends on x through <x, u> only, which is N(0, 1) for
+the standard Gaussian source: the problem is exactly the 1-D one for the atoms z_j.
+
 In 1-D the Laguerre cells of sorted distinct atoms y_(1) < ... < y_(n) are consecutive intervals, and
 the optimal boundary between y_(k) and y_(k+1) is the quantile t_k = F^{-1}(b_(1) + ... + b_(k)) of the
 source. The scores x y_(k) + h_(k) of neighbours meet at t_k, so h_(k+1) = h_(k) - t_k (y_(k+1) - y_(k)).
@@ -23,10 +28,10 @@ from sdfm.transport.semidiscrete.problem import SemidiscreteProblem, converged
 
 
 def _sorted_atoms(problem: SemidiscreteProblem) -> tuple[torch.Tensor, torch.Tensor]:
-    """(order [n], sorted centred positions [n] float64) of the atoms."""
+    """(order [n], sorted positions z_j = <y_j - mean, u> [n] float64) of the atoms on the line."""
     z = torch.empty(problem.n, dtype=torch.float64, device=problem.device)
     for start, stop, y in problem.atom_chunks(problem.chunk(1)):
-        z[start:stop] = y[:, 0] - problem.mean[0]
+        z[start:stop] = (y - problem.mean) @ problem.line
     order = torch.argsort(z)
     return order, z[order]
 
@@ -77,7 +82,7 @@ def solve_1d(problem: SemidiscreteProblem, tol: float | None, gaussian: bool):
         return _unsort(h_sorted, order), max(chi2, 0.0), 0.0, converged(max(chi2, 0.0), 0.0, tol)
     m = max(4096, math.ceil(4.0 * problem.n / (tol if tol is not None else 0.05)))
     while True:
-        x = problem.draw(m)[:, 0].to(torch.float64)
+        x = problem.draw(m).to(torch.float64) @ problem.line
         boundaries = _quantiles(x, cum)
         h = _unsort(iterate_from_boundaries(z, boundaries), order)
         chi2, se = problem.measure(h, tol)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
 from sdfm.transport import intrinsic, validate
 from sdfm.transport._stream import LowpKeys, Top2, chunk_size_for, target_chunks
+from sdfm.transport.collinear import line_direction
 from sdfm.transport.diagnostics import MarginalAccumulator
 from sdfm.transport.duplicates import find_duplicates
 from sdfm.transport.pruned import Pruning
@@ -117,6 +119,14 @@ class SemidiscreteProblem:
             sq[start:stop] = y.square().sum(1)
         self.mean = mean
         self.sqnorm = sq
+        # Atoms on one line (every 1-D problem, any two distinct atoms, a chain embedded in d > 1):
+        # the cell of x depends on <x, u> only, so the problem is one-dimensional (solved by
+        # quantiles, see exact1d) and its chain of narrow cells is scored in float64.
+        self.line = None
+        if self.n >= 2:
+            self.line = line_direction(partial(self.atom_chunks, chunk0), targets.dtype)
+        if self.line is not None:
+            self.dtype = torch.float64
         itemsize = torch.finfo(self.dtype).bits // 8
         subset = center = None
         if (hi - lo) * self.d * itemsize <= solver.memory_limit:
