@@ -4,7 +4,18 @@ and with the piece that handles it switched off (``exact_1d=False`` for the coll
 turns off the line detection, ``lr_control=False`` for the others), side by side in one process,
 under the same time budget, plus problems where neither piece should change anything.
 
-    python benchmarks/chains.py     # results/chains.json
+    python benchmarks/chains.py            # results/chains.json
+    python benchmarks/chains.py steps      # results/chains_steps.json
+    python benchmarks/chains.py pairing    # results/chains_pairing.json
+
+``steps``: why the step control exists. The iterate's own chi2 (the solver's running mean of the
+batches', last history entry) with the fixed default step on the spiral, the 2-D mixture and a ring,
+and the spiral solved with a fixed lr = 0.005 (both with ``lr_control=False``).
+
+``pairing``: the float32 rounding of a line's chain of cells. The exact potential of 10,000 atoms on
+a line in 2-D (solved in float64, targets then stored in float32) is counted on 2^20 fresh samples by
+``estimate_marginal`` (which scores lines in float64) and by float32 scores of the same targets
+(centred keys and a bias shifted to max 0, cast to float32: pairing's float32 path).
 
 chi2 is measured independently: float64 brute-force argmax of <x, y_j> + g_j - |y_j|^2 / 2 on
 400,000 fresh noise samples (seed 123), bias-corrected. tol 0.05, solver seed 0, 2 threads.
@@ -12,13 +23,15 @@ chi2 is measured independently: float64 brute-force argmax of <x, y_j> + g_j - |
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
 
 from common import machine, save
 from sdfm.data.registry import DATASETS
-from sdfm.transport import SemidiscreteSolver, assign
+from sdfm.transport import SemidiscreteSolver, assign, estimate_marginal
+from sdfm.transport.diagnostics import chi2_from_counts
 
 BUDGET = 40.0
 
@@ -83,8 +96,7 @@ def run(y: torch.Tensor, **options) -> dict:
     }
 
 
-def main() -> None:
-    torch.set_num_threads(2)
+def compare() -> None:
     rows = []
     for name, (make, piece) in PROBLEMS.items():
         y = make()
@@ -103,5 +115,68 @@ def main() -> None:
     save("chains", {"machine": machine(), "budget_seconds": BUDGET, "rows": rows})
 
 
+def _ring(n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    angle = 6.28 * torch.rand(n, 1, generator=g)
+    return torch.cat([torch.cos(angle), torch.sin(angle)], 1) * (3 + 0.1 * torch.randn(n, 1, generator=g))
+
+
+def steps() -> None:
+    rows = []
+    for name, y in (
+        ("spiral_2d", _curve(1000, "spiral_2d")),
+        ("mixture_2d", _curve(1000, "mixture_2d")),
+        ("ring_2d", _ring(1000)),
+    ):
+        r = SemidiscreteSolver(tol=0.05, max_seconds=10.0, lr_control=False).solve(
+            y, generator=torch.Generator().manual_seed(0)
+        )
+        rows.append(
+            {
+                "problem": name,
+                "lr": 0.35,
+                "chi2_iterate": round(r.history[-1].chi2_iterate, 3),
+                "converged": r.converged,
+                "seconds": round(r.seconds, 2),
+            }
+        )
+        print(rows[-1], flush=True)
+    y = _curve(1000, "spiral_2d")
+    row = {"problem": "spiral_2d", "lr": 0.005, **run(y, lr=0.005, lr_control=False)}
+    rows.append(row)
+    print(row, flush=True)
+    save("chains_steps", {"machine": machine(), "rows": rows})
+
+
+def pairing() -> None:
+    y64 = _curve(10_000, "line_2d").double()
+    r = SemidiscreteSolver().solve(y64, generator=torch.Generator().manual_seed(0))
+    y = y64.float()
+    n = 1 << 20
+    est = estimate_marginal(y, r.potential, num_samples=n, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(2))
+    # float32 scores as pairing computed them before (centred keys, bias shifted to max 0, cast)
+    mean = y.double().mean(0)
+    bias64 = r.potential - 0.5 * y.double().square().sum(1) + y.double() @ mean
+    bias, keys = (bias64 - bias64.max()).float(), (y.double() - mean).float()
+    counts = torch.zeros(y.shape[0], dtype=torch.long)
+    for part in x.split(8192):
+        counts += torch.bincount((part @ keys.T + bias).argmax(1), minlength=y.shape[0])
+    out = {
+        "machine": machine(),
+        "N": 10_000,
+        "samples": n,
+        "method": r.settings["method"],
+        "chi2_float64_scores": round(est.chi2, 4),
+        "chi2_float32_scores": round(chi2_from_counts(counts), 4),
+        "sampling_floor": round(10_000 / n, 4),
+    }
+    print(out, flush=True)
+    save("chains_pairing", out)
+
+
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", default="compare", choices=["compare", "steps", "pairing"])
+    torch.set_num_threads(2)
+    {"compare": compare, "steps": steps, "pairing": pairing}[parser.parse_args().what]()

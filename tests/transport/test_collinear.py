@@ -49,8 +49,8 @@ def test_line_direction_detects_lines_only():
 
 @pytest.mark.parametrize("d", [2, 16])
 def test_collinear_targets_solved_as_1d(d):
-    """1,000 atoms on a line: the stochastic solver was at chi2 0.7 after 60 s; the 1-D solution pairs
-    every noise as the 1-D problem of the projections does."""
+    """1,000 atoms on a line: the stochastic solver alone needs thousands of samples per target; the
+    1-D solution pairs every noise as the 1-D problem of the projections does."""
     y, u = _line(1000, d)
     r = SemidiscreteSolver(tol=0.05).solve(y, generator=_gen())
     assert r.settings["method"] == "exact_1d" and r.settings["collinear"] and r.converged
@@ -67,7 +67,7 @@ def test_collinear_targets_solved_as_1d(d):
 
 def test_nearly_collinear_targets_start_from_the_line():
     """A line with noise 1e-3 across it: the 1-D solution is the start and the stochastic solver
-    refines it (60 s and chi2 0.10 from the zero start before)."""
+    refines it (7x faster than without the line, BENCHMARKS 19)."""
     g = _gen(2)
     t = torch.randn(1000, 1, generator=g)
     y = torch.cat([1.7 * t, 1e-3 * torch.randn(1000, 1, generator=g)], 1)
@@ -88,8 +88,8 @@ def test_two_atoms_in_any_dimension_are_exact():
 
 
 def test_collinear_chain_paired_in_float64():
-    """10,000 atoms on a line in 2-D: float32 scores moved the narrow cells' boundaries (chi2 0.15 of
-    the exact potential from rounding alone); the cells now score them in float64."""
+    """10,000 atoms on a line in 2-D: float32 scores moved the narrow cells' boundaries (BENCHMARKS 19:
+    chi2 0.42 of the exact potential from rounding alone); the cells now score them in float64."""
     y64, _ = _line(10_000, 2)
     g = SemidiscreteSolver().solve(y64, generator=_gen()).potential  # exact, narrow cells
     y = y64.float()

@@ -41,8 +41,7 @@ def line_direction(
     targets, stopping at the first chunk off the line (so targets that are not collinear cost one
     chunk).
     """
-    iterator = iter(chunks())
-    _, _, first = next(iterator)
+    _, _, first = next(iter(chunks()))
     if first.shape[1] == 1:
         return torch.ones(1, dtype=torch.float64, device=first.device)
     unit = torch.finfo(torch.float64).eps

@@ -35,7 +35,7 @@ Algorithm (chosen by the comparison in BENCHMARKS.md, "Solver"), one :meth:`_Ite
    Step control (``lr_control``, outside that regime): when the iterate's own chi2 (running mean
    of the batches') stays above 8 tol without falling at two looks in a row, lr halves and the
    average restarts. Chains of narrow cells (curves in 2-D and 3-D, the two-moons set) need
-   steps 4-100x smaller than the default, whose iterates are too noisy to average there; the
+   steps 4-64x smaller than the default, whose iterates are too noisy to average there; the
    built-in checkerboard, 16-d mixture, digits and MNIST-1D never trigger it.
 5. Averaging after annealing: polynomial-decay averaging h_avg += (p + 1) / (k + p + 1) (h - h_avg),
    whose window grows with k so the sampling noise keeps falling (no floor as with a fixed EMA);
@@ -277,8 +277,8 @@ class SemidiscreteSolver:
             (:mod:`sdfm.transport.collinear`, ``settings["collinear"]``): the 1-D solution along the
             line is checked on fresh noise and, if the distance to the line matters, is the start of
             the stochastic solve (``settings["line_start"]``). A chain of 1,000 atoms on a line in
-            2-D: 0.05 s, where stochastic ascent was at chi2 0.74 after 60 s. Collinear atoms are
-            scored in float64, as 1-D ones are.
+            2-D: 0.04 s, where stochastic ascent alone is at chi2 0.10 after 40 s (BENCHMARKS.md
+            section 19). Collinear atoms are scored in float64, as 1-D ones are.
     """
 
     eps: float = 0.0
@@ -588,9 +588,9 @@ class _Iteration:
         return replace(new, average=average, num_averaged=count, next_measure=due)
 
     def _halve_lr(self, state: SolverState) -> bool:
-        """The step control (``lr_control``): halves the hard phase's lr when, at a look, the
-        iterate's chi2 is above LR_CONTROL_LEVEL * tol and did not fall below LR_CONTROL_FALL times
-        its value at the previous look (a stationary noise floor, not the transient)."""
+        """The step control (``lr_control``): halves the hard phase's lr when, at two looks in a row,
+        the iterate's chi2 is above LR_CONTROL_LEVEL * tol and did not fall below LR_CONTROL_FALL
+        times its value at the previous look (a stationary noise floor, not the transient)."""
         s = self.s
         if not s.lr_control or self.direct() or state.eps > 0 or self.lr_scale <= LR_CONTROL_MIN:
             return False
