@@ -296,3 +296,60 @@ def test_torchrun_run_killed_on_one_rank_resumes(data, tmp_path):
         done = _run(args(run, "--resume"))
         assert done.returncode == 0, done.stderr[-8000:]  # (the workers' own messages come first)
         assert _same(_final(run), _final(tmp_path / "ref")), f"trial {trial}"
+
+
+def _interrupted_at(k: int, files: tuple[str, ...], fn) -> bool:
+    """Runs ``fn`` with a KeyboardInterrupt raised before its k-th bytecode inside ``files`` (the way
+    a Ctrl-C or the CLI's SIGTERM handler lands between two bytecodes); False once k is past the end."""
+    count = 0
+
+    def tracer(frame, event, arg):
+        nonlocal count
+        if not frame.f_code.co_filename.endswith(files):
+            return None
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            count += 1
+            if count == k:
+                raise KeyboardInterrupt
+        return tracer
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        fn()
+    except KeyboardInterrupt:
+        return True
+    finally:
+        sys.settrace(previous)
+    return False
+
+
+def test_interrupt_at_every_bytecode_of_a_write_leaves_no_partial_file(tmp_path):
+    """An interrupt before any bytecode of atomic_write or save_checkpoint leaves the old file (or
+    checkpoint) or the new one, and no temporary file or folder (a SIGTERM right after the temporary
+    file was made once left ``.latest.*.tmp`` behind)."""
+    from sdfm.artifacts import atomic_write
+    from sdfm.train.checkpoint import save_checkpoint
+
+    target = tmp_path / "a" / "file.txt"
+    atomic_write(target, lambda p: p.write_text("old"))
+    k = 1
+    while _interrupted_at(k, ("atomic.py",), lambda: atomic_write(target, lambda p: p.write_text("new"))):
+        assert target.read_text() in ("old", "new") and not _leftovers(target.parent), k
+        target.write_text("old")
+        k += 1
+    assert k > 20 and target.read_text() == "new"
+
+    folder = tmp_path / "ckpt"
+    model, ema = {"w": torch.arange(4.0)}, {"w": torch.ones(4)}
+    save_checkpoint(folder, 1, model=model, ema=ema, state={"s": 1}, meta={})
+    k = 1
+    while _interrupted_at(
+        k,
+        ("atomic.py", "checkpoint.py"),
+        lambda: save_checkpoint(folder, 2, model=model, ema=ema, state={"s": 2}, meta={}),
+    ):
+        assert load_latest_checkpoint(folder).step in (1, 2) and not _leftovers(folder), k
+        k += 1
+    assert k > 100 and load_latest_checkpoint(folder).step == 2

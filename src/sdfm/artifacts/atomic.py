@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,10 +26,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    # The name is fixed before the file exists and the file is made inside ``try``: a Ctrl-C or
+    # SIGTERM (raised as an exception between any two bytecodes) cannot land between making the
+    # file and the clean-up that removes it, as it could after ``tempfile.mkstemp`` returned.
+    tmp_path = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
     try:
+        os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         write(tmp_path)
         faults.point("atomic.written", path=str(path))
         os.chmod(tmp_path, 0o666 & ~_umask())

@@ -77,8 +77,8 @@ def save_checkpoint(
     final = folder / name
     tmp = folder / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    try:  # made inside ``try``: an interrupt right after mkdir still reaches the clean-up below
+        tmp.mkdir()
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.items()}
         tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.items()})
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"step": str(step)})
