@@ -19,7 +19,9 @@ class SolveBar:
     """A tqdm bar for :meth:`~sdfm.transport.SemidiscreteSolver.solve` (pass it as ``callback``).
 
     It shows the phase (entropic annealing, then the hard problem), noise samples drawn per target,
-    and the last chi2 measured on fresh noise against the tolerance that stops the solve.
+    the last chi2 measured on fresh noise against the tolerance that stops the solve, and the worst
+    smooth-group mass error in floors of its sampling noise (the other condition of the stop; "holds
+    the stop" when chi2 passed and it did not).
     """
 
     def __init__(self, *, tol: float | None, num_targets: int, desc: str = "solve", disable: bool = False):
@@ -40,6 +42,9 @@ class SolveBar:
         if state.measured is not None:
             tol = "" if self.tol is None else f" (tol {self.tol:g})"
             post["chi2"] = f"{state.measured.chi2:.4f}±{state.measured.stderr:.4f}{tol}"
+            if state.measured.smooth_ratio is not None:  # the stop's other half: smooth-group errors
+                held = " (holds the stop)" if state.measured.smooth_held else ""
+                post["smooth error"] = f"{state.measured.smooth_ratio:.1f} floors{held}"
         elif not math.isnan(state.chi2_iterate):
             post["chi2 of batches"] = f"{state.chi2_iterate:.3g}"
         self.bar.set_postfix(post, refresh=False)

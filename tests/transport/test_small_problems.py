@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdfm.transport import SemidiscreteSolver, estimate_marginal
+from sdfm.transport import SemidiscreteSolver, assign, estimate_marginal
 from sdfm.transport._stream import stream_top2
 from sdfm.transport.clustering import kmeans
 from sdfm.transport.diagnostics import chi2_from_counts, chi2_stderr_from_counts
@@ -273,6 +273,40 @@ def test_solver_reports_smooth_errors_and_stops_only_when_small():
     est = estimate_marginal(y, r.potential, num_samples=1 << 20, generator=_gen(13), with_cost=False)
     groups = _groups(y)
     assert worst_ratio(groups.errors(est.mass, est.chi2, 1 << 20)) < 5
+
+
+def test_measurements_say_when_the_smooth_error_holds_the_stop():
+    """A tiny far cluster (10 points at distance 30 beside 990 normal points): chi2 passes tol while the
+    cluster gets too much mass; each measurement carries the smooth error that holds the stop, the
+    progress bar shows it, and an independent count confirms the cluster's excess."""
+    g = _gen(20)
+    y = torch.cat([torch.randn(990, 2, generator=g), 30 + 0.01 * torch.randn(10, 2, generator=g)])
+    solver = SemidiscreteSolver(max_steps=400)
+    seen = []
+
+    def keep(state):
+        if state.measured is not None and state.measured.step == state.step:
+            seen.append(state.measured)
+
+    r = solver.solve(y, generator=_gen(), callback=keep)
+    assert not r.converged and all(m.smooth_ratio is not None for m in seen)
+    held = [m for m in seen if m.smooth_held]
+    assert held and all(m.chi2 + 2 * m.stderr <= solver.tol for m in held)
+    assert all(m.smooth_ratio > solver.smooth_tol for m in held)
+    assert not any(m.smooth_held for m in seen if m.chi2 + 2 * m.stderr > solver.tol)
+    x = torch.randn(1 << 18, 2, generator=_gen(21), dtype=torch.float64)
+    far = float((assign(x, y.double(), r.potential.double()) >= 990).double().mean())
+    assert far > 0.011, far  # 1% is right; 2^18 samples: standard error 0.0002
+
+    from sdfm.progress import SolveBar
+    from sdfm.transport.semidiscrete import SolverState
+
+    bar = SolveBar(tol=solver.tol, num_targets=1000)
+    try:
+        bar(SolverState(potential=r.potential, measured=held[-1], step=held[-1].step))
+        assert f"{held[-1].smooth_ratio:.1f} floors (holds the stop)" in str(bar.bar.postfix)
+    finally:
+        bar.close()
 
 
 def test_coarse_correction_lowers_the_radial_error():

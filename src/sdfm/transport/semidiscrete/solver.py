@@ -676,26 +676,33 @@ class _Iteration:
         # atom in all (large N only: the measurement is then cheap against the training it can save)
         extend = 2 * problem.n if 2 * problem.n > problem.eval_samples else False
         check = problem.check(state.average, tol, extend=extend)
-        ok = check.passes(tol, None) and self._smooth_ok(check.chi2)
+        smooth = self._smooth_ratio(check.chi2)
+        chi2_ok = check.passes(tol, None)
+        ok = chi2_ok and (smooth is None or smooth <= self.smooth_tol)
         if ok:
             # Stopping selects a measurement that came out low: the chi2 reported (and the verdict)
             # come from fresh noise that did not decide the stop.
             check = problem.check(state.average, tol, extend=extend)
+            chi2_ok = check.passes(tol, None)
             ok = check.passes(tol, self.smooth_tol)
+            if smooth is not None:
+                smooth = max(smooth, worst_ratio(check.smooth))
         self.last_check = check
+        held = chi2_ok and not ok and smooth is not None and smooth > self.smooth_tol
         return replace(
             state,
-            measured=Measurement(check.chi2, check.stderr, state.step),
+            measured=Measurement(check.chi2, check.stderr, state.step, smooth, held),
             next_measure=self._next_measure(state.train_samples, check.chi2),
             converged=ok,
             seconds=time.perf_counter() - self.t_start,
         )
 
-    def _smooth_ok(self, chi2: float) -> bool:
-        """No smooth group of the recent training batches is off by more than smooth_tol floors."""
+    def _smooth_ratio(self, chi2: float) -> float | None:
+        """The worst smooth group of the recent training batches, in floors (None where the smooth
+        stop does not apply); the stop needs it <= smooth_tol."""
         if self.smooth_tol is None or self.smooth is None:
-            return True
-        return worst_ratio(self.smooth.errors(chi2)) <= self.smooth_tol
+            return None
+        return worst_ratio(self.smooth.errors(chi2))
 
     def _next_measure(self, train_samples: int, chi2: float) -> int:
         """When to measure next: after a span of training that grows with the distance to tol (up to

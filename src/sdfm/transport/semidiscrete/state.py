@@ -63,11 +63,20 @@ class SemidiscreteResult:
 
 @dataclass(frozen=True)
 class Measurement:
-    """chi2 of the averaged iterate on fresh noise, and the step it was taken at."""
+    """chi2 of the averaged iterate on fresh noise, and the step it was taken at.
+
+    Attributes:
+        smooth_ratio: the worst smooth-group mass error the stop compared with ``smooth_tol``, in
+            floors (the recent training batches' groups, and the confirming check's where one ran;
+            None where the smooth stop does not apply).
+        smooth_held: chi2 passed but that smooth error held the stop (the solve goes on).
+    """
 
     chi2: float
     stderr: float
     step: int
+    smooth_ratio: float | None = None
+    smooth_held: bool = False
 
 
 @dataclass(frozen=True)
