@@ -8,7 +8,9 @@ budget, solver seed 0, 2 threads), each chi2 checked independently (float64 brut
 400,000 fresh samples, bias-corrected, as ``chains.py`` does): Student t with 3 degrees of freedom,
 a log-normal, a Cauchy (extremes near 6,000), t3 in 16-D, and a tiny far cluster (10 points of
 spread 0.01 at (30, 30) beside 990 standard normal points; its mass is counted on 2^20 fresh samples,
-it should be 1%). A standard normal and a 2-D mixture of 8 Gaussians are the references.
+it should be 1%). A standard normal and a 2-D mixture of 8 Gaussians are the references. Each row
+also has the solver's last chi2 measurement with the worst smooth-group error it compared
+(``smooth_ratio``, in floors) and whether that error held the stop after chi2 passed.
 
 ``scales``: the per-cell step scale of the solver (``CellScales.scale()``, read at the end of a
 default solve through a wrapper) against the cell's true mean score gap, counted on 2^22 fresh
@@ -54,16 +56,23 @@ def _problems() -> dict[str, tuple[torch.Tensor, int | None]]:
     return out
 
 
-def _solve(y: torch.Tensor):
+def _solve(y: torch.Tensor, measured: list | None = None):
     solver = SemidiscreteSolver(tol=0.05, max_seconds=BUDGET)
-    return solver.solve(y, generator=torch.Generator().manual_seed(0))
+
+    def keep(state):
+        if measured is not None and state.measured is not None and state.measured.step == state.step:
+            measured.append(state.measured)
+
+    return solver.solve(y, generator=torch.Generator().manual_seed(0), callback=keep)
 
 
 def compare() -> None:
     rows = []
     for name, (y, far) in _problems().items():
         start = time.perf_counter()
-        r = _solve(y)
+        measured = []
+        r = _solve(y, measured)
+        last = measured[-1]
         row = {
             "problem": name,
             "N": y.shape[0],
@@ -74,6 +83,11 @@ def compare() -> None:
             "converged": r.converged,
             "chi2_independent": round(independent_chi2(y, r.potential), 4),
             "lr_scale": r.settings["lr_scale"],
+            "last_measurement": {
+                "chi2": round(last.chi2, 4),
+                "smooth_ratio": None if last.smooth_ratio is None else round(last.smooth_ratio, 2),
+                "smooth_held": last.smooth_held,
+            },
         }
         if far is not None:
             gen = torch.Generator().manual_seed(9)
