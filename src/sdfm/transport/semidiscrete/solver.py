@@ -685,10 +685,10 @@ class _Iteration:
             check = problem.check(state.average, tol, extend=extend)
             chi2_ok = check.passes(tol, None)
             ok = check.passes(tol, self.smooth_tol)
-            if smooth is not None:
-                smooth = max(smooth, worst_ratio(check.smooth))
+            if self.smooth_tol is not None and check.smooth:  # (the check's own groups count too)
+                smooth = max(smooth or 0.0, worst_ratio(check.smooth))
         self.last_check = check
-        held = chi2_ok and not ok and smooth is not None and smooth > self.smooth_tol
+        held = chi2_ok and not ok  # (with chi2 passing, only a smooth error can hold the stop)
         return replace(
             state,
             measured=Measurement(check.chi2, check.stderr, state.step, smooth, held),
