@@ -13,8 +13,13 @@ weights), r = b - m_hat the mass residual, and h += gamma P c. P^T L P is estima
 itself: a sample whose best and second-best atoms are j and k, with score gap u, lies near their face,
 and sigmoid(u / e) sigmoid(-u / e) / e (e a fraction of the cell's mean gap) is a kernel estimate of the
 face's flux density; summed over samples it estimates L. The estimate is averaged over recent steps.
-Safeguards: the step is damped so that no coarse function's mass is predicted to change by more than
-``trust`` of its own, and directions without observed flux are regularised towards the per-cell scale.
+Safeguards: the step is damped so that the faces seen in the last batch move by at most ``trust``
+gaps and every h_j by at most ``reach`` gaps, and directions without observed flux are regularised
+towards the per-cell scale. With ``face_units`` (``preconditioner="adaptive"``) a face's move is
+measured in x, |dh_j - dh_k| / |y_j - y_k| against the cell's width (its mean gap over its mean
+distance to its runner-ups), and the reach in the larger of the cell's gap and its coarse functions'
+mass over flux: a tiny cluster far from the rest has gaps (against its own members) thousands of times
+smaller than the collective move that gives it its mass, which the gap units allow a few gaps per step.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class CoarseCorrection:
             batches misses most faces in high dimension and over-corrects).
         ridge: Tikhonov term of the coarse system, relative to each function's own flux (damps
             directions the batches have barely seen).
+        face_units: measure the trust bound in x and the reach in coarse mass over flux (see the
+            module docstring).
         generator: randomness of the k-means subsample and seeding (CPU).
     """
 
@@ -59,6 +66,7 @@ class CoarseCorrection:
         reach: float = 2.0,
         warmup: int = 5,
         ridge: float = 1e-2,
+        face_units: bool = False,
         generator: torch.Generator | None = None,
     ):
         self.problem = problem
@@ -88,6 +96,11 @@ class CoarseCorrection:
         self.warmup = warmup  # batches in the flux estimate before the first correction
         self.reach = reach
         self.ridge = ridge
+        self.face_units = face_units
+        if face_units:  # running mean distance of each cell to its runner-ups, and the last batch's
+            self.dist_sum = torch.zeros(n, dtype=torch.float64, device=problem.device)
+            self.dist_count = torch.zeros_like(self.dist_sum)
+            self.last_dist = torch.zeros(0, dtype=torch.float64, device=problem.device)
 
     def restrict(self, v: torch.Tensor) -> torch.Tensor:
         """P^T v [K] for v [n]."""
@@ -104,6 +117,10 @@ class CoarseCorrection:
         valid = k >= 0
         j, k = j[valid], k[valid]
         self.last_pairs = (j, k)
+        if self.face_units:
+            self.last_dist = (self.problem.atoms_at(j) - self.problem.atoms_at(k)).norm(dim=1)
+            self.dist_sum.mul_(0.99).index_add_(0, j, self.last_dist)
+            self.dist_count.mul_(0.99).index_add_(0, j, torch.ones_like(self.last_dist))
         gap = (top2.best - top2.second)[valid].to(torch.float64)
         e = self.bandwidth * cell_scale[j]
         s = torch.sigmoid(gap / e)
@@ -141,14 +158,26 @@ class CoarseCorrection:
         c = _solve(system, rc)
         delta = self.prolong(c)
         delta = delta - (self.problem.b * delta).sum()
-        j, k = self.last_pairs
-        move = ((delta[j] - delta[k]).abs() / cell_scale[j]).max() if j.numel() else delta.new_zeros(())
+        move, reach = self._bounds(delta, cell_scale)
         # neighbours seen in the last batch move apart by at most `trust` gaps, every cell by at most
         # `reach` gaps (faces not seen in the batch are not checked by the first bound)
-        worst = max(float(move) / self.trust, float((delta.abs() / cell_scale).max()) / self.reach)
+        worst = max(move / self.trust, float((delta.abs() / reach).max()) / self.reach)
         if not math.isfinite(worst):
             return torch.zeros_like(residual)
         return (1.0 if worst <= 1.0 else 1.0 / worst) * delta
+
+    def _bounds(self, delta: torch.Tensor, cell_scale: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """The largest move of a face seen in the last batch, in gaps (face units: in cell widths),
+        and the per-atom scale of the reach bound."""
+        j, k = self.last_pairs
+        if not self.face_units:
+            move = float(((delta[j] - delta[k]).abs() / cell_scale[j]).max()) if j.numel() else 0.0
+            return move, cell_scale
+        width = cell_scale / (self.dist_sum / self.dist_count.clamp_min(1e-300)).clamp_min(1e-300)
+        shift = (delta[j] - delta[k]).abs() / self.last_dist.clamp_min(1e-300)
+        move = float((shift / width[j]).max()) if j.numel() else 0.0
+        flux_scale = self.coarse_b / torch.diagonal(self.flux).clamp_min(1e-300)
+        return move, torch.maximum(cell_scale, self.prolong(flux_scale))
 
 
 def _solve(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:

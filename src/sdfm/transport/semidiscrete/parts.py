@@ -113,7 +113,11 @@ class CellScales:
         self.gap_sum = torch.zeros(n, dtype=torch.float64, device=device)
         self.gap_count = torch.zeros_like(self.gap_sum)
 
-    def update(self, index: torch.Tensor, best: torch.Tensor, second: torch.Tensor) -> None:
+    def update(
+        self, index: torch.Tensor, best: torch.Tensor, second: torch.Tensor, second_index=None
+    ) -> None:
+        """One batch's winners, best and second-best scores (``second_index``, the runner-ups, is
+        used by :class:`AdaptiveCellScales` only)."""
         gap = (best - second).to(torch.float64)
         self.gap_sum.mul_(0.99).index_add_(0, index, gap)
         self.gap_count.mul_(0.99).index_add_(0, index, torch.ones_like(gap))
@@ -128,6 +132,41 @@ class CellScales:
         self.gap_count.zero_()
 
 
+class AdaptiveCellScales(CellScales):
+    """Per-cell scales that follow the cell (``preconditioner="adaptive"``).
+
+    Two changes to :class:`CellScales`. The prior's weight decays like the samples' (0.99 per step),
+    so a cell that empties keeps the scale it last measured instead of returning to the global gap
+    measured at the start (which, for the two atoms of a near-duplicate pair or for the small cells of
+    heavy-tailed data, is many times their own and throws them in and out of the noise). And each
+    sample's gap also counts for its runner-up atom (where the step's scan gives it): that gap is how
+    far the runner-up's h is from winning the sample, the scale an empty cell needs to regain mass.
+    """
+
+    def __init__(self, n: int, scale0: float, device):
+        super().__init__(n, scale0, device)
+        self.prior_weight = 1.0
+
+    def update(
+        self, index: torch.Tensor, best: torch.Tensor, second: torch.Tensor, second_index=None
+    ) -> None:
+        super().update(index, best, second)
+        self.prior_weight *= 0.99
+        if second_index is not None:
+            valid = second_index >= 0
+            gap = (best - second).to(torch.float64)[valid]
+            self.gap_sum.index_add_(0, second_index[valid], gap)
+            self.gap_count.index_add_(0, second_index[valid], torch.ones_like(gap))
+
+    def scale(self) -> torch.Tensor:
+        w = self.prior_weight
+        return (self.gap_sum + self.scale0 * w) / (self.gap_count + w)
+
+    def reset(self) -> None:
+        super().reset()
+        self.prior_weight = 1.0
+
+
 class GlobalScale:
     """One scale for every cell: the mean gap at the start."""
 
@@ -136,7 +175,7 @@ class GlobalScale:
     def __init__(self, n: int, scale0: float, device):
         self.scale0 = scale0
 
-    def update(self, index, best, second) -> None:
+    def update(self, index, best, second, second_index=None) -> None:
         pass
 
     def scale(self) -> float:
@@ -146,7 +185,7 @@ class GlobalScale:
         pass
 
 
-PRECONDITIONERS = {"cell": CellScales, "global": GlobalScale}
+PRECONDITIONERS = {"cell": CellScales, "adaptive": AdaptiveCellScales, "global": GlobalScale}
 
 
 # -- optimizers: the direction of a step from the relative mass residual -----------------------------

@@ -248,6 +248,11 @@ class SemidiscreteProblem:
     def chunk(self, n: int) -> int:
         return chunk_size_for(n, self.n, self.d, self.settings.chunk_size)
 
+    def atoms_at(self, index: torch.Tensor) -> torch.Tensor:
+        """The atoms y[index] [len, d] in float64 on the compute device (index into the n atoms)."""
+        rows = index if self.rows is None else self.rows.to(index.device)[index]
+        return self.src[rows.to(self.src.device)].to(device=self.device, dtype=torch.float64)
+
     def atom_chunks(self, chunk: int, lo: int = 0, hi: int | None = None):
         """(start, stop, atoms[start:stop]) in float64 on the compute device, for atoms [lo, hi)."""
         hi = self.n if hi is None else hi
