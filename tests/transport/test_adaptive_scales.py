@@ -58,8 +58,8 @@ def _far_cluster() -> tuple[torch.Tensor, int]:
 def test_adaptive_solves_a_tiny_far_cluster():
     # 6 points of spread 0.01 at (20, 20) beside 294 normal ones: the cluster's cells have gaps (against
     # each other) thousands of times smaller than the collective move that gives it its 2% of the mass.
-    # With the coarse bounds in face units the solve converges in about 170 steps; with the bounds in
-    # gap units (the default, or adaptive scales without face units) it has not after 1,500.
+    # With the coarse bounds in face units the solve converges within 400 steps; the default, with
+    # the bounds in gap units, has not after 300 (test_solve_step_scales_option).
     y, far = _far_cluster()
     r = SemidiscreteSolver(max_steps=400, preconditioner="adaptive").solve(
         y, generator=torch.Generator().manual_seed(0)
