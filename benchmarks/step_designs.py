@@ -1,9 +1,10 @@
 """The per-cell step scales and the coarse correction's trust bound: the designs behind the opt-in
-``preconditioner="adaptive"`` measured against the default (BENCHMARKS.md section 21).
+``preconditioner="adaptive"`` measured against the default (BENCHMARKS.md sections 21-22).
 
     python benchmarks/step_designs.py           # results/step_designs.json
     python benchmarks/step_designs.py --problems cauchy_2d --out step_designs_cauchy
     python benchmarks/step_designs.py pairs     # results/step_designs_pairs.json
+    python benchmarks/step_designs.py --designs default adaptive --out step_designs_quantile  # section 22
 
 ``compare``: each problem solved with tol 0.05, solver seed 0 and at most 6,000 steps (2 threads), by
 the default solver, by three designs patched into it for the run (and all three together), and by
@@ -28,8 +29,10 @@ brute-force argmax, 400,000 fresh samples, as ``chains.py``):
 Problems: the built-in 8gaussians, checkerboard, moons, gmm, digits and MNIST-1D (normalised as
 ``sdfm solve`` does), the chain-of-cells spiral and helix of ``chains.py``, the N = 1,000 2-D
 problems of ``tails.py`` (standard normal, 8-component mixture, Student t, log-normal, one tiny far
-cluster; Cauchy only when named) and two tiny far clusters on opposite sides (10 points each at
-(30, 30) and (-30, -30)); the far clusters' mass is counted on 2^20 fresh samples.
+cluster; Cauchy only when named), two tiny far clusters on opposite sides (10 points each at
+(30, 30) and (-30, -30)), and clustered data: 4,000 points in 200 tight clusters (spread 0.02, centres
+spread 5) in 2-D and in 100 such clusters in 8-D; the far clusters' mass is counted on 2^20 fresh
+samples.
 
 ``pairs``: why the built-in 8gaussians is slow with the defaults: its chi2 on 2^22 fresh samples after
 700 steps, the share of that chi2 on the tenth of atoms whose nearest neighbour is closest, and the
@@ -89,7 +92,16 @@ def _all_problems() -> dict[str, tuple[torch.Tensor, list[int]]]:
     base = torch.randn(980, 2, generator=g)
     clusters = [30 + 0.01 * torch.randn(10, 2, generator=g), -30 + 0.01 * torch.randn(10, 2, generator=g)]
     out["two_far_clusters_2d"] = (torch.cat([base, *clusters]), [980, 990])
+    out["200_tight_clusters_2d"] = (_tight_clusters(2, 200, 4000, seed=7), [])
+    out["100_tight_clusters_8d"] = (_tight_clusters(8, 100, 4000, seed=3), [])
     return out
+
+
+def _tight_clusters(d: int, k: int, n: int, seed: int) -> torch.Tensor:
+    """n points in k tight clusters (spread 0.02) whose centres are spread 5 in d dimensions."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 5 * torch.randn(k, d, generator=g)
+    return centres[torch.arange(n) % k] + 0.02 * torch.randn(n, d, generator=g)
 
 
 class _FadingScales(parts.AdaptiveCellScales):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from sdfm.transport import SemidiscreteSolver, assign
@@ -93,12 +94,47 @@ def test_face_units_measure_a_collective_move_in_x():
     mean_dist = torch.zeros(300, dtype=torch.float64).index_add_(0, j, dist)
     hits = torch.bincount(j, minlength=300).double()
     width = scale / (mean_dist / hits.clamp_min(1e-300)).clamp_min(1e-300)
-    assert math.isclose(move, float(((delta[j] - delta[k]).abs() / dist / width[j]).max()), rel_tol=1e-9)
+    moves = ((delta[j] - delta[k]).abs() / dist / width[j]).numpy()
+    # the bound holds the 95th percentile of the batch's face moves (numpy's linear interpolation)
+    assert math.isclose(move, float(np.quantile(moves, 0.95)), rel_tol=1e-9)
+    assert move < float(moves.max())
     assert bool((reach >= scale).all())
     coarse.face_units = False  # the default bound: in gaps
     move, reach = coarse._bounds(delta, scale)
     assert math.isclose(move, float(((delta[j] - delta[k]).abs() / scale[j]).max()), rel_tol=1e-12)
     assert reach is scale
+
+
+def _tight_clusters() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    label = torch.arange(400) % 40
+    return (5 * torch.randn(40, 2, generator=g))[label] + 0.02 * torch.randn(400, 2, generator=g), label
+
+
+def test_adaptive_solves_tight_clusters(monkeypatch):
+    # 40 clusters of 10 points (spread 0.02, centres spread 5): each cluster's mass needs a collective
+    # move of its h, many of its internal gaps long. The coarse step makes it, bounded by the 95th
+    # percentile of the face moves; bounded by the largest one, it is damped by the faces inside the
+    # clusters and the solve takes about 3.5x the steps; the default solver has not converged after
+    # 1,500 steps (scratch runs: 161, 569 and > 1,500 steps).
+    y, label = _tight_clusters()
+    r = SemidiscreteSolver(max_steps=300, preconditioner="adaptive").solve(
+        y, generator=torch.Generator().manual_seed(0)
+    )
+    assert r.converged
+    x = torch.randn(1 << 20, 2, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    index = assign(x, y.double(), r.potential.double())  # independent float64 count
+    counts = torch.bincount(index, minlength=400).double()
+    chi2 = float(((counts / x.shape[0] - 1 / 400) ** 2 * 400).sum()) - 399 / x.shape[0]
+    assert chi2 < 0.05
+    cluster_mass = torch.bincount(label, weights=counts, minlength=40) / x.shape[0]
+    assert float((cluster_mass * 40 - 1).abs().max()) < 0.25
+    for options in ({"preconditioner": "cell"}, {"preconditioner": "adaptive", "trust": 1.0}):
+        if "trust" in options:
+            kwdefaults = dict(CoarseCorrection.__init__.__kwdefaults__, trust_quantile=options.pop("trust"))
+            monkeypatch.setattr(CoarseCorrection.__init__, "__kwdefaults__", kwdefaults)
+        slow = SemidiscreteSolver(max_steps=300, **options)
+        assert not slow.solve(y, generator=torch.Generator().manual_seed(0)).converged
 
 
 def _measured_state(chi2: float, chi2_iterate: float) -> SolverState:

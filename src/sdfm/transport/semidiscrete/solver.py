@@ -189,13 +189,14 @@ class SemidiscreteSolver:
             3.0 leaves every N <= 10,240 unchanged (where the solver's defaults were chosen); beyond,
             the annealing moves the potential as far in total as at N = 10,240.
         preconditioner: "cell" (default: per-cell gap scale), "adaptive" or "global" (one scale,
-            the mean gap). "adaptive" (opt-in, BENCHMARKS.md section 21) lets each cell's scale follow
-            the cell (the prior at the start's global gap fades, a sample's gap also counts for its
-            runner-up atom), measures the coarse correction's trust bound in x (face units) and
-            restarts an average that lags the iterate. On 2-D and 3-D data it needs 1.4-4.2x fewer
-            samples (8gaussians 476 -> 113 per target) and solves tiny far clusters the default does
-            not finish; it matches the default on 16-64-d data and needs 2.1x more on a 2-D
-            log-normal set. It is not yet the default: every default solve would change.
+            the mean gap). "adaptive" (opt-in, BENCHMARKS.md sections 21-22) lets each cell's scale
+            follow the cell (the prior at the start's global gap fades, a sample's gap also counts
+            for its runner-up atom), measures the coarse correction's trust bound in x (face units,
+            on the 95th percentile of the batch's face moves) and restarts an average that lags the
+            iterate. On 2-D and 3-D data it needs 1.2-4x fewer samples (8gaussians 474 -> 121 per
+            target), and it solves data in many tight clusters and tiny far clusters that the
+            default does not finish; it matches the default on 16-64-d data (digits: 99 against 83).
+            It is not yet the default: every default solve would change.
         optimizer: "sgd" or "adam" (Adam on the preconditioned gradient; for comparisons).
         lr_decay: step size decays as (1 + k / 100)^-lr_decay (0 = constant).
         averaging: "poly" (polynomial decay), "ema", "uniform" (Polyak) or "none".
