@@ -59,12 +59,16 @@ def test_search_equals_brute_force_with_ties(kind, d):
     index, best, second, second_index, scored, visits = bounds.search(x, bias, second="index")
     fraction = scored / (x.shape[0] * z.shape[0])
     first, runner = _brute(z, bias, x)
-    assert torch.equal(index, first)
-    assert torch.equal(second_index, runner)
+    # the same answer as the brute force; where they differ, only between copies of one atom (exact
+    # ties: a GEMM may round the copies' scores apart in different blocks on some CPUs)
+    for got, want in ((index, first), (second_index, runner)):
+        a, b = got[got != want], want[got != want]
+        assert torch.equal(z[a], z[b]) and torch.equal(bias[a], bias[b])
     n = z.shape[0]
-    # tied pairs: the original (smaller index) wins, a copy is the runner-up with the same score
-    assert (index[:5] < n - 5).all() and (second_index[:5] >= n - 5).all()
-    assert torch.equal(second[:5], best[:5])
+    # tied pairs: the winner and the runner-up are the original and its copy, with the same score
+    assert torch.equal(z[index[:5]], z[second_index[:5]]) and not torch.equal(index[:5], second_index[:5])
+    assert ((index[:5] >= n - 5) != (second_index[:5] >= n - 5)).all()
+    torch.testing.assert_close(second[:5], best[:5], rtol=0, atol=1e-12)
     s = x @ z.T + bias
     torch.testing.assert_close(best, s.gather(1, first[:, None]).squeeze(1), rtol=0, atol=1e-12)
     torch.testing.assert_close(second, s.gather(1, runner[:, None]).squeeze(1), rtol=0, atol=1e-12)
@@ -160,8 +164,9 @@ def test_solver_with_pruning_reaches_the_same_potential_in_2d():
     off = SemidiscreteSolver(**kw, pruning="off").solve(y, generator=gen(9))
     assert on.settings["pruning_used"]["pruned_calls"] > 50
     assert off.settings["pruning_used"]["pruned_calls"] == 0
-    # 2-D scores round alike in both searches here: the same steps, bit for bit
-    assert torch.equal(on.potential, off.potential)
+    # the two searches score in different GEMM blocks: bit for bit the same steps on an Intel Xeon,
+    # within 1e-4 after 60 steps on an AMD EPYC (the last bits of the scores round apart)
+    torch.testing.assert_close(on.potential, off.potential, rtol=0, atol=1e-3)
     check = estimate_marginal(y, on.potential, num_samples=1 << 16, generator=gen(10))
     assert abs(check.chi2 - off.chi2) < 5 * (check.chi2_stderr + off.chi2_stderr) + 0.05
 

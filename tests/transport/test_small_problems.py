@@ -281,7 +281,9 @@ def test_measurements_say_when_the_smooth_error_holds_the_stop():
     progress bar shows it, and an independent count confirms the cluster's excess."""
     g = _gen(20)
     y = torch.cat([torch.randn(990, 2, generator=g), 30 + 0.01 * torch.randn(10, 2, generator=g)])
-    solver = SemidiscreteSolver(max_steps=400)
+    # tol 0.1: chi2 passes it early on any CPU (at 0.05 whether a measurement passes within 400 steps
+    # depends on the CPU's rounding of the scores)
+    solver = SemidiscreteSolver(max_steps=400, tol=0.1)
     seen = []
 
     def keep(state):

@@ -14,9 +14,10 @@ query needs to score only the clusters whose bound reaches its best (or second-b
 far. A batch of queries is searched in two passes: each query scores its highest-bound cluster,
 then every other cluster whose bound is at least the score found (minus a rounding margin). Skipped
 clusters cannot hold the argmax, nor a tie with it, so the result is the dense scan's: the same
-index (ties to the smallest index), best and second-best score, up to the last bit of the score
-arithmetic. The bounds follow the potential for free (the per-cluster max of the bias is one pass
-over N numbers).
+index (ties to the smallest index where the tied scores round alike: a GEMM may round the scores
+of two copies of one atom apart in different blocks, on some CPUs), best and second-best score, up
+to the last bit of the score arithmetic. The bounds follow the potential for free (the per-cluster
+max of the bias is one pass over N numbers).
 
 Where it pays: the bound's slack is |x| r_k, so it prunes well when clusters are small against the
 score gaps between them, i.e. for low intrinsic dimension (2-D and 3-D data, curves, well-separated
