@@ -23,7 +23,7 @@ smaller than the collective move that gives it its mass, which the gap units all
 In face units the trust bound holds the 95th percentile of the batch's face moves, not the largest:
 on data in many tight clusters the smooth functions vary a little across each cluster, which moves
 a few of its internal faces many of their tiny widths; bounding those damps the clusters' collective
-moves 10-40x, while the mass they trade between siblings is the per-cell step's to fix.
+moves many times over, while the mass they trade between siblings is the per-cell step's to fix.
 """
 
 from __future__ import annotations
