@@ -23,3 +23,10 @@ def _threads():
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def twins(n: int, d: int, delta: float, seed: int = 0) -> torch.Tensor:
+    """n standard normal points and a copy of each moved by delta * N(0, I) (near duplicates)."""
+    g = gen(seed)
+    base = torch.randn(n, d, generator=g)
+    return torch.cat([base, base + delta * torch.randn(n, d, generator=g)])

@@ -218,6 +218,18 @@ def _print_solve(result, args, out, n: int) -> None:
             f"pruned search: {used['pruned_calls']} of {used['pruned_calls'] + used['dense_calls']} argmax "
             f"calls, the last scored {100 * used['last_fraction_scored']:.1f}% of the targets"
         )
+    if result.duplicates is not None:
+        radius = result.settings.get("merge_radius", 0.0)
+        print(
+            f"{result.duplicates.num_duplicates} targets merged with another as duplicates (exact copies, "
+            f"or closer than {radius:.2g}, the scores' resolution): their pairs are split at random"
+        )
+    tight_used = result.settings.get("tight_start_used")
+    if tight_used:
+        print(
+            f"tight groups: started from a solve with {tight_used['merged_atoms']} close targets merged "
+            f"into their groups ({tight_used['samples']} of the samples)"
+        )
     dim = result.settings.get("intrinsic_dimension")
     if dim is not None:
         what = "ran" if result.settings.get("annealed") else "skipped (large, high-dimensional atoms)"

@@ -18,7 +18,7 @@ from sdfm.transport import intrinsic, validate
 from sdfm.transport._stream import LowpKeys, Top2, chunk_size_for, target_chunks
 from sdfm.transport.collinear import line_direction
 from sdfm.transport.diagnostics import MarginalAccumulator
-from sdfm.transport.duplicates import find_duplicates
+from sdfm.transport.duplicates import find_duplicates, resolution_radius
 from sdfm.transport.pruned import Pruning
 from sdfm.transport.scoring import Scorer
 from sdfm.transport.sharding import Collective
@@ -82,9 +82,11 @@ class SemidiscreteProblem:
         # one-dimensional atoms are scored in float64 whatever ``dtype`` says (see assign.compute_dtype)
         self.dtype = torch.float64 if targets.shape[1] == 1 else DTYPES[solver.dtype]
 
-        # Duplicates: one atom per distinct position, carrying the summed weight. Atoms are read from
+        # Duplicates: one atom per distinct position, carrying the summed weight; atoms closer than the
+        # scores resolve (see duplicates.resolution_radius) count as one position. Atoms are read from
         # the targets through `rows` (their target indices; None: atom = target), never copied whole.
-        self.duplicates = find_duplicates(targets, self.weights_all)
+        self.merge_radius = self._merge_radius(targets)
+        self.duplicates = find_duplicates(targets, self.weights_all, radius=self.merge_radius)
         self.src = targets
         if self.duplicates is not None:
             self.rows = self.duplicates.representative
@@ -252,6 +254,17 @@ class SemidiscreteProblem:
         """The atoms y[index] [len, d] in float64 on the compute device (index into the n atoms)."""
         rows = index if self.rows is None else self.rows.to(index.device)[index]
         return self.src[rows.to(self.src.device)].to(device=self.device, dtype=torch.float64)
+
+    def _merge_radius(self, targets: torch.Tensor) -> float:
+        """The distance below which atoms are merged: the resolution of the scores' dtype (float64
+        for atoms on one line, which are scored in float64 whatever ``dtype`` says)."""
+        dtype = self.dtype
+        if dtype != torch.float64 and self.n_all >= 2:
+            chunk = chunk_size_for(4096, self.n_all, self.d, self.settings.chunk_size)
+            chunks = partial(target_chunks, targets, chunk, device=self.device, dtype=torch.float64)
+            if line_direction(chunks, targets.dtype) is not None:
+                dtype = torch.float64
+        return resolution_radius(targets, dtype)
 
     def atom_chunks(self, chunk: int, lo: int = 0, hi: int | None = None):
         """(start, stop, atoms[start:stop]) in float64 on the compute device, for atoms [lo, hi)."""

@@ -66,7 +66,7 @@ from sdfm.transport import validate
 from sdfm.transport._stream import full_precision
 from sdfm.transport.augmented import ConditionedNoise, condition_mismatch
 from sdfm.transport.diagnostics import chi2_from_sums
-from sdfm.transport.semidiscrete import parts
+from sdfm.transport.semidiscrete import parts, tight
 from sdfm.transport.semidiscrete.coarse import CoarseCorrection
 from sdfm.transport.semidiscrete.exact1d import solve_1d
 from sdfm.transport.semidiscrete.problem import (
@@ -287,6 +287,13 @@ class SemidiscreteSolver:
             the stochastic solve (``settings["line_start"]``). A chain of 1,000 atoms on a line in
             2-D: 0.04 s, where stochastic ascent alone is at chi2 0.10 after 40 s (BENCHMARKS.md
             section 19). Collinear atoms are scored in float64, as 1-D ones are.
+        tight_start: atoms in tight groups (each much closer to its nearest neighbour than to its
+            8th nearest: near-copies, jittered duplicates) start from a solve with each group
+            merged into one atom (:mod:`~sdfm.transport.semidiscrete.tight`), for eps = 0, the
+            Gaussian source and one process, when a fifth of the atoms or more are that tight
+            (``settings["tight_start_used"]``; up to 4,194,304 atoms in d <= 4, 65,536 above).
+            Jittered copies of every point in 2-D are solved where the plain solve stalls
+            (BENCHMARKS.md section 23).
     """
 
     eps: float = 0.0
@@ -321,6 +328,7 @@ class SemidiscreteSolver:
     score_dtype: Literal["bfloat16", "float16"] | None = None
     quasi_random: bool | None = None
     exact_1d: bool = True
+    tight_start: bool = True
     lr_control: bool = True
     coarse_size: int = 256
     coarse_neighbours: int = 4
@@ -349,6 +357,7 @@ class SemidiscreteSolver:
             "score_dtype": (None, "bfloat16", "float16"),
             "quasi_random": (None, True, False),
             "exact_1d": (True, False),
+            "tight_start": (True, False),
             "lr_control": (True, False),
             "anneal": (True, False, "auto"),
             "pruning": ("auto", "on", "off"),
@@ -377,8 +386,9 @@ class SemidiscreteSolver:
         """Fits the potential of the semidiscrete OT problem from ``noise`` to ``targets``.
 
         Args:
-            targets: data points [N, d] (used as given: no rescaling). Identical rows are merged
-                (see :mod:`sdfm.transport.duplicates`).
+            targets: data points [N, d] (used as given: no rescaling). Identical rows are merged,
+                and so are rows closer than the scores resolve (``settings["merge_radius"]``, a few
+                hundred float32 roundoffs of the data's scale; see :mod:`sdfm.transport.duplicates`).
             weights: positive target weights [N] (normalised; None = uniform).
             generator: randomness of the noise draws (on the compute device).
             noise: source sampler ``noise(n, d, generator=, device=, dtype=) -> [n, d]``
@@ -414,6 +424,10 @@ class SemidiscreteSolver:
                 if start is None:  # on a line in d > 1: exact up to the off-line rounding (checked)
                     start = solve_1d(problem, self.tol, gaussian=True)[0]
                     run.line_start = True
+            if start is None and self._tight_start(problem):
+                labels = tight.tight_groups(problem)
+                if labels is not None:
+                    start, run.tight = tight.merged_start(self, problem, labels, generator, noise)
             state = run.start(start)
             try:
                 while not run.done(state):
@@ -432,6 +446,10 @@ class SemidiscreteSolver:
 
     def settings(self) -> dict:
         return asdict(self)
+
+    def _tight_start(self, problem: SemidiscreteProblem) -> bool:
+        """Whether tight groups of atoms are looked for (see ``tight_start``)."""
+        return self.tight_start and problem.gaussian and problem.eps_abs == 0 and problem.collective is None
 
     def _exact_1d(self, problem: SemidiscreteProblem) -> bool:
         """Whether this problem is solved by quantiles (see ``exact_1d``)."""
@@ -475,6 +493,7 @@ class _Iteration:
         self._intrinsic = None  # the atoms' intrinsic dimension, estimated by direct() where it matters
         self._direct = None  # whether the large high-dimensional regime applies (see direct())
         self.schedule_ran = False  # whether the annealing ran
+        self.tight = None  # the merged solve behind the start (tight.merged_start's summary), if any
         self.line_start = False  # whether the start is the 1-D solution of atoms (nearly) on a line
         self.lr_scale = 1.0  # the step control's factor on the hard phase's lr (see lr_control)
         self._control_step = 0  # the step of the step control's last look
@@ -800,7 +819,10 @@ class _Iteration:
             method=method,
             collinear=problem.d > 1 and problem.line is not None,
             line_start=self.line_start,
+            tight_start_used=self.tight,
             score_precision=str(problem.dtype).removeprefix("torch."),
+            # atoms closer than this were merged as duplicates (below the scores' resolution)
+            merge_radius=problem.merge_radius,
             pruning_used=problem.pruning_summary(),
             annealed=self.schedule_ran,
             intrinsic_dimension=self._intrinsic,

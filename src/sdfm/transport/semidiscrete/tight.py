@@ -1,0 +1,145 @@
+"""Tight groups: atoms far closer to each other than to the rest start from a merged solve.
+
+Two atoms at distance r share a face whose score gap is about |x| r; the solver scales each atom's
+step by its cell's gap, so a pair much closer than its neighbours moves its two potentials in steps
+of that tiny size, while its *joint* mass needs moves of the neighbours' size. The pair's joint mass
+then stays where the start put it and the solve stalls: 500 points with a copy of each moved by
+1e-3 (a fiftieth of their spacing) in 2-D were at chi2 2.1 after 12,000 samples per target
+(BENCHMARKS.md section 23).
+
+The start that fixes it is a multi-level one: merge each tight group into one atom carrying the
+group's weight (at its first member), solve that problem (its gaps are the neighbours' size), give
+every member its group's potential, and solve the full problem from there. The merged solve puts the
+joint masses right; the full solve then only splits each group's cell among its members, which its
+small steps are made for. The result is the exact problem's, to the same tolerance.
+
+A group is a connected set of atoms linked by nearest-neighbour pairs with r_1 < ``RATIO`` r_k (the
+distance to the atom's nearest neighbour against its k-th nearest, k = ``NEIGHBOURS``): scale-free
+and local. The start runs when at least ``MIN_FRACTION`` of the atoms have r_1 < ``TRIGGER_RATIO``
+r_k (and, at small N, three standard deviations more than ``CURVE_FRACTION`` of them). Ordinary
+data have few such atoms by chance (0-0.24% of the 2-D and higher-dimensional problems of
+BENCHMARKS 21-22), samples of a curve more (about 10%: their spacings along the curve are nearly
+exponential), and those are solved as before: a merged start does not help a chain of cells, whose
+merged problem is as slow. The neighbour search runs where it is cheap (:func:`searchable`:
+a k-d tree up to 4 dimensions, a dense search of cost N^2 d, about one noise sample per target,
+up to 65,536 atoms).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+#: an atom is tight when its nearest neighbour is this many times closer than its k-th nearest
+RATIO = 1 / 32
+#: ... its k-th nearest neighbour, k =
+NEIGHBOURS = 8
+#: the merged start runs when at least this fraction of the atoms is tighter than TRIGGER_RATIO
+MIN_FRACTION = 0.2
+TRIGGER_RATIO = 1 / 64
+#: ... and three standard deviations above this fraction (samples of a curve, by chance)
+CURVE_FRACTION = 0.1
+#: neighbours are searched with a k-d tree (scipy) up to this dimension, for up to KD_ATOMS atoms
+#: (2^20 atoms in 3-D: 6 s on 2 cores) ...
+KD_DIMS = 4
+KD_ATOMS = 1 << 22
+#: ... and densely above it, for up to DENSE_ATOMS atoms and N^2 d up to DENSE_WORK (N = 32,768 in
+#: 64-d: 6 s)
+DENSE_ATOMS = 1 << 16
+DENSE_WORK = 1 << 41
+#: query rows per block of the neighbour search
+BLOCK = 256
+
+
+def _atoms(problem) -> torch.Tensor:
+    """The problem's atoms [n, d] (float64, centred) on the compute device."""
+    out = torch.empty(problem.n, problem.d, dtype=torch.float64, device=problem.device)
+    for start, stop, y in problem.atom_chunks(problem.chunk(1)):
+        out[start:stop] = y - problem.mean
+    return out
+
+
+def searchable(n: int, d: int) -> bool:
+    """Whether the neighbour search of n atoms in d dimensions is cheap enough to run."""
+    return n <= KD_ATOMS if d <= KD_DIMS else n <= DENSE_ATOMS and n * n * d <= DENSE_WORK
+
+
+def neighbour_distances(atoms: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distances [n, k] (float64, ascending) of every atom [n, d] (distinct) to its k nearest
+    other atoms, and their indices [n, k] (on the atoms' device).
+
+    Up to ``KD_DIMS`` dimensions a k-d tree (scipy's cKDTree); above, candidates ranked by float32
+    scores <y_i, y_j> - |y_j|^2 / 2 (k + 4 of them) with distances computed exactly in float64."""
+    if atoms.shape[1] <= KD_DIMS:
+        points = atoms.detach().to("cpu", torch.float64).numpy()
+        dist, index = cKDTree(points).query(points, k=k + 1, workers=torch.get_num_threads())
+        out = torch.from_numpy(dist[:, 1:]), torch.from_numpy(index[:, 1:]).long()
+        return out[0].to(atoms.device), out[1].to(atoms.device)
+    n = atoms.shape[0]
+    keys = atoms.to(torch.float32)
+    bias = -0.5 * keys.square().sum(1)
+    take = min(n, k + 5)
+    dist = torch.empty(n, k, dtype=torch.float64, device=atoms.device)
+    index = torch.empty(n, k, dtype=torch.long, device=atoms.device)
+    for start in range(0, n, BLOCK):
+        q = keys[start : start + BLOCK]
+        cand = torch.topk(q @ keys.T + bias, take, dim=1).indices
+        d = (atoms[start : start + BLOCK, None, :] - atoms[cand]).norm(dim=2)
+        own = cand == torch.arange(start, start + q.shape[0], device=atoms.device)[:, None]
+        d = d.masked_fill(own, torch.inf)  # not its own neighbour (distinct atoms have d > 0)
+        d, order = d.sort(dim=1)
+        dist[start : start + BLOCK] = d[:, :k]
+        index[start : start + BLOCK] = cand.gather(1, order)[:, :k]
+    return dist, index
+
+
+def trigger_count(n: int) -> float:
+    """How many of n atoms must be tighter than ``TRIGGER_RATIO`` for the merged start: a fifth,
+    and three standard deviations above the tenth that samples of a curve have by chance (small N)."""
+    return max(
+        MIN_FRACTION * n, CURVE_FRACTION * n + 3 * math.sqrt(CURVE_FRACTION * (1 - CURVE_FRACTION) * n)
+    )
+
+
+def tight_groups(problem) -> torch.Tensor | None:
+    """Group labels [n] (int64) of the atoms when ``MIN_FRACTION`` of them are tight, else None
+    (also where the start does not apply: fewer than k + 2 atoms, or a search too costly)."""
+    n, d = problem.n, problem.d
+    if n < NEIGHBOURS + 2 or not searchable(n, d):
+        return None
+    dist, index = neighbour_distances(_atoms(problem), NEIGHBOURS)
+    ratio = (dist[:, 0] / dist[:, -1]).cpu()
+    if int((ratio < TRIGGER_RATIO).sum()) < trigger_count(n):
+        return None
+    tight = ratio < RATIO
+    i = torch.nonzero(tight).squeeze(1)
+    j = index[:, 0].cpu()[i]
+    graph = coo_matrix((np.ones(i.shape[0]), (i.numpy(), j.numpy())), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return torch.from_numpy(labels).long()
+
+
+def merged_start(solver, problem, labels: torch.Tensor, generator, noise) -> tuple[torch.Tensor, dict]:
+    """The iterate h [n] for the full solve from the solve of the merged problem, and a summary."""
+    groups = int(labels.max()) + 1
+    first = torch.full((groups,), problem.n, dtype=torch.long)
+    first.scatter_reduce_(0, labels, torch.arange(problem.n), reduce="amin")
+    weights = torch.zeros(groups, dtype=torch.float64).index_add_(0, labels, problem.b.cpu())
+    targets = _atoms(problem)[first.to(problem.device)] + problem.mean
+    merged = solver.solve(targets, weights=weights, generator=generator, noise=noise)
+    problem.samples += merged.samples
+    g = merged.potential.to(problem.device, torch.float64)[labels.to(problem.device)]
+    h = g - 0.5 * problem.sqnorm
+    summary = {
+        "groups": groups,
+        "merged_atoms": int(problem.n - groups),
+        "samples": merged.samples,
+        "chi2": merged.chi2,
+        "converged": merged.converged,
+    }
+    return h - (problem.b * h).sum(), summary

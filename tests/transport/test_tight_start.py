@@ -1,0 +1,77 @@
+"""Tight groups of atoms start from a merged solve (sdfm.transport.semidiscrete.tight)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import cdist
+
+from sdfm.transport import SemidiscreteSolver, assign
+from sdfm.transport.semidiscrete import tight
+from sdfm.transport.semidiscrete.problem import SemidiscreteProblem
+from tests.conftest import gen, twins
+
+
+@pytest.mark.parametrize("d", [2, 4, 12])  # k-d tree up to 4 dimensions, dense search above
+def test_neighbour_distances_match_brute_force(d):
+    y = twins(150, d, 1e-3, seed=d).double()
+    dist, index = tight.neighbour_distances(y, 8)
+    ref = cdist(y.numpy(), y.numpy())
+    ref[range(300), range(300)] = float("inf")
+    ref.sort(axis=1)
+    torch.testing.assert_close(dist, torch.from_numpy(ref[:, :8]), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close((y[:, None] - y[index]).norm(dim=2), dist, rtol=1e-12, atol=1e-12)
+    assert (index != torch.arange(300)[:, None]).all()
+
+
+def _groups(y: torch.Tensor) -> torch.Tensor | None:
+    solver = SemidiscreteSolver()
+    return tight.tight_groups(SemidiscreteProblem(solver, y, None, gen(0), None))
+
+
+def test_tight_groups_only_where_many_atoms_are_tight():
+    pairs = twins(300, 3, 1e-3)
+    labels = _groups(pairs)
+    assert labels is not None and torch.equal(labels[:300], labels[300:])  # each twin with its twin
+    assert int(labels.max()) + 1 == 300
+    # ordinary data, a curve (nearly exponential spacings) and twins at a third of the spacing: no start
+    t = torch.rand(2000, generator=gen(1)) * 12
+    curve = torch.stack([t.cos() * t, t.sin() * t], 1)
+    for y in (torch.randn(2000, 2, generator=gen(2)), torch.randn(1000, 16, generator=gen(3)), curve):
+        assert _groups(y) is None
+    assert _groups(twins(300, 2, 3e-2)) is None
+    # small N: 4 of the 16 points of section 11's ring are that tight by chance; the margin keeps
+    # the start off there
+    angle = np.random.default_rng(3).uniform(0, 2 * np.pi, 16)
+    radius = 3 + 0.1 * np.random.default_rng(4).standard_normal(16)
+    ring = torch.from_numpy(np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1))
+    dist, _ = tight.neighbour_distances(ring, tight.NEIGHBOURS)
+    assert int((dist[:, 0] < tight.TRIGGER_RATIO * dist[:, -1]).sum()) >= tight.MIN_FRACTION * 16
+    assert _groups(ring.float()) is None
+    assert tight.trigger_count(16) > 5 and tight.trigger_count(1000) == 200
+
+
+def _chi2(y: torch.Tensor, potential: torch.Tensor, n: int = 1 << 19) -> float:
+    """Independent float64 count on fresh samples."""
+    x = torch.randn(n, y.shape[1], generator=gen(11), dtype=torch.float64)
+    m = torch.bincount(assign(x, y.double(), potential.double()), minlength=y.shape[0]).double() / n
+    w = 1.0 / y.shape[0]
+    return float(((m - w) ** 2 / w).sum()) - (y.shape[0] - 1) / n
+
+
+def test_jittered_copies_are_solved_from_the_merged_start():
+    """200 points and a copy of each 1e-3 away (1/60 of their spacing) in 2-D: the plain solve stalls
+    (each pair's joint mass moves in steps of its tiny gap); from the merged start it converges."""
+    y = twins(200, 2, 1e-3)
+    r = SemidiscreteSolver(tol=0.05, max_steps=800).solve(y, generator=gen(0))
+    used = r.settings["tight_start_used"]
+    assert r.converged and used is not None and used["groups"] == 200
+    # the pairs stay distinct atoms (but any closer than the scores resolve: merged for good)
+    merged = 0 if r.duplicates is None else r.duplicates.num_duplicates
+    assert merged <= 2 and used["merged_atoms"] == 200 - merged
+    assert _chi2(y, r.potential) < 0.07
+    assert r.samples / 400 < 1000
+    plain = SemidiscreteSolver(tol=0.05, max_steps=800, tight_start=False).solve(y, generator=gen(0))
+    assert plain.settings["tight_start_used"] is None and not plain.converged
+    assert _chi2(y, plain.potential) > 0.3
