@@ -272,3 +272,20 @@ def test_meanflow_train_sample_eval(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", "--run", str(flow), "--solver", "meanflow", "--out", str(out)]) == 2
     assert "mean-flow run" in capsys.readouterr().err
+
+
+def test_step_scales_flag_reaches_the_solver(tmp_path, capsys):
+    """--step-scales adaptive: the run's potential is solved with the adaptive step scales (its
+    file's solver settings say so); refused for other couplings and with a given --potential."""
+    run = tmp_path / "a"
+    assert _train(run, "--coupling", "semidiscrete", "--step-scales", "adaptive") == 0
+    pf = load_potential(run / "potential.safetensors")
+    assert pf.meta["solver"]["preconditioner"] == "adaptive" and pf.chi2 <= 0.05
+    assert _train(tmp_path / "b", "--coupling", "semidiscrete") == 0
+    default = load_potential(tmp_path / "b" / "potential.safetensors")
+    assert default.meta["solver"]["preconditioner"] == "cell"
+    assert _train(tmp_path / "c", "--coupling", "independent", "--step-scales", "adaptive") == 2
+    assert "--step-scales: only used with --coupling semidiscrete" in capsys.readouterr().err
+    given = ["--potential", str(tmp_path / "b" / "potential.safetensors")]
+    assert _train(tmp_path / "d", "--coupling", "semidiscrete", *given, "--step-scales", "adaptive") == 2
+    assert "--step-scales: only used when the run solves its potential" in capsys.readouterr().err

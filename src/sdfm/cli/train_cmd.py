@@ -86,6 +86,13 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
         "faster at high d where bf16 matmuls are fast)",
     )
     p.add_argument(
+        "--step-scales",
+        choices=["cell", "adaptive"],
+        default="cell",
+        help="semidiscrete: the solver's per-cell step scales (as sdfm solve --step-scales): cell "
+        "(default) or adaptive (opt-in; BENCHMARKS.md sections 21-22)",
+    )
+    p.add_argument(
         "--ot-batch-size", type=positive_int, default=None, help="OT batch (default: --batch-size)"
     )
     p.add_argument(
@@ -260,7 +267,8 @@ def spec_from_args(args):
     except ValueError as exc:
         raise CliError(f"--{str(exc).replace('_', '-')}") from None
     names = ("data", "coupling", "model", "width", "depth", "normalize", "objective", "conditional")
-    names += ("label_dropout", "eps", "potential", "pca", "search", "pairing_precision", "ot_method")
+    names += ("label_dropout", "eps", "potential", "pca", "search", "pairing_precision", "step_scales")
+    names += ("ot_method",)
     names += ("ot_batch_size", "superres", "beta", "condition_noise", "device", "log")
     return RunSpec(**{name: getattr(args, name) for name in names}, train=config)
 

@@ -23,7 +23,16 @@ import torch
 COUPLINGS: dict[str, Registration] = {}
 
 #: spec options that only some couplings read (the recipe refuses them for the others when set)
-COUPLING_OPTIONS = ("eps", "potential", "pca", "search", "pairing_precision", "ot_method", "ot_batch_size")
+COUPLING_OPTIONS = (
+    "eps",
+    "potential",
+    "pca",
+    "search",
+    "pairing_precision",
+    "step_scales",
+    "ot_method",
+    "ot_batch_size",
+)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ INDEX_FILE = "index.safetensors"
 
 
 @register_coupling(
-    "semidiscrete", options=("eps", "potential", "pca", "search", "pairing_precision"), conditions=True
+    "semidiscrete",
+    options=("eps", "potential", "pca", "search", "pairing_precision", "step_scales"),
+    conditions=True,
 )
 def build_semidiscrete(spec, ctx):
     """(coupling, run.json entry) of a semidiscrete run; see the module docstring."""
@@ -32,6 +34,10 @@ def build_semidiscrete(spec, ctx):
         path = Path(ctx.stored["potential"])
         potential = _load(spec, ctx, path if path.is_absolute() else ctx.run_dir / path, None, labels)
     elif spec.potential:
+        if spec.step_scales != "cell":
+            raise ValueError(
+                "--step-scales: only used when the run solves its potential, not with --potential"
+            )
         potential = _load(spec, ctx, Path(spec.potential), spec.eps, labels)
     else:
         potential = _solve(spec, ctx, labels)
@@ -104,7 +110,7 @@ def _solve(spec, ctx, labels):
 
     out = ctx.run_dir / POTENTIAL_FILE
     main_rank = parallel.is_main()
-    solver = SemidiscreteSolver(eps=spec.eps or 0.0, device=str(ctx.device))
+    solver = SemidiscreteSolver(eps=spec.eps or 0.0, device=str(ctx.device), preconditioner=spec.step_scales)
     projection, keys = None, ctx.targets
     if spec.pca is not None:
         if spec.pca > ctx.targets.shape[1]:
@@ -156,7 +162,7 @@ def _augmented(spec, ctx):
     or loaded from it on resume."""
     from sdfm.artifacts import load_potential, save_potential
     from sdfm.data import fingerprint
-    from sdfm.transport import augmented_keys
+    from sdfm.transport import SemidiscreteSolver, augmented_keys
 
     if parallel.active():
         raise ValueError("torchrun: --superres runs need one process (for now)")
@@ -179,7 +185,10 @@ def _augmented(spec, ctx):
         return coupling, ctx.stored
     ctx.log(f"solving the augmented potential (beta {task.beta:g}) -> {path}")
     gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
-    coupling, res = augmented_coupling(ctx.targets, z, task.beta, generator=gen, progress=ctx.progress)
+    solver = SemidiscreteSolver(device=str(ctx.device), preconditioner=spec.step_scales)
+    coupling, res = augmented_coupling(
+        ctx.targets, z, task.beta, generator=gen, solver=solver, progress=ctx.progress
+    )
     save_potential(
         path, res, fingerprint=fp_keys, targets=keys, data_name=ctx.data_name, extra={"seed": ctx.seed}
     )
