@@ -23,6 +23,9 @@ def test_neighbour_distances_match_brute_force(d):
     torch.testing.assert_close(dist, torch.from_numpy(ref[:, :8]), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close((y[:, None] - y[index]).norm(dim=2), dist, rtol=1e-12, atol=1e-12)
     assert (index != torch.arange(300)[:, None]).all()
+    some = torch.tensor([7, 0, 299, 150])
+    sub_dist, sub_index = tight.neighbour_distances(y, 8, some)
+    assert torch.equal(sub_dist, dist[some]) and torch.equal(sub_index, index[some])
 
 
 def _groups(y: torch.Tensor) -> torch.Tensor | None:
@@ -50,6 +53,26 @@ def test_tight_groups_only_where_many_atoms_are_tight():
     assert int((dist[:, 0] < tight.TRIGGER_RATIO * dist[:, -1]).sum()) >= tight.MIN_FRACTION * 16
     assert _groups(ring.float()) is None
     assert tight.trigger_count(16) > 5 and tight.trigger_count(1000) == 200
+
+
+def test_large_problems_are_probed_first(monkeypatch):
+    """Above 2 x PROBE atoms a random probe decides whether the full search runs: it finds the twins
+    (in 2-D and in 12-D) and stops the search on ordinary data."""
+    full = []
+    original = tight.neighbour_distances
+
+    def counting(atoms, k, queries=None):
+        full.append(queries is None)
+        return original(atoms, k, queries)
+
+    monkeypatch.setattr(tight, "neighbour_distances", counting)
+    for d in (2, 12):
+        labels = _groups(twins(2500, d, 3e-4, seed=d))
+        assert labels is not None and full == [False, True]
+        # (labels of the problem's atoms: pairs closer than the scores resolve are one atom already)
+        assert int(labels.max()) + 1 <= 0.51 * labels.shape[0]  # nearly every atom with its twin
+        full.clear()
+    assert _groups(torch.randn(5000, 12, generator=gen(5))) is None and full == [False]
 
 
 def _chi2(y: torch.Tensor, potential: torch.Tensor, n: int = 1 << 19) -> float:

@@ -291,7 +291,7 @@ class SemidiscreteSolver:
             8th nearest: near-copies, jittered duplicates) start from a solve with each group
             merged into one atom (:mod:`~sdfm.transport.semidiscrete.tight`), for eps = 0, the
             Gaussian source and one process, when a fifth of the atoms or more are that tight
-            (``settings["tight_start_used"]``; up to 4,194,304 atoms in d <= 4, 65,536 above).
+            (``settings["tight_start_used"]``; up to 4,194,304 atoms in d <= 4, N d up to 2^27 above).
             Jittered copies of every point in 2-D are solved where the plain solve stalls
             (BENCHMARKS.md section 23).
     """

@@ -20,9 +20,10 @@ r_k (and, at small N, three standard deviations more than ``CURVE_FRACTION`` of 
 data have few such atoms by chance (0-0.24% of the 2-D and higher-dimensional problems of
 BENCHMARKS 21-22), samples of a curve more (about 10%: their spacings along the curve are nearly
 exponential), and those are solved as before: a merged start does not help a chain of cells, whose
-merged problem is as slow. The neighbour search runs where it is cheap (:func:`searchable`:
-a k-d tree up to 4 dimensions, a dense search of cost N^2 d, about one noise sample per target,
-up to 65,536 atoms).
+merged problem is as slow. The neighbour search is a k-d tree up to 4 dimensions and a dense
+search above (cost N^2 d: about one noise sample per target), which runs on all atoms only when a
+probe of 2,048 random atoms finds at least half the trigger's share tight (:func:`searchable`:
+up to 4,194,304 atoms in d <= 4, N d up to 2^27 above).
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ CURVE_FRACTION = 0.1
 #: (2^20 atoms in 3-D: 6 s on 2 cores) ...
 KD_DIMS = 4
 KD_ATOMS = 1 << 22
-#: ... and densely above it, for up to DENSE_ATOMS atoms and N^2 d up to DENSE_WORK (N = 32,768 in
-#: 64-d: 6 s)
-DENSE_ATOMS = 1 << 16
-DENSE_WORK = 1 << 41
+#: ... and densely above it (N^2 d: 32,768 atoms in 64-d, 5 s), for N d up to DENSE_ELEMENTS (a
+#: float64 copy of the atoms of 1 GiB)
+DENSE_ELEMENTS = 1 << 27
+#: the share of tight atoms is first estimated on this many random atoms (PROBE x N x d), and the
+#: full search runs only when the estimate reaches half the trigger's fraction
+PROBE = 2048
 #: query rows per block of the neighbour search
 BLOCK = 256
 
@@ -65,37 +68,46 @@ def _atoms(problem) -> torch.Tensor:
 
 
 def searchable(n: int, d: int) -> bool:
-    """Whether the neighbour search of n atoms in d dimensions is cheap enough to run."""
-    return n <= KD_ATOMS if d <= KD_DIMS else n <= DENSE_ATOMS and n * n * d <= DENSE_WORK
+    """Whether the neighbour search of n atoms in d dimensions fits (memory of the atoms' copy)."""
+    return n <= KD_ATOMS if d <= KD_DIMS else n * d <= DENSE_ELEMENTS
 
 
-def neighbour_distances(atoms: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distances [n, k] (float64, ascending) of every atom [n, d] (distinct) to its k nearest
-    other atoms, and their indices [n, k] (on the atoms' device).
+def neighbour_distances(
+    atoms: torch.Tensor, k: int, queries: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distances [m, k] (float64, ascending) of the atoms ``queries`` [m] (default: all) of
+    ``atoms`` [n, d] (distinct) to their k nearest other atoms, and those atoms' indices [m, k] (on
+    the atoms' device).
 
     Up to ``KD_DIMS`` dimensions a k-d tree (scipy's cKDTree); above, candidates ranked by float32
     scores <y_i, y_j> - |y_j|^2 / 2 (k + 4 of them) with distances computed exactly in float64."""
+    n = atoms.shape[0]
+    queries = torch.arange(n) if queries is None else queries.cpu()
     if atoms.shape[1] <= KD_DIMS:
         points = atoms.detach().to("cpu", torch.float64).numpy()
-        dist, index = cKDTree(points).query(points, k=k + 1, workers=torch.get_num_threads())
+        tree = cKDTree(points)
+        dist, index = tree.query(points[queries.numpy()], k=k + 1, workers=torch.get_num_threads())
         out = torch.from_numpy(dist[:, 1:]), torch.from_numpy(index[:, 1:]).long()
         return out[0].to(atoms.device), out[1].to(atoms.device)
-    n = atoms.shape[0]
     keys = atoms.to(torch.float32)
     bias = -0.5 * keys.square().sum(1)
     take = min(n, k + 5)
-    dist = torch.empty(n, k, dtype=torch.float64, device=atoms.device)
-    index = torch.empty(n, k, dtype=torch.long, device=atoms.device)
-    for start in range(0, n, BLOCK):
-        q = keys[start : start + BLOCK]
-        cand = torch.topk(q @ keys.T + bias, take, dim=1).indices
-        d = (atoms[start : start + BLOCK, None, :] - atoms[cand]).norm(dim=2)
-        own = cand == torch.arange(start, start + q.shape[0], device=atoms.device)[:, None]
-        d = d.masked_fill(own, torch.inf)  # not its own neighbour (distinct atoms have d > 0)
+    dist = torch.empty(queries.shape[0], k, dtype=torch.float64, device=atoms.device)
+    index = torch.empty(queries.shape[0], k, dtype=torch.long, device=atoms.device)
+    for start in range(0, queries.shape[0], BLOCK):
+        rows = queries[start : start + BLOCK].to(atoms.device)
+        cand = torch.topk(keys[rows] @ keys.T + bias, take, dim=1).indices
+        d = (atoms[rows, None, :] - atoms[cand]).norm(dim=2)
+        d = d.masked_fill(cand == rows[:, None], torch.inf)  # not its own neighbour (distinct atoms)
         d, order = d.sort(dim=1)
         dist[start : start + BLOCK] = d[:, :k]
         index[start : start + BLOCK] = cand.gather(1, order)[:, :k]
     return dist, index
+
+
+def _tight_share(dist: torch.Tensor) -> torch.Tensor:
+    """[m] bool: the atoms whose nearest neighbour is ``TRIGGER_RATIO`` closer than their k-th."""
+    return (dist[:, 0] < TRIGGER_RATIO * dist[:, -1]).cpu()
 
 
 def trigger_count(n: int) -> float:
@@ -112,11 +124,16 @@ def tight_groups(problem) -> torch.Tensor | None:
     n, d = problem.n, problem.d
     if n < NEIGHBOURS + 2 or not searchable(n, d):
         return None
-    dist, index = neighbour_distances(_atoms(problem), NEIGHBOURS)
-    ratio = (dist[:, 0] / dist[:, -1]).cpu()
-    if int((ratio < TRIGGER_RATIO).sum()) < trigger_count(n):
+    atoms = _atoms(problem)
+    if n > 2 * PROBE:  # a cheap estimate first: most data have no tight groups
+        probe = torch.randperm(n, generator=torch.Generator().manual_seed(0x5DF))[:PROBE]
+        share = float(_tight_share(neighbour_distances(atoms, NEIGHBOURS, probe)[0]).double().mean())
+        if share < MIN_FRACTION / 2:
+            return None
+    dist, index = neighbour_distances(atoms, NEIGHBOURS)
+    if int(_tight_share(dist).sum()) < trigger_count(n):
         return None
-    tight = ratio < RATIO
+    tight = (dist[:, 0] < RATIO * dist[:, -1]).cpu()
     i = torch.nonzero(tight).squeeze(1)
     j = index[:, 0].cpu()[i]
     graph = coo_matrix((np.ones(i.shape[0]), (i.numpy(), j.numpy())), shape=(n, n))
