@@ -387,8 +387,9 @@ class SemidiscreteSolver:
 
         Args:
             targets: data points [N, d] (used as given: no rescaling). Identical rows are merged,
-                and so are rows closer than the scores resolve (``settings["merge_radius"]``, a few
-                hundred float32 roundoffs of the data's scale; see :mod:`sdfm.transport.duplicates`).
+                and so are rows closer than the scores resolve (``settings["merge_radius"]``: 64
+                roundoffs of the compute dtype times sqrt(d) times the data's extent; see
+                :mod:`sdfm.transport.duplicates`).
             weights: positive target weights [N] (normalised; None = uniform).
             generator: randomness of the noise draws (on the compute device).
             noise: source sampler ``noise(n, d, generator=, device=, dtype=) -> [n, d]``
