@@ -200,8 +200,9 @@ def _near_pairs(
         h = (c * mult).sum(1)  # wraps modulo 2^64; a collision only adds candidates
         return h ^ (h >> 29)
 
-    order = torch.argsort(key(cells))
-    sorted_keys = key(cells)[order]
+    keys = key(cells)
+    order = torch.argsort(keys)
+    sorted_keys = keys[order]
     found_i, found_k = [], []
     for offset in itertools.product((-1, 0, 1), repeat=k):
         target = key(cells + torch.tensor(offset, dtype=torch.long))

@@ -46,10 +46,10 @@ TRIGGER_RATIO = 1 / 64
 #: ... and three standard deviations above this fraction (samples of a curve, by chance)
 CURVE_FRACTION = 0.1
 #: neighbours are searched with a k-d tree (scipy) up to this dimension, for up to KD_ATOMS atoms
-#: (2^20 atoms in 3-D: 6 s on 2 cores) ...
+#: (cost: BENCHMARKS.md section 23) ...
 KD_DIMS = 4
 KD_ATOMS = 1 << 22
-#: ... and densely above it (N^2 d: 32,768 atoms in 64-d, 5 s), for N d up to DENSE_ELEMENTS (a
+#: ... and densely above it (cost N^2 d), for N d up to DENSE_ELEMENTS (a
 #: float64 copy of the atoms of 1 GiB)
 DENSE_ELEMENTS = 1 << 27
 #: the share of tight atoms is first estimated on this many random atoms (PROBE x N x d), and the
@@ -147,7 +147,8 @@ def merged_start(solver, problem, labels: torch.Tensor, generator, noise) -> tup
     first = torch.full((groups,), problem.n, dtype=torch.long)
     first.scatter_reduce_(0, labels, torch.arange(problem.n), reduce="amin")
     weights = torch.zeros(groups, dtype=torch.float64).index_add_(0, labels, problem.b.cpu())
-    targets = _atoms(problem)[first.to(problem.device)] + problem.mean
+    rows = first if problem.rows is None else problem.rows.cpu()[first]  # the groups' first targets
+    targets = problem.src[rows.to(problem.src.device)].to(problem.device, torch.float64)
     merged = solver.solve(targets, weights=weights, generator=generator, noise=noise)
     problem.samples += merged.samples
     g = merged.potential.to(problem.device, torch.float64)[labels.to(problem.device)]
