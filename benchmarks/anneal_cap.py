@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, save  # noqa: E402
+from common import CELL, machine, save  # noqa: E402
 from scale import make_data, open_targets  # noqa: E402
 from sdfm.evaluation.compare import prepare  # noqa: E402
 from sdfm.transport import SemidiscreteSolver  # noqa: E402
@@ -54,7 +54,7 @@ def main() -> None:
         if y.shape[1] <= 2:  # without annealing the 2-D problems do not converge (BENCHMARKS 3)
             configs.pop("no annealing")
         for name, extra in configs.items():
-            solver = SemidiscreteSolver(max_seconds=args.max_seconds, **extra)
+            solver = SemidiscreteSolver(max_seconds=args.max_seconds, **CELL, **extra)
             t = time.perf_counter()
             res = solver.solve(y, generator=torch.Generator().manual_seed(0))
             seconds = time.perf_counter() - t

@@ -4,7 +4,8 @@
 
 Toys of 20 data points y [20, dy] with conditions z [20, dz] (standard normal times ``zscale``),
 beta = 10, the source ConditionedNoise (x0 ~ N(0, I), z0 = z_i, i uniform). For each toy:
-- sdfm: ``SemidiscreteSolver(tol=0.05)`` defaults (it reports ``condition_mismatch`` itself);
+- sdfm: ``SemidiscreteSolver(tol=0.05)`` with the cell step scales, the default when section 8 was
+  measured (it reports ``condition_mismatch`` itself; ``default_flip.py`` runs the adaptive default);
 - the exact reference: POT's network simplex (``ot.emd``) between 40,000 fixed source samples and the
   20 atoms, whose dual ``v`` is the potential of the sampled problem (chi2 of order N / 40,000);
 - g = 0 (the independent-like start).
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, save  # noqa: E402
+from common import CELL, machine, save  # noqa: E402
 from sdfm.transport import (  # noqa: E402
     ConditionedNoise,
     SemidiscreteSolver,
@@ -69,7 +70,9 @@ def check(keys, noise, potential, exact) -> dict:
     }
 
 
-def toy(dy: int, dz: int, zscale: float) -> dict:
+def toy(dy: int, dz: int, zscale: float, options: dict = CELL) -> dict:
+    """One toy solved by the solver with ``options`` (section 8: the cell scales), the exact
+    reference and g = 0, each checked on fresh samples."""
     import ot
 
     g = torch.Generator().manual_seed(0)
@@ -77,7 +80,8 @@ def toy(dy: int, dz: int, zscale: float) -> dict:
     z = zscale * torch.randn(N, dz, generator=g, dtype=torch.float64)
     keys, noise = augmented_keys(y, z, BETA), ConditionedNoise(z, BETA)
     t = time.perf_counter()
-    res = SemidiscreteSolver(tol=0.05).solve(keys, noise=noise, generator=torch.Generator().manual_seed(1))
+    solver = SemidiscreteSolver(tol=0.05, **options)
+    res = solver.solve(keys, noise=noise, generator=torch.Generator().manual_seed(1))
     seconds = time.perf_counter() - t
     xq = noise(SAMPLES, keys.shape[1], generator=torch.Generator().manual_seed(11), dtype=torch.float64)
     cost = (0.5 * torch.cdist(xq, keys) ** 2).numpy()
@@ -124,7 +128,8 @@ def tolerance_sweep(dy: int, dz: int, zscale: float, tols=(0.05, 0.01, 0.002)) -
     exact = exact - exact.mean()
     out = []
     for tol in tols:
-        res = SemidiscreteSolver(tol=tol).solve(keys, noise=noise, generator=torch.Generator().manual_seed(1))
+        solver = SemidiscreteSolver(tol=tol, **CELL)
+        res = solver.solve(keys, noise=noise, generator=torch.Generator().manual_seed(1))
         row = {"dy": dy, "dz": dz, "zscale": zscale, "tol": tol, "samples_per_target": res.samples / N}
         row.update(check(keys, noise, res.potential, exact))
         print(f"  sweep {dy}, {dz}, {zscale} tol {tol}: {row}", flush=True)

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from common import machine, save
+from common import CELL, machine, save
 from sdfm.data.registry import DATASETS
 from sdfm.transport import SemidiscreteSolver, assign, estimate_marginal
 from sdfm.transport.diagnostics import chi2_from_counts
@@ -83,7 +83,7 @@ def independent_chi2(y: torch.Tensor, potential: torch.Tensor, n: int = 400_000)
 
 def run(y: torch.Tensor, **options) -> dict:
     start = time.perf_counter()
-    r = SemidiscreteSolver(tol=0.05, max_seconds=BUDGET, **options).solve(
+    r = SemidiscreteSolver(tol=0.05, max_seconds=BUDGET, **{**CELL, **options}).solve(
         y, generator=torch.Generator().manual_seed(0)
     )
     return {
@@ -128,7 +128,7 @@ def steps() -> None:
         ("mixture_2d", _curve(1000, "mixture_2d")),
         ("ring_2d", _ring(1000)),
     ):
-        r = SemidiscreteSolver(tol=0.05, max_seconds=10.0, lr_control=False).solve(
+        r = SemidiscreteSolver(tol=0.05, max_seconds=10.0, lr_control=False, **CELL).solve(
             y, generator=torch.Generator().manual_seed(0)
         )
         rows.append(
@@ -150,7 +150,7 @@ def steps() -> None:
 
 def pairing() -> None:
     y64 = _curve(10_000, "line_2d").double()
-    r = SemidiscreteSolver().solve(y64, generator=torch.Generator().manual_seed(0))
+    r = SemidiscreteSolver(**CELL).solve(y64, generator=torch.Generator().manual_seed(0))
     y = y64.float()
     n = 1 << 20
     est = estimate_marginal(y, r.potential, num_samples=n, generator=torch.Generator().manual_seed(2))

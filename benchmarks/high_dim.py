@@ -14,7 +14,7 @@ import time
 import torch
 
 import sdfm.transport.smoothness as smoothness
-from common import machine, save
+from common import CELL, machine, save
 from sdfm.transport import SemidiscreteSolver, estimate_marginal
 
 CASES = [(50, 1000), (50, 4000), (200, 4000), (1000, 2000)]
@@ -33,7 +33,7 @@ def main() -> None:
             for name, max_dim in (("exact eigh (before)", 1 << 30), ("subspace iteration", default_max)):
                 smoothness.EXACT_PCA_MAX_DIM = max_dim
                 t0 = time.perf_counter()
-                res = SemidiscreteSolver(eps=eps).solve(y, generator=torch.Generator().manual_seed(1))
+                res = SemidiscreteSolver(eps=eps, **CELL).solve(y, generator=torch.Generator().manual_seed(1))
                 seconds = time.perf_counter() - t0
                 check = estimate_marginal(
                     y,

@@ -33,7 +33,7 @@ import time
 
 import torch
 
-from common import machine, save
+from common import CELL, machine, save
 from sdfm.couplings import SemidiscreteCoupling
 from sdfm.data.normalize import Normalization
 from sdfm.data.registry import load_dataset
@@ -89,7 +89,7 @@ def _before():
 def _run(y: torch.Tensor, before: bool) -> dict:
     with _before() if before else contextlib.nullcontext():
         start = time.perf_counter()
-        r = SemidiscreteSolver(tol=0.05, max_steps=MAX_STEPS, tight_start=not before).solve(
+        r = SemidiscreteSolver(tol=0.05, max_steps=MAX_STEPS, tight_start=not before, **CELL).solve(
             y, generator=torch.Generator().manual_seed(0)
         )
         seconds = time.perf_counter() - start

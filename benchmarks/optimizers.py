@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, save  # noqa: E402
+from common import CELL, machine, save  # noqa: E402
 from problems import PROBLEMS, independent_chi2, load  # noqa: E402
 from sdfm.transport import SemidiscreteSolver  # noqa: E402
 
@@ -37,9 +37,9 @@ VARIANTS = {
     "adam": {**PLAIN, "optimizer": "adam", "averaging": "ema", "lr": 0.05, "noise_level": 1e9},
     "growing-batch": {**PLAIN, "batch_growth": 0.5, "noise_level": 1e9},
     "drag": {**PLAIN, "anneal": True, "averaging": "uniform", "noise_level": 1e9},
-    "cell": {"anneal": False, "warm_start": "zero"},
-    "cell+warm": {"anneal": False},
-    "default": {},
+    "cell": {**CELL, "anneal": False, "warm_start": "zero"},
+    "cell+warm": {**CELL, "anneal": False},
+    "default": CELL,
 }
 
 

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, save  # noqa: E402
+from common import CELL, machine, save  # noqa: E402
 from scale import make_data  # noqa: E402
 from sdfm.transport import SemidiscreteSolver  # noqa: E402
 from sdfm.transport.diagnostics import chi2_from_counts, chi2_stderr_from_counts  # noqa: E402
@@ -141,7 +141,7 @@ def run(n: int, k: float, iters: int, stale: bool, certify: bool = False) -> dic
         pool.batches.clear()
 
     t0 = time.perf_counter()
-    solver = SemidiscreteSolver(tol=None, max_steps=max(1, pool.x.shape[0] // 4096))
+    solver = SemidiscreteSolver(tol=None, max_steps=max(1, pool.x.shape[0] // 4096), **CELL)
     res = solver.solve(y, generator=torch.Generator().manual_seed(0), noise=pool.replay, callback=keep)
     out = {"n": n, "k": k, "candidates": CANDIDATES, "iters": iters, "stale_cache": stale}
     out["epoch"] = {"rows_per_target": pool.offset / n, "seconds": time.perf_counter() - t0}

@@ -46,3 +46,17 @@ def solve_and_check(solver, y: np.ndarray, seed: int = 0):
     res = solver.solve(torch.from_numpy(y), generator=torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - t0
     return (res, seconds, *independent_chi2(y, res.potential))
+
+
+def solve_row(solver, y: np.ndarray, seed: int = 0) -> dict:
+    """One seeded solve of y as a results row: seconds, samples per target, whether it converged,
+    the solver's chi2 and the independent one (with its stderr)."""
+    res, seconds, chi2, se = solve_and_check(solver, y, seed)
+    return {
+        "seconds": round(seconds, 1),
+        "samples_per_target": round(res.samples / len(y), 1),
+        "converged": res.converged,
+        "chi2_solver": round(res.chi2, 4),
+        "chi2_independent": round(chi2, 4),
+        "chi2_independent_se": round(se, 4),
+    }

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, repeat, save  # noqa: E402
+from common import CELL, machine, repeat, save  # noqa: E402
 from scale import make_data, open_targets  # noqa: E402
 from sdfm.data.toy import checkerboard  # noqa: E402
 from sdfm.transport import LaguerreCells, SemidiscreteSolver  # noqa: E402
@@ -93,7 +93,7 @@ def cmd_pairing(args) -> None:
                 )
             elif n <= args.solve_max_n:
                 y = dataset(name, n)
-                res = SemidiscreteSolver(tol=0.05, max_seconds=args.solve_seconds).solve(
+                res = SemidiscreteSolver(tol=0.05, max_seconds=args.solve_seconds, **CELL).solve(
                     y, generator=torch.Generator().manual_seed(0)
                 )
                 label = f"solved (chi2 {res.chi2:.2f})"
@@ -109,7 +109,7 @@ def cmd_solve(args) -> None:
     results = {}
     for mode in ("off", "on"):
         t = time.perf_counter()
-        res = SemidiscreteSolver(pruning=mode, max_seconds=args.max_seconds).solve(
+        res = SemidiscreteSolver(pruning=mode, max_seconds=args.max_seconds, **CELL).solve(
             y, generator=torch.Generator().manual_seed(0)
         )
         results[mode] = res

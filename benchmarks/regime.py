@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, save  # noqa: E402
-from problems import load, solve_and_check  # noqa: E402
+from common import CELL, machine, save  # noqa: E402
+from problems import load, solve_and_check, solve_row  # noqa: E402
 from scale import make_data  # noqa: E402
 from sdfm.data import load_dataset
 from sdfm.transport import SemidiscreteSolver, estimate_marginal, intrinsic_dimension  # noqa: E402
@@ -55,12 +55,13 @@ N = 30_000
 # Section 15's configurations pin what that section measured: averaging power 2 and no coarse-space
 # correction (both off at N = 30,000 > smooth_max_n then); section 17 gave the direct regime power 1
 # and the coarse correction at any N.
-SECTION15 = {"average_power": 2.0, "coarse_size": 0}
+SECTION15 = {**CELL, "average_power": 2.0, "coarse_size": 0}
 ANNEALED = {"anneal": True, "noise_level": 0.25, **SECTION15}  # every N <= 10,240 and low-d data
 DIRECT15 = {"anneal": False, "noise_level": 0.7, **SECTION15}  # the direct regime of section 15
-# the direct regime now: what the defaults pick on the mixture (NOW), and forced on every problem of
-# the sweep (DIRECT; power 1 and the coarse correction, without the smooth stop)
-NOW = {"anneal": False, "noise_level": 0.7}
+# the direct regime of section 17: what the defaults picked on the mixture (NOW; with the cell scales,
+# the default before section 24), and forced on every problem of the sweep (DIRECT; power 1 and the
+# coarse correction, without the smooth stop)
+NOW = {**CELL, "anneal": False, "noise_level": 0.7}
 DIRECT = {**NOW, "average_power": 1.0, "smooth_max_n": None, "smooth_tol": None}
 
 
@@ -84,18 +85,7 @@ def cmd_sweep(args):
         dim = intrinsic_dimension(torch.from_numpy(y))
         for label, cfg in (("annealed", ANNEALED), ("direct (section 15)", DIRECT15), ("direct", DIRECT)):
             solver = SemidiscreteSolver(tol=0.1, max_steps=None, max_seconds=args.cap, **cfg)
-            res, seconds, chi2, se = solve_and_check(solver, y)
-            row = {
-                "problem": name,
-                "twonn": round(dim, 2),
-                "config": label,
-                "seconds": round(seconds, 1),
-                "samples_per_target": round(res.samples / len(y), 1),
-                "converged": res.converged,
-                "chi2_solver": round(res.chi2, 4),
-                "chi2_independent": round(chi2, 4),
-                "chi2_independent_se": round(se, 4),
-            }
+            row = {"problem": name, "twonn": round(dim, 2), "config": label, **solve_row(solver, y)}
             print(json.dumps(row), flush=True)
             rows.append(row)
     save("regime_sweep", {"machine": machine(), "command": " ".join(sys.argv), "n": N, "rows": rows})
@@ -205,7 +195,7 @@ def cmd_lowdim(args):
     rows = []
     for level in (0.25, 0.7):
         for seed in (0, 1):
-            solver = SemidiscreteSolver(anneal=True, noise_level=level, max_seconds=args.cap)
+            solver = SemidiscreteSolver(anneal=True, noise_level=level, max_seconds=args.cap, **CELL)
             res, seconds, chi2, se = solve_and_check(solver, y, seed)
             row = {
                 "noise_level": level,

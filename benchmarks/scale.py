@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine, repeat, save  # noqa: E402
+from common import CELL, RESULTS, machine, repeat, save  # noqa: E402
 from sdfm.transport import LaguerreCells, PCAProjection, SemidiscreteSolver  # noqa: E402
 
 DIR = Path(os.environ.get("SDFM_SCALE_DIR", "/tmp/sdfm_scale"))
@@ -206,6 +206,7 @@ def cmd_solve(args):
             memory_limit=args.memory_limit,
             max_seconds=args.max_seconds,
             max_steps=None,
+            **CELL,
             **pinned,
         )
         trained = [0]  # noise samples of the training steps (the rest are chi2 measurements)
@@ -275,7 +276,7 @@ def cmd_precision(args):
     for score_dtype in (None, "bfloat16"):
         for anneal in (True, False):
             solver = SemidiscreteSolver(
-                tol=args.tol, max_seconds=args.max_seconds, score_dtype=score_dtype, anneal=anneal
+                tol=args.tol, max_seconds=args.max_seconds, score_dtype=score_dtype, anneal=anneal, **CELL
             )
             res = solver.solve(y, generator=torch.Generator().manual_seed(0))
             hard = next((h for h in res.history if h.eps == 0), None)
@@ -300,7 +301,7 @@ def cmd_faiss(args):
 
     y = open_targets(make_data(1_000_000, args.d))[: args.n].clone()
     t = time.perf_counter()
-    res = SemidiscreteSolver(tol=args.tol, max_steps=None, max_seconds=args.max_seconds).solve(
+    res = SemidiscreteSolver(tol=args.tol, max_steps=None, max_seconds=args.max_seconds, **CELL).solve(
         y, generator=torch.Generator().manual_seed(0)
     )
     solve_s = time.perf_counter() - t
@@ -392,7 +393,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     y = torch.from_numpy(np.load(sys.argv[1], mmap_mode="r"))[: int(sys.argv[2])].clone()
 col = parallel.collective()
-solver = SemidiscreteSolver(anneal=False, tol=None, max_steps=int(sys.argv[3]), batch_size=4096)
+solver = SemidiscreteSolver(
+    anneal=False, tol=None, max_steps=int(sys.argv[3]), batch_size=4096, preconditioner="cell"
+)
 t = time.perf_counter()
 res = solver.solve(y, generator=torch.Generator().manual_seed(0), collective=col)
 solve_s = time.perf_counter() - t

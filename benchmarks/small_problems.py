@@ -10,7 +10,7 @@ emulated with today's solver, whose measurement schedule differs in detail), cap
 ``--legacy-seconds`` each, and the 1-D problems with today's
 stochastic solver without the quantile solve (``exact_1d=False``).
 
-    python benchmarks/small_problems.py --threads 2 [--seeds 3] [--legacy-seconds 10] [--only 1d]
+    python benchmarks/small_problems.py --threads 2 [--seeds 3] [--legacy-seconds 10] [--only 1d] [--out NAME]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from sdfm.transport import SemidiscreteSolver, estimate_marginal
 def legacy(n: int, tol: float = 0.05) -> dict:
     """The solver's defaults before this benchmark existed, as settings of today's solver."""
     return dict(
+        preconditioner="cell",
         exact_1d=False,
         lr=0.1,
         batch_size=4096,
@@ -109,6 +110,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--legacy-seconds", type=float, default=10.0, help="cap per legacy solve (0: skip legacy)")
     p.add_argument("--only", default="", help="run the problems whose name contains this")
+    p.add_argument("--out", default="small_problems", help="results/OUT.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -139,7 +141,7 @@ def main() -> None:
             st = row["stochastic_1d"]
             line += f" | stochastic: spt {st['samples_per_target']:8.0f} indep {st['chi2_independent']:.4f}"
         print(line, flush=True)
-    path = save("small_problems", {"machine": machine(), "threads": args.threads, "rows": rows})
+    path = save(args.out, {"machine": machine(), "threads": args.threads, "rows": rows})
     print("wrote", path)
 
 

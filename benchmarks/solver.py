@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine, save  # noqa: E402
+from common import CELL, RESULTS, machine, save  # noqa: E402
 from problems import CHECK_SAMPLES, PROBLEMS, independent_chi2, load  # noqa: E402
 from sdfm.transport import SemidiscreteSolver  # noqa: E402
 
@@ -42,7 +42,7 @@ TOL = 0.05
 
 def run_sdfm(y: np.ndarray, seed: int = 0) -> dict:
     t = time.perf_counter()
-    res = SemidiscreteSolver().solve(torch.from_numpy(y), generator=torch.Generator().manual_seed(seed))
+    res = SemidiscreteSolver(**CELL).solve(torch.from_numpy(y), generator=torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - t
     chi2, se = independent_chi2(y, res.potential)
     curve = [(e.seconds, e.chi2) for e in res.history if e.chi2 is not None]

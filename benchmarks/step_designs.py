@@ -1,17 +1,18 @@
 """The per-cell step scales and the coarse correction's trust bound: the designs behind the opt-in
-``preconditioner="adaptive"`` measured against the default (BENCHMARKS.md sections 21-22).
+``preconditioner="adaptive"`` (the default since BENCHMARKS.md section 24) measured against the cell
+scales, the default before it (sections 21-24).
 
     python benchmarks/step_designs.py           # results/step_designs.json
     python benchmarks/step_designs.py --problems cauchy_2d --out step_designs_cauchy
     python benchmarks/step_designs.py pairs     # results/step_designs_pairs.json
-    python benchmarks/step_designs.py --designs default adaptive --out step_designs_quantile  # section 22
+    python benchmarks/step_designs.py --designs cell adaptive --out step_designs_quantile  # section 22
 
 ``compare``: each problem solved with tol 0.05, solver seed 0 and at most 6,000 steps (2 threads), by
-the default solver, by three designs patched into it for the run (and all three together), and by
+the solver with the cell scales, by three designs patched into it for the run (and all three together), and by
 the solver's own option ``preconditioner="adaptive"``; chi2 checked independently (float64
 brute-force argmax, 400,000 fresh samples, as ``chains.py``):
 
-- ``default``: a cell's step scale is its running mean score gap (decay 0.99 per step) plus a prior
+- ``cell``: a cell's step scale is its running mean score gap (decay 0.99 per step) plus a prior
   of one sample, of constant weight, at the global gap measured at the start. When a cell gets no
   samples its own weight decays and the prior takes over, so an empty cell's scale returns to the
   global gap whatever its own.
@@ -22,7 +23,7 @@ brute-force argmax, 400,000 fresh samples, as ``chains.py``):
 - ``coarse trust in face units``: the coarse correction's trust bound measures the move of the face
   between atoms j and k in x (``|dh_j - dh_k| / |y_j - y_k|``) against the cell's width (its mean gap
   over its mean distance to its runner-ups), and its reach bound uses the larger of the cell's gap and
-  its coarse functions' mass over flux; the default measures both in the cell's gap, which for a face
+  its coarse functions' mass over flux; ``cell`` measures both in the cell's gap, which for a face
   between far-apart atoms is many times stricter.
 - ``adaptive``: all three, and the restart of an average that lags the iterate.
 
@@ -34,7 +35,7 @@ cluster; Cauchy only when named), two tiny far clusters on opposite sides (10 po
 spread 5) in 2-D and in 100 such clusters in 8-D; the far clusters' mass is counted on 2^20 fresh
 samples.
 
-``pairs``: why the built-in 8gaussians is slow with the defaults: its chi2 on 2^22 fresh samples after
+``pairs``: why the built-in 8gaussians is slow with the cell scales: its chi2 on 2^22 fresh samples after
 700 steps, the share of that chi2 on the tenth of atoms whose nearest neighbour is closest, and the
 cells left empty, against the same for the fading prior and the adaptive option.
 """
@@ -49,17 +50,18 @@ import time
 import torch
 
 from chains import PROBLEMS, independent_chi2
-from common import machine, save
+from common import CELL, machine, save
 from sdfm.data.normalize import Normalization
 from sdfm.data.registry import load_dataset
 from sdfm.transport import SemidiscreteSolver, assign
 from sdfm.transport.semidiscrete import coarse, parts
 from tails import _problems
 
-#: design -> (fading prior, runner-up gaps, coarse bounds in face units) patched into the default
-#: solver; "adaptive" is the solver's own option (all three and the restart of a lagging average)
+#: design -> (fading prior, runner-up gaps, coarse bounds in face units) patched into the solver with
+#: the cell scales (the default before section 24, "cell"); "adaptive" is the solver's own option (all
+#: three and the restart of a lagging average; the default since section 24)
 DESIGNS = {
-    "default": (False, False, False),
+    "cell": (False, False, False),
     "fading prior": (True, False, False),
     "fading prior + runner-up gaps": (True, True, False),
     "coarse trust in face units": (False, False, True),
@@ -156,7 +158,7 @@ def compare(problems: list[str] | None, designs: list[str] | None, out: str) -> 
         for design in designs or DESIGNS:
             with _design(design):
                 start = time.perf_counter()
-                options = {"preconditioner": "adaptive"} if design == "adaptive" else {}
+                options = {"preconditioner": "adaptive"} if design == "adaptive" else CELL
                 solver = SemidiscreteSolver(tol=0.05, max_steps=MAX_STEPS, **options)
                 r = solver.solve(y, generator=torch.Generator().manual_seed(0))
                 seconds = time.perf_counter() - start
@@ -184,8 +186,8 @@ def pairs() -> None:
     dist = torch.cdist(y, y).fill_diagonal_(math.inf).min(1).values
     close = dist < dist.quantile(0.1)
     rows = []
-    for design in ("default", "fading prior", "adaptive"):
-        options = {"preconditioner": "adaptive"} if design == "adaptive" else {}
+    for design in ("cell", "fading prior", "adaptive"):
+        options = {"preconditioner": "adaptive"} if design == "adaptive" else CELL
         with _design(design):
             r = SemidiscreteSolver(tol=None, max_steps=700, **options).solve(
                 y.float(), generator=torch.Generator().manual_seed(0)

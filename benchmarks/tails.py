@@ -27,7 +27,7 @@ import time
 import torch
 
 from chains import BUDGET, independent_chi2
-from common import machine, save
+from common import CELL, machine, save
 from sdfm.transport import SemidiscreteSolver, assign
 from sdfm.transport.semidiscrete import parts
 
@@ -57,7 +57,7 @@ def _problems() -> dict[str, tuple[torch.Tensor, int | None]]:
 
 
 def _solve(y: torch.Tensor, measured: list | None = None):
-    solver = SemidiscreteSolver(tol=0.05, max_seconds=BUDGET)
+    solver = SemidiscreteSolver(tol=0.05, max_seconds=BUDGET, **CELL)
 
     def keep(state):
         if measured is not None and state.measured is not None and state.measured.step == state.step:

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, repeat, save  # noqa: E402
+from common import CELL, machine, repeat, save  # noqa: E402
 from scale import make_data  # noqa: E402
 from sdfm.transport import SemidiscreteSolver  # noqa: E402
 from sdfm.transport._stream import stream_top2  # noqa: E402
@@ -102,7 +102,7 @@ class Mixture:
 
     def solve(self, mode: str, seed: int) -> tuple[torch.Tensor, dict]:
         t = time.perf_counter()
-        solver = SemidiscreteSolver(tol=None, max_steps=SPT * self.n // BATCH)
+        solver = SemidiscreteSolver(tol=None, max_steps=SPT * self.n // BATCH, **CELL)
         res = solver.solve(
             self.y, generator=torch.Generator().manual_seed(seed), noise=self.sampler(mode, seed)
         )
@@ -315,7 +315,7 @@ def solve(mix: Mixture) -> dict:
         patch = SubspaceCounts(k, m, fast=True) if k else contextlib.nullcontext()
         t = time.perf_counter()
         with patch:
-            res = SemidiscreteSolver(tol=0.1).solve(mix.y, generator=torch.Generator().manual_seed(0))
+            res = SemidiscreteSolver(tol=0.1, **CELL).solve(mix.y, generator=torch.Generator().manual_seed(0))
         seconds = time.perf_counter() - t
         chi2, se = mix.chi2(res.potential - 0.5 * mix.sqnorm)
         row = {

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, save  # noqa: E402
+from common import CELL, machine, save  # noqa: E402
 from sdfm.evaluation.compare import prepare  # noqa: E402
 from sdfm.transport import SemidiscreteSolver, assign  # noqa: E402
 
@@ -42,7 +42,9 @@ def main() -> None:
         y = torch.from_numpy(prepare(spec).train)
         for warm in ("auto", "zero"):
             t = time.perf_counter()
-            res = SemidiscreteSolver(warm_start=warm).solve(y, generator=torch.Generator().manual_seed(0))
+            res = SemidiscreteSolver(warm_start=warm, **CELL).solve(
+                y, generator=torch.Generator().manual_seed(0)
+            )
             row = {
                 "problem": spec,
                 "N": int(y.shape[0]),

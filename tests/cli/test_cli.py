@@ -41,17 +41,18 @@ def test_solve_pruning_option(tmp_path, capsys):
 
 
 def test_solve_step_scales_option(tmp_path, capsys):
-    # 6 points at (20, 20) beside 294 normal ones: the default leaves the far cluster unsolved in 300
-    # steps, --step-scales adaptive solves it (BENCHMARKS.md section 21); the file records the choice
+    # 6 points at (20, 20) beside 294 normal ones: the default (adaptive) scales solve the far cluster
+    # in 300 steps, --step-scales cell leaves it unsolved (BENCHMARKS.md sections 21, 24); the file
+    # records the choice
     rng = np.random.default_rng(0)
     y = np.concatenate([rng.standard_normal((294, 2)), 20 + 0.01 * rng.standard_normal((6, 2))])
     data = tmp_path / "far.npy"
     np.save(data, y.astype(np.float32))
     args = ["solve", "--data", str(data), "--quiet", "--steps", "300", "--normalize", "none"]
-    assert main(args + ["--out", str(tmp_path / "a.safetensors"), "--step-scales", "adaptive"]) == 0
+    assert main(args + ["--out", str(tmp_path / "a.safetensors")]) == 0
     adaptive = load_potential(tmp_path / "a.safetensors")
     assert adaptive.meta["solver"]["preconditioner"] == "adaptive" and adaptive.meta["converged"]
-    assert main(args + ["--out", str(tmp_path / "c.safetensors")]) == 0
+    assert main(args + ["--out", str(tmp_path / "c.safetensors"), "--step-scales", "cell"]) == 0
     cell = load_potential(tmp_path / "c.safetensors")
     assert cell.meta["solver"]["preconditioner"] == "cell" and not cell.meta["converged"]
     with pytest.raises(SystemExit) as exc:

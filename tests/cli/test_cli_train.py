@@ -275,17 +275,18 @@ def test_meanflow_train_sample_eval(tmp_path, capsys):
 
 
 def test_step_scales_flag_reaches_the_solver(tmp_path, capsys):
-    """--step-scales adaptive: the run's potential is solved with the adaptive step scales (its
-    file's solver settings say so); refused for other couplings and with a given --potential."""
+    """--step-scales cell: the run's potential is solved with the cell step scales (its file's
+    solver settings say so; without the flag, the solver's default, adaptive); refused for other
+    couplings and with a given --potential."""
     run = tmp_path / "a"
-    assert _train(run, "--coupling", "semidiscrete", "--step-scales", "adaptive") == 0
+    assert _train(run, "--coupling", "semidiscrete", "--step-scales", "cell") == 0
     pf = load_potential(run / "potential.safetensors")
-    assert pf.meta["solver"]["preconditioner"] == "adaptive" and pf.chi2 <= 0.05
+    assert pf.meta["solver"]["preconditioner"] == "cell" and pf.chi2 <= 0.05
     assert _train(tmp_path / "b", "--coupling", "semidiscrete") == 0
     default = load_potential(tmp_path / "b" / "potential.safetensors")
-    assert default.meta["solver"]["preconditioner"] == "cell"
-    assert _train(tmp_path / "c", "--coupling", "independent", "--step-scales", "adaptive") == 2
+    assert default.meta["solver"]["preconditioner"] == "adaptive"
+    assert _train(tmp_path / "c", "--coupling", "independent", "--step-scales", "cell") == 2
     assert "--step-scales: only used with --coupling semidiscrete" in capsys.readouterr().err
     given = ["--potential", str(tmp_path / "b" / "potential.safetensors")]
-    assert _train(tmp_path / "d", "--coupling", "semidiscrete", *given, "--step-scales", "adaptive") == 2
+    assert _train(tmp_path / "d", "--coupling", "semidiscrete", *given, "--step-scales", "cell") == 2
     assert "--step-scales: only used when the run solves its potential" in capsys.readouterr().err

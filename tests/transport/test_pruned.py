@@ -159,7 +159,9 @@ def test_laguerre_cells_and_coupling_pair_as_the_dense_scan():
 
 def test_solver_with_pruning_reaches_the_same_potential_in_2d():
     y = torch.rand(3000, 2, generator=gen(8)) * 4 - 2
-    kw = {"tol": None, "max_steps": 60, "anneal": False}
+    # the cell scales: the adaptive ones (the default) also count each noise's gap for its runner-up,
+    # whose near-ties round apart sooner (0.003 after 60 steps on an AMD EPYC)
+    kw = {"tol": None, "max_steps": 60, "anneal": False, "preconditioner": "cell"}
     on = SemidiscreteSolver(**kw, pruning="on").solve(y, generator=gen(9))
     off = SemidiscreteSolver(**kw, pruning="off").solve(y, generator=gen(9))
     assert on.settings["pruning_used"]["pruned_calls"] > 50

@@ -116,11 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     solve.add_argument(
         "--step-scales",
-        choices=["cell", "adaptive"],
-        default="cell",
-        help="the per-cell step scales: cell (default), or adaptive (opt-in: scales that follow each "
-        "cell, coarse moves bounded in x; 1.4-4.2x fewer samples on 2-D and 3-D data, solves tiny far "
-        "clusters; 2.1x more on a log-normal set; BENCHMARKS.md section 21)",
+        choices=["adaptive", "cell"],
+        default="adaptive",
+        help="the per-cell step scales: adaptive (default: scales that follow each cell, coarse moves "
+        "bounded in x), or cell (the default before BENCHMARKS.md section 24: 1.2-4x more samples on "
+        "2-D and 3-D data, does not finish tight or tiny far clusters)",
     )
     solve.add_argument(
         "--normalize",

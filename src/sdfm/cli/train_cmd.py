@@ -87,10 +87,10 @@ def add_train_parser(sub, positive_int, nonneg_float) -> None:
     )
     p.add_argument(
         "--step-scales",
-        choices=["cell", "adaptive"],
-        default="cell",
-        help="semidiscrete: the solver's per-cell step scales (as sdfm solve --step-scales): cell "
-        "(default) or adaptive (opt-in; BENCHMARKS.md sections 21-22)",
+        choices=["adaptive", "cell"],
+        default=None,
+        help="semidiscrete: the solver's per-cell step scales (as sdfm solve --step-scales): adaptive "
+        "(the default) or cell (the default before BENCHMARKS.md section 24)",
     )
     p.add_argument(
         "--ot-batch-size", type=positive_int, default=None, help="OT batch (default: --batch-size)"

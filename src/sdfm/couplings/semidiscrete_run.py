@@ -34,7 +34,7 @@ def build_semidiscrete(spec, ctx):
         path = Path(ctx.stored["potential"])
         potential = _load(spec, ctx, path if path.is_absolute() else ctx.run_dir / path, None, labels)
     elif spec.potential:
-        if spec.step_scales != "cell":
+        if spec.step_scales is not None:
             raise ValueError(
                 "--step-scales: only used when the run solves its potential, not with --potential"
             )
@@ -110,7 +110,7 @@ def _solve(spec, ctx, labels):
 
     out = ctx.run_dir / POTENTIAL_FILE
     main_rank = parallel.is_main()
-    solver = SemidiscreteSolver(eps=spec.eps or 0.0, device=str(ctx.device), preconditioner=spec.step_scales)
+    solver = SemidiscreteSolver(eps=spec.eps or 0.0, device=str(ctx.device), **_step_scales(spec))
     projection, keys = None, ctx.targets
     if spec.pca is not None:
         if spec.pca > ctx.targets.shape[1]:
@@ -185,7 +185,7 @@ def _augmented(spec, ctx):
         return coupling, ctx.stored
     ctx.log(f"solving the augmented potential (beta {task.beta:g}) -> {path}")
     gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
-    solver = SemidiscreteSolver(device=str(ctx.device), preconditioner=spec.step_scales)
+    solver = SemidiscreteSolver(device=str(ctx.device), **_step_scales(spec))
     coupling, res = augmented_coupling(
         ctx.targets, z, task.beta, generator=gen, solver=solver, progress=ctx.progress
     )
@@ -200,3 +200,8 @@ def _augmented(spec, ctx):
             f"(mean |z0 - z_j| {mismatch['relative_distance']:.3f} of a random pair's)"
         )
     return coupling, {"potential": POTENTIAL_FILE, "eps": res.eps, "eps_relative": 0.0}
+
+
+def _step_scales(spec) -> dict:
+    """The solver option that ``--step-scales`` sets (none when it is not given: the solver's default)."""
+    return {} if spec.step_scales is None else {"preconditioner": spec.step_scales}

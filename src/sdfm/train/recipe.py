@@ -56,8 +56,8 @@ class RunSpec:
         search: semidiscrete pairing by ``exact`` argmax or a FAISS index (flat, ivf, hnsw).
         pairing_precision: ``fp32`` or ``bf16`` scores with exact re-scoring (semidiscrete, eps = 0).
         step_scales: the solver's per-cell step scales when it solves the run's potential
-            (semidiscrete): ``cell`` (the default) or ``adaptive`` (``SemidiscreteSolver``'s
-            ``preconditioner``).
+            (semidiscrete): ``adaptive`` or ``cell`` (``SemidiscreteSolver``'s ``preconditioner``;
+            None: the solver's default, ``adaptive``).
         ot_method, ot_batch_size: minibatch OT solver (exact, sinkhorn) and batch (default: the
             training batch).
         superres, beta, condition_noise: super-resolution by the given factor with continuous
@@ -83,7 +83,7 @@ class RunSpec:
     pca: int | None = None
     search: str = "exact"
     pairing_precision: str = "fp32"
-    step_scales: str = "cell"
+    step_scales: str | None = None
     ot_method: str = "exact"
     ot_batch_size: int | None = None
     superres: int | None = None

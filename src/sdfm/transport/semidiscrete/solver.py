@@ -24,7 +24,9 @@ Algorithm (chosen by the comparison in BENCHMARKS.md, "Solver"), one :meth:`_Ite
    (quasi-random noise for the Gaussian source in d <= 16):
    h_j += lr * s_j * max(1 - m_hat_j / b_j, -3). s_j is the Newton scale of cell j, the mean gap
    between the best and second-best score of the noise that falls in the cell (d m_j / d h_j ~
-   m_j / gap_j), so one step size fits small and large cells whatever the units of the data. The
+   m_j / gap_j), so one step size fits small and large cells whatever the units of the data (the
+   default ``preconditioner="adaptive"``: a prior at the start's global gap that fades, and gaps
+   also counted for the runner-up atom, so that an empty cell keeps a scale of its own). The
    step is capped at lr <= noise_level * batch / N (0.25; 0.7 where the annealing is skipped as
    above, where larger steps average well): the relative counting error of a cell has
    variance N / batch, and iterates noisier than that average badly (the coupling is far from
@@ -188,15 +190,15 @@ class SemidiscreteSolver:
             0.05 after 300 s (0.12) against 183 s with the cap (BENCHMARKS.md section 10). The default
             3.0 leaves every N <= 10,240 unchanged (where the solver's defaults were chosen); beyond,
             the annealing moves the potential as far in total as at N = 10,240.
-        preconditioner: "cell" (default: per-cell gap scale), "adaptive" or "global" (one scale,
-            the mean gap). "adaptive" (opt-in, BENCHMARKS.md sections 21-22) lets each cell's scale
-            follow the cell (the prior at the start's global gap fades, a sample's gap also counts
-            for its runner-up atom), measures the coarse correction's trust bound in x (face units,
-            on the 95th percentile of the batch's face moves) and restarts an average that lags the
-            iterate. On 2-D and 3-D data it needs 1.2-4x fewer samples (8gaussians 474 -> 121 per
-            target), and it solves data in many tight clusters and tiny far clusters that the
-            default does not finish; it matches the default on 16-64-d data (digits: 99 against 83).
-            It is not yet the default: every default solve would change.
+        preconditioner: "adaptive" (default), "cell" or "global" (one scale, the mean gap).
+            "adaptive" lets each cell's scale follow the cell (the prior at the start's global gap
+            fades, a sample's gap also counts for its runner-up atom), measures the coarse
+            correction's trust bound in x (face units, on the 95th percentile of the batch's face
+            moves) and restarts an average that lags the iterate. "cell" (the default until
+            BENCHMARKS.md section 24) scales each cell's step by its running mean gap with a prior
+            of one sample at the start's global gap: on 2-D and 3-D data it needs 1.2-4x more
+            samples (8gaussians 474 against 121 per target), and it does not finish data in many
+            tight clusters or tiny far clusters; on 16-64-d data the two are alike (sections 21-24).
         optimizer: "sgd" or "adam" (Adam on the preconditioned gradient; for comparisons).
         lr_decay: step size decays as (1 + k / 100)^-lr_decay (0 = constant).
         averaging: "poly" (polynomial decay), "ema", "uniform" (Polyak) or "none".
@@ -307,7 +309,7 @@ class SemidiscreteSolver:
     anneal_batch_size: int | None = None
     lr_anneal: float = 0.3
     anneal_noise_level: float | None = 3.0
-    preconditioner: Literal["cell", "adaptive", "global"] = "cell"
+    preconditioner: Literal["cell", "adaptive", "global"] = "adaptive"
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr_decay: float = 0.0
     averaging: Literal["poly", "ema", "uniform", "none"] = "poly"
