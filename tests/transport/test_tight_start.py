@@ -98,3 +98,30 @@ def test_jittered_copies_are_solved_from_the_merged_start():
     plain = SemidiscreteSolver(tol=0.05, max_steps=800, tight_start=False).solve(y, generator=gen(0))
     assert plain.settings["tight_start_used"] is None and not plain.converged
     assert _chi2(y, plain.potential) > 0.3
+
+
+def test_an_interrupt_in_the_merged_start_ends_the_solve(monkeypatch):
+    """Ctrl-C while the merged problem is solved: with stop_on_interrupt the solve returns the full
+    problem's potential lifted from the merged solve so far, flagged as interrupted, without running
+    the full solve; without it the interrupt propagates."""
+    y = twins(200, 2, 1e-3)
+    draw = SemidiscreteProblem.draw_train
+    calls = []
+
+    def interrupting(self, n):
+        calls.append(self.n)
+        if len(calls) == 30:
+            raise KeyboardInterrupt
+        return draw(self, n)
+
+    monkeypatch.setattr(SemidiscreteProblem, "draw_train", interrupting)
+    r = SemidiscreteSolver(tol=0.05, max_steps=800).solve(y, generator=gen(0), stop_on_interrupt=True)
+    used = r.settings["tight_start_used"]
+    assert set(calls) == {used["groups"]}  # every draw was the merged problem's: the full solve never ran
+    assert r.settings["interrupted"] == "KeyboardInterrupt" and used["interrupted"] == "KeyboardInterrupt"
+    assert r.potential.shape == (400,) and torch.isfinite(r.potential).all() and r.steps == 0
+    # the start: each twin takes its group's potential from the merged solve
+    torch.testing.assert_close(r.potential[:200], r.potential[200:], rtol=0, atol=1e-9)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        SemidiscreteSolver(tol=0.05, max_steps=800).solve(y, generator=gen(0))

@@ -411,7 +411,9 @@ class SemidiscreteSolver:
             stop_on_interrupt: a KeyboardInterrupt (Ctrl-C, or SIGTERM as the CLI maps it) between
                 steps ends the solve like a budget: the averaged potential so far is measured and
                 returned with ``settings["interrupted"]`` set to the exception's class name
-                (``"KeyboardInterrupt"``, or a subclass's); False: the interrupt propagates.
+                (``"KeyboardInterrupt"``, or a subclass's); False: the interrupt propagates. An
+                interrupt during the merged start (``tight_start``) returns the full problem's
+                potential lifted from the merged solve so far.
 
         Returns:
             A :class:`SemidiscreteResult`.
@@ -430,8 +432,12 @@ class SemidiscreteSolver:
             if start is None and self._tight_start(problem):
                 labels = tight.tight_groups(problem)
                 if labels is not None:
-                    start, run.tight = tight.merged_start(self, problem, labels, generator, noise)
+                    start, run.tight = tight.merged_start(
+                        self, problem, labels, generator, noise, stop_on_interrupt
+                    )
             state = run.start(start)
+            if run.tight is not None and "interrupted" in run.tight:  # stopped in the merged solve
+                return run.interrupted(state, run.tight["interrupted"])
             try:
                 while not run.done(state):
                     new = run.measure_if_due(run.step(state, problem.draw_train(run.batch_size(state))))
@@ -442,9 +448,7 @@ class SemidiscreteSolver:
             except KeyboardInterrupt as exc:
                 if not stop_on_interrupt:
                     raise
-                result = run.result(state)  # the last complete step's averaged potential, measured
-                result.settings["interrupted"] = type(exc).__name__
-                return result
+                return run.interrupted(state, type(exc).__name__)
             return run.result(state)
 
     def settings(self) -> dict:
@@ -784,6 +788,13 @@ class _Iteration:
         if s.max_steps is not None and state.step >= s.max_steps:
             return True
         return s.max_seconds is not None and state.seconds >= s.max_seconds
+
+    def interrupted(self, state: SolverState, name: str) -> SemidiscreteResult:
+        """The result of a solve stopped by an interrupt: the last complete step's averaged
+        potential (or the start), measured, with ``settings["interrupted"] = name``."""
+        result = self.result(state)
+        result.settings["interrupted"] = name
+        return result
 
     def result(self, state: SolverState) -> SemidiscreteResult:
         problem = self.problem

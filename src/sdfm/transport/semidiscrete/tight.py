@@ -141,15 +141,20 @@ def tight_groups(problem) -> torch.Tensor | None:
     return torch.from_numpy(labels).long()
 
 
-def merged_start(solver, problem, labels: torch.Tensor, generator, noise) -> tuple[torch.Tensor, dict]:
-    """The iterate h [n] for the full solve from the solve of the merged problem, and a summary."""
+def merged_start(
+    solver, problem, labels: torch.Tensor, generator, noise, stop_on_interrupt: bool = False
+) -> tuple[torch.Tensor, dict]:
+    """The iterate h [n] for the full solve from the solve of the merged problem, and a summary
+    (with ``"interrupted"`` where ``stop_on_interrupt`` ended the merged solve early)."""
     groups = int(labels.max()) + 1
     first = torch.full((groups,), problem.n, dtype=torch.long)
     first.scatter_reduce_(0, labels, torch.arange(problem.n), reduce="amin")
     weights = torch.zeros(groups, dtype=torch.float64).index_add_(0, labels, problem.b.cpu())
     rows = first if problem.rows is None else problem.rows.cpu()[first]  # the groups' first targets
     targets = problem.src[rows.to(problem.src.device)].to(problem.device, torch.float64)
-    merged = solver.solve(targets, weights=weights, generator=generator, noise=noise)
+    merged = solver.solve(
+        targets, weights=weights, generator=generator, noise=noise, stop_on_interrupt=stop_on_interrupt
+    )
     problem.samples += merged.samples
     g = merged.potential.to(problem.device, torch.float64)[labels.to(problem.device)]
     h = g - 0.5 * problem.sqnorm
@@ -160,4 +165,6 @@ def merged_start(solver, problem, labels: torch.Tensor, generator, noise) -> tup
         "chi2": merged.chi2,
         "converged": merged.converged,
     }
+    if "interrupted" in merged.settings:
+        summary["interrupted"] = merged.settings["interrupted"]
     return h - (problem.b * h).sum(), summary
