@@ -11,6 +11,7 @@ emulated with today's solver, whose measurement schedule differs in detail), cap
 stochastic solver without the quantile solve (``exact_1d=False``).
 
     python benchmarks/small_problems.py --threads 2 [--seeds 3] [--legacy-seconds 10] [--only 1d] [--out NAME]
+        [--warm-start zero]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def legacy(n: int, tol: float = 0.05) -> dict:
     """The solver's defaults before this benchmark existed, as settings of today's solver."""
     return dict(
         preconditioner="cell",
+        warm_start="zero",
         exact_1d=False,
         lr=0.1,
         batch_size=4096,
@@ -111,13 +113,16 @@ def main() -> None:
     p.add_argument("--legacy-seconds", type=float, default=10.0, help="cap per legacy solve (0: skip legacy)")
     p.add_argument("--only", default="", help="run the problems whose name contains this")
     p.add_argument("--out", default="small_problems", help="results/OUT.json")
+    p.add_argument(
+        "--warm-start", default="best", help="the default solver's warm_start (zero: before section 25)"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     for name, y in problems().items():
         if args.only not in name:
             continue
-        new = [run(y, {}, s, None) for s in range(args.seeds)]
+        new = [run(y, {"warm_start": args.warm_start}, s, None) for s in range(args.seeds)]
         row = {"problem": name, "n": y.shape[0], "d": y.shape[1], "default": new}
         if args.legacy_seconds > 0:
             row["legacy"] = run(y, legacy(y.shape[0]), 0, args.legacy_seconds)
@@ -141,7 +146,9 @@ def main() -> None:
             st = row["stochastic_1d"]
             line += f" | stochastic: spt {st['samples_per_target']:8.0f} indep {st['chi2_independent']:.4f}"
         print(line, flush=True)
-    path = save(args.out, {"machine": machine(), "threads": args.threads, "rows": rows})
+    path = save(
+        args.out, {"machine": machine(), "threads": args.threads, "warm_start": args.warm_start, "rows": rows}
+    )
     print("wrote", path)
 
 

@@ -75,6 +75,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--problems", default=",".join(PROBLEMS))
     p.add_argument("--max-seconds", type=float, default=120.0, help="cap per solve")
+    p.add_argument(
+        "--warm-start", default="best", help="the default solver's warm_start (zero: before section 25)"
+    )
+    p.add_argument("--out", default="smooth_errors", help="results/OUT.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -85,6 +89,8 @@ def main() -> None:
             t = time.perf_counter()
             if settings is None:
                 settings = legacy(y.shape[0])
+            else:
+                settings = {"warm_start": args.warm_start, **settings}
             res = SemidiscreteSolver(max_seconds=args.max_seconds, **settings).solve(
                 torch.from_numpy(y), generator=torch.Generator().manual_seed(0)
             )
@@ -118,7 +124,9 @@ def main() -> None:
                 f"(floor {100 * worst['floor']:.2f}%, {worst['ratio']:.1f}x)",
                 flush=True,
             )
-    path = save("smooth_errors", {"machine": machine(), "threads": args.threads, "rows": rows})
+    path = save(
+        args.out, {"machine": machine(), "threads": args.threads, "warm_start": args.warm_start, "rows": rows}
+    )
     print("wrote", path)
 
 

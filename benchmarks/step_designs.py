@@ -50,7 +50,7 @@ import time
 import torch
 
 from chains import PROBLEMS, independent_chi2
-from common import CELL, machine, save
+from common import CELL, ZERO_START, machine, save
 from sdfm.data.normalize import Normalization
 from sdfm.data.registry import load_dataset
 from sdfm.transport import SemidiscreteSolver, assign
@@ -158,7 +158,7 @@ def compare(problems: list[str] | None, designs: list[str] | None, out: str) -> 
         for design in designs or DESIGNS:
             with _design(design):
                 start = time.perf_counter()
-                options = {"preconditioner": "adaptive"} if design == "adaptive" else CELL
+                options = {"preconditioner": "adaptive", **ZERO_START} if design == "adaptive" else CELL
                 solver = SemidiscreteSolver(tol=0.05, max_steps=MAX_STEPS, **options)
                 r = solver.solve(y, generator=torch.Generator().manual_seed(0))
                 seconds = time.perf_counter() - start
@@ -187,7 +187,7 @@ def pairs() -> None:
     close = dist < dist.quantile(0.1)
     rows = []
     for design in ("cell", "fading prior", "adaptive"):
-        options = {"preconditioner": "adaptive"} if design == "adaptive" else CELL
+        options = {"preconditioner": "adaptive", **ZERO_START} if design == "adaptive" else CELL
         with _design(design):
             r = SemidiscreteSolver(tol=None, max_steps=700, **options).solve(
                 y.float(), generator=torch.Generator().manual_seed(0)

@@ -122,7 +122,8 @@ def test_adaptive_solves_tight_clusters(monkeypatch):
     # 40 clusters of 10 points (spread 0.02, centres spread 5): each cluster's mass needs a collective
     # move of its h, many of its internal gaps long. The coarse step makes it, bounded by the 95th
     # percentile of the face moves; bounded by the largest one, it is damped by the faces inside the
-    # clusters, and neither that nor the default solver converges within the same 300 steps.
+    # clusters, and neither that nor the cell scales converge within the same 300 steps from h = 0
+    # (from the radial start of the default warm start the cell scales converge too).
     y, label = _tight_clusters()
     r = SemidiscreteSolver(max_steps=300, preconditioner="adaptive").solve(
         y, generator=torch.Generator().manual_seed(0)
@@ -136,7 +137,7 @@ def test_adaptive_solves_tight_clusters(monkeypatch):
         if "trust" in options:
             kwdefaults = dict(CoarseCorrection.__init__.__kwdefaults__, trust_quantile=options.pop("trust"))
             monkeypatch.setattr(CoarseCorrection.__init__, "__kwdefaults__", kwdefaults)
-        slow = SemidiscreteSolver(max_steps=300, **options)
+        slow = SemidiscreteSolver(max_steps=300, warm_start="zero", **options)
         assert not slow.solve(y, generator=torch.Generator().manual_seed(0)).converged
 
 

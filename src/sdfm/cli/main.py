@@ -123,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
         "2-D and 3-D data, does not finish tight or tiny far clusters)",
     )
     solve.add_argument(
+        "--warm-start",
+        choices=["best", "zero", "radial"],
+        default="best",
+        help="the first potential: best (default: h = 0 or the radial start, whichever a probe batch "
+        "counts closer to the weights; the radial start solves heavy-tailed 2-D data), zero (the "
+        "default before BENCHMARKS.md section 25: better for a tiny far cluster), or radial",
+    )
+    solve.add_argument(
         "--normalize",
         choices=["standard", "none"],
         default="standard",
@@ -201,6 +209,7 @@ def _solver_from_args(args, device):
         score_dtype={"fp32": None, "bf16": "bfloat16", "fp16": "float16"}[args.pairing_precision],
         pruning=args.pruning,
         preconditioner=args.step_scales,
+        warm_start=args.warm_start,
     )
 
 

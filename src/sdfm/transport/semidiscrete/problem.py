@@ -8,6 +8,7 @@ the 1/2 |x - y|^2 convention are related by g_j = h_j + |y_j|^2 / 2 (up to a con
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from functools import partial
@@ -178,6 +179,19 @@ class SemidiscreteProblem:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device))
             self.sobol = torch.quasirandom.SobolEngine(self.d, scramble=True, seed=seed)
 
+    @contextlib.contextmanager
+    def off_the_record(self):
+        """Searches inside the block leave the pruning's schedule and counts as they were (a probe
+        the solve does not count), so that a solve with it repeats one without it bit for bit."""
+        pruning = self.scorer.pruning
+        saved = None if pruning is None else {k: v for k, v in vars(pruning).items() if k != "_bounds"}
+        try:
+            yield
+        finally:
+            if saved is not None:
+                for k, v in saved.items():
+                    setattr(pruning, k, v)
+
     def pruning_summary(self) -> dict | None:
         """How the argmax searches went (see :class:`~sdfm.transport.pruned.Pruning`), or None."""
         return None if self.scorer.pruning is None else self.scorer.pruning.summary()
@@ -304,6 +318,13 @@ class SemidiscreteProblem:
             out[start:stop] = ((y - self.mean) @ proj).square().sum(1)
         return out
 
+    def centred_norms(self) -> torch.Tensor:
+        """|y_j - mean| per atom [n] (float64), read chunk by chunk from the targets."""
+        out = torch.empty(self.n, dtype=torch.float64, device=self.device)
+        for start, stop, y in self.atom_chunks(self.chunk(self.d)):
+            out[start:stop] = (y - self.mean).norm(dim=1)
+        return out
+
     def potential_of(self, h: torch.Tensor) -> torch.Tensor:
         """g [n_all] (float64, 1/2 |x - y|^2 convention, b-weighted mean 0) of the iterate h [n]."""
         g = h + 0.5 * self.sqnorm
@@ -330,6 +351,12 @@ class SemidiscreteProblem:
             idx, _, _ = self.hard(self.draw(m), h)
             acc.add_index(idx)
             done += m
+        return acc.chi2()[0]
+
+    def chi2_of_index(self, index: torch.Tensor) -> float:
+        """chi2 of the atoms' counts in ``index`` (the hard assignment of some noise) against b."""
+        acc = MarginalAccumulator(self.n, self.b, device=self.device, groups=1)
+        acc.add_index(index)
         return acc.chi2()[0]
 
     def intrinsic_dimension(self) -> float:

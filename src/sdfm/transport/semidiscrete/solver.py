@@ -10,7 +10,12 @@ Algorithm (chosen by the comparison in BENCHMARKS.md, "Solver"), one :meth:`_Ite
    solved by quantiles instead (:mod:`~sdfm.transport.semidiscrete.exact1d`); steps 1-6 do not run.
 1. Work in the dot-product form on centred atoms, score_j(x) = <x, y_j - mean> + h_j
    (:class:`~sdfm.transport.semidiscrete.problem.SemidiscreteProblem`).
-2. Warm start: h = 0 by default (``warm_start``; see :mod:`~sdfm.transport.semidiscrete.parts`).
+2. Warm start (``warm_start="best"``, see :func:`~sdfm.transport.semidiscrete.parts.select_start`):
+   h = 0 or the radial start (the dual of the quantile map from the noise's radius to the atoms'
+   distances from their mean), whichever gives the lower chi2 on the probe batch that measures the
+   score scale s below. h = 0 wins on high-dimensional data; the radial start on low-dimensional and
+   heavy-tailed data (there s is capped at 3x the radial start's own mean gap: at h = 0 the hull
+   atoms' gaps set it, thousands of times the cells' own on Cauchy data).
 3. Entropic annealing first (as the DRAG schedule of POT's ``ot.semidiscrete``): soft assignments
    with eps decreasing geometrically from 100 s to 0.3 s (s the mean score gap) over
    ``anneal_length`` (10) samples per atom in batches of min(1024, max(16, N / 4)), with steps
@@ -218,7 +223,16 @@ class SemidiscreteSolver:
         anneal_end: final eps of the annealing, in units of the mean score gap.
         anneal_length: length of the annealing in noise samples per atom.
         batch_growth: the batch grows as batch_size * (1 + batch_growth * samples / N) (0 = fixed).
-        warm_start: "zero" (default), "auto", "gaussian" or "nearest" (g = 0: nearest neighbour).
+        warm_start: "best" (default), "zero", "radial", "auto", "gaussian" or "nearest" (g = 0:
+            nearest neighbour). "zero" is h = 0: every noise goes to the atom with the largest
+            <x, y_j - mean>, the hull's atoms. "radial" is the dual of the radial map that sends the
+            noise's radius (chi law) to the atoms' distances from their mean by quantiles (standard
+            Gaussian source only). "best" takes the one of the two with the lower chi2 on one probe
+            batch (the radial start is weighed for the standard Gaussian source in d >= 2 with
+            eps = 0), and records it in ``settings["warm_start_used"]``: on heavy-tailed 2-D data
+            (Cauchy, log-normal, Student t) the radial start converges in a few hundred samples per
+            target where h = 0 needs thousands or does not converge; on high-dimensional data h = 0
+            wins and the solve is that of "zero" bit for bit (BENCHMARKS.md section 25).
             "auto" / "gaussian" start from the potential of a Gaussian fitted to the data; it can
             leave a bias that chi2 hardly sees (on the 2-D checkerboard at chi2 0.043, atoms
             farther out than the median held 0.468 of the mass instead of 0.5), so they are opt-in.
@@ -320,7 +334,7 @@ class SemidiscreteSolver:
     anneal_end: float = 0.3
     anneal_length: float = 10.0
     batch_growth: float = 0.0
-    warm_start: Literal["auto", "gaussian", "zero", "nearest"] = "zero"
+    warm_start: Literal["best", "zero", "radial", "auto", "gaussian", "nearest"] = "best"
     eval_samples: int | None = None
     eval_every: float = 1.0
     dtype: Literal["float32", "float64"] = "float32"
@@ -502,6 +516,7 @@ class _Iteration:
         self.schedule_ran = False  # whether the annealing ran
         self.tight = None  # the merged solve behind the start (tight.merged_start's summary), if any
         self.line_start = False  # whether the start is the 1-D solution of atoms (nearly) on a line
+        self.start_used = None  # the warm start that ran (None: a given start: init, line, merged)
         self.lr_scale = 1.0  # the step control's factor on the hard phase's lr (see lr_control)
         self._control_step = 0  # the step of the step control's last look
         self._control_level = math.inf  # the iterate's chi2 at that look
@@ -547,15 +562,17 @@ class _Iteration:
         if problem.n == 1:
             self.finished = (0.0, 0.0, True)
             return SolverState(potential=parts.zero_start(problem), converged=True)
-        h = parts.WARM_STARTS[s.warm_start](problem) if init is None else init
         poly = s.averaging == "poly"  # (the power of the other kinds is unused)
         self.averaging = parts.Averaging(s.averaging, self.average_power() if poly else 0.0, s.ema_decay)
-        if init is not None:  # resuming: done already if the given potential is good enough
+        if init is None:
+            h, scale0, self.start_used = parts.select_start(problem, s.warm_start)
+        else:  # resuming: done already if the given potential is good enough
+            h = init
             self.last_check = problem.check(h, s.tol, extend=True)
             if self.last_check.passes(s.tol, self.smooth_tol):
                 self.finished = (self.last_check.chi2, self.last_check.stderr, True)
                 return SolverState(potential=h, converged=True)
-        scale0 = parts.gap_scale(problem, h)
+            scale0 = parts.gap_scale(problem, h)
         self.cells = parts.PRECONDITIONERS[s.preconditioner](problem.n, scale0, problem.device)
         anneal_to = max(s.anneal_end * scale0, problem.eps_abs)
         # Annealing builds the coarse structure; a warm start from a given potential has it.
@@ -833,6 +850,7 @@ class _Iteration:
             method=method,
             collinear=problem.d > 1 and problem.line is not None,
             line_start=self.line_start,
+            warm_start_used=self.start_used,
             tight_start_used=self.tight,
             score_precision=str(problem.dtype).removeprefix("torch."),
             # atoms closer than this were merged as duplicates (below the scores' resolution)
