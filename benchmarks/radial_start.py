@@ -5,21 +5,24 @@
         lognormal_2d student_t3_2d far_cluster_2d checkerboard --out radial_start_seeds
                                                       # results/radial_start_seeds.json
     python benchmarks/radial_start.py --problems "cauchy_2d n=300" --out radial_start_cauchy300
+    python benchmarks/radial_start.py --problems "checkerboard n=30000" "checkerboard n=100000" \\
+        --max-seconds 900 --out radial_start_large2d
     for cap in 1 10; do python benchmarks/radial_start.py --cap $cap --starts "best (default)" \\
         --problems cauchy_2d lognormal_2d student_t3_2d checkerboard --out radial_start_cap$cap; done
 
 Each problem is solved twice in one process, with the zero start (``warm_start="zero"``, the default
 before section 25) and with the default (``warm_start="best"``: a probe batch decides between h = 0
 and the radial start), both with the default adaptive step scales, tol 0.05 (0.1 for the 64-d
-mixture), at most 6,000 steps and 120 s, solver seeds 0.. (``--seeds``). chi2 is checked
-independently: float64 brute-force argmax on 400,000 fresh samples (``chains.independent_chi2``), and
+mixture), at most 6,000 steps and 120 s (``--max-seconds``), solver seeds 0.. (``--seeds``). chi2
+is checked independently: float64 brute-force argmax on 400,000 fresh samples (``chains.independent_chi2``), and
 the far clusters' mass on 2^20 (``step_designs``).
 
 Problems: those of ``step_designs.py`` (the built-in 8gaussians, checkerboard, moons, gmm, digits and
 MNIST-1D normalised as ``sdfm solve`` does; a chain spiral and helix; the N = 1,000 2-D sets of
 ``tails.py``: standard normal, 8-component mixture, Student t, log-normal, Cauchy, a tiny far
 cluster; two far clusters; tight clusters in 2-D and 8-D), the 16-D Student t of ``tails.py``, a
-300-point Cauchy set (numpy's seed 0, as the CLI test draws it; only when named), the
+300-point Cauchy set (numpy's seed 0, as the CLI test draws it) and the checkerboard at N = 30,000
+and 100,000 (these three only when named), the
 peers' 10,000-point 64-d gmm8 (``problems.py``) and the 64-d mixture of ``scale.py`` at N = 30,000.
 2 threads, nothing else running. ``--cap K`` sets the cap on the annealing's score scale where the
 radial start is chosen (K times its own mean gap; the solver's ``RADIAL_SCALE_CAP`` is 3).
@@ -42,10 +45,11 @@ from problems import load  # noqa: E402
 from scale import make_data  # noqa: E402
 from sdfm.transport import SemidiscreteSolver, assign  # noqa: E402
 from sdfm.transport.semidiscrete import parts  # noqa: E402
-from step_designs import _all_problems, _far_mass  # noqa: E402
+from step_designs import _all_problems, _builtin, _far_mass  # noqa: E402
 from tails import _problems as tail_problems  # noqa: E402
 
 STARTS = {"zero": ZERO_START, "best (default)": {}}
+ONLY_WHEN_NAMED = ("cauchy_2d n=300", "checkerboard n=30000", "checkerboard n=100000")
 MAX_STEPS, MAX_SECONDS = 6000, 120.0
 
 
@@ -56,12 +60,14 @@ def problems() -> dict[str, tuple[torch.Tensor, list[int], float]]:
     out["gmm8-64d"] = (torch.from_numpy(load("gmm8-64d")), [], 0.05)
     u = np.random.default_rng(0).uniform(size=(300, 2))  # the CLI test's Cauchy set
     out["cauchy_2d n=300"] = (torch.from_numpy(np.tan(np.pi * (u - 0.5)).astype(np.float32)), [], 0.05)
+    for n in (30_000, 100_000):  # large N in 2-D (only when named)
+        out[f"checkerboard n={n}"] = (_builtin(f"checkerboard:n={n}"), [], 0.05)
     out["mixture-64d n=30000"] = (torch.from_numpy(np.load(make_data(30000, 64))), [], 0.1)
     return out
 
 
-def row(y: torch.Tensor, far: list[int], tol: float, options: dict, seed: int) -> dict:
-    solver = SemidiscreteSolver(tol=tol, max_steps=MAX_STEPS, max_seconds=MAX_SECONDS, **options)
+def row(y: torch.Tensor, far: list[int], tol: float, options: dict, seed: int, cap: float) -> dict:
+    solver = SemidiscreteSolver(tol=tol, max_steps=MAX_STEPS, max_seconds=cap, **options)
     start = time.perf_counter()
     r = solver.solve(y, generator=torch.Generator().manual_seed(seed))
     out = {
@@ -88,6 +94,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--starts", nargs="*", choices=list(STARTS), help="a subset of the starts")
     parser.add_argument("--out", default="radial_start")
+    parser.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="cap per solve")
     parser.add_argument("--cap", type=float, help="the radial start's scale cap (default: the solver's, 3)")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -95,17 +102,17 @@ def main() -> None:
         parts.RADIAL_SCALE_CAP = args.cap
     rows = []
     for name, (y, far, tol) in problems().items():
-        if (name not in args.problems) if args.problems else name == "cauchy_2d n=300":
+        if (name not in args.problems) if args.problems else name in ONLY_WHEN_NAMED:
             continue
         for label, options in STARTS.items():
             if args.starts and label not in args.starts:
                 continue
             for seed in range(args.seeds):
                 out = {"problem": name, "N": y.shape[0], "d": y.shape[1], "tol": tol, "start": label}
-                out.update(row(y, far, tol, options, seed))
+                out.update(row(y, far, tol, options, seed, args.max_seconds))
                 print(out, flush=True)
                 rows.append(out)
-    limits = {"max_steps": MAX_STEPS, "max_seconds": MAX_SECONDS, "cap": parts.RADIAL_SCALE_CAP}
+    limits = {"max_steps": MAX_STEPS, "max_seconds": args.max_seconds, "cap": parts.RADIAL_SCALE_CAP}
     save(args.out, {"machine": machine(), **limits, "rows": rows})
 
 
