@@ -84,6 +84,25 @@ def test_default_start_keeps_zero_in_high_dimension_bit_for_bit():
     assert torch.equal(best.potential, zero.potential)
 
 
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_the_probe_search_leaves_the_pruning_schedule_alone(mode):
+    # the radial start's probe is scored off the record: the pruning's counts and last cost (what
+    # decides whether the next search is pruned) are those of a solve without it
+    y = torch.randn(3000, 2, generator=gen(7))
+    problem = _problem(y, pruning=mode)
+    x = problem.draw(512)
+    zero = torch.zeros(problem.n, dtype=torch.float64)
+    problem.hard(x, zero)
+    before = problem.pruning_summary()
+    with problem.off_the_record():
+        index, _, _ = problem.hard(x, parts.radial_start(problem))
+    assert problem.pruning_summary() == before
+    problem.hard(x, zero)
+    assert problem.pruning_summary() != before  # outside the block the calls count
+    scores = x.double() @ (y.double() - problem.mean).T + parts.radial_start(problem)
+    assert torch.equal(index, scores.argmax(1))
+
+
 def test_radial_start_is_not_weighed_for_other_sources():
     def uniform(n, d, *, generator=None, device=None, dtype=None):
         return torch.rand(n, d, generator=generator, device=device, dtype=dtype) - 0.5

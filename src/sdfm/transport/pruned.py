@@ -28,6 +28,7 @@ isotropic Gaussians in high d) the bounds hold almost everywhere and the search 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -351,6 +352,17 @@ class Pruning:
         self._failed_trials = self._failed_trials + 1 if self.last_cost > self.max_cost else 0
         if self.mode == "auto" and self._failed_trials >= PRUNE_GIVE_UP:
             self._bounds.clear()  # pruning is over for these atoms: free the sorted copy
+
+    @contextlib.contextmanager
+    def unscheduled(self):
+        """Searches inside the block leave the schedule and the counts as they were (a probe that the
+        caller does not count: the calls after it are pruned or dense as without it). The bounds
+        built meanwhile are kept."""
+        saved = {k: v for k, v in vars(self).items() if k != "_bounds"}
+        try:
+            yield
+        finally:
+            vars(self).update(saved)
 
     def summary(self) -> dict:
         """mode, calls of each kind, and the last pruned search's fraction scored and relative cost."""

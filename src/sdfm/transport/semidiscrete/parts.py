@@ -76,8 +76,8 @@ def radial_start(problem: SemidiscreteProblem) -> torch.Tensor:
     return h
 
 
+#: the starts by name ("best", the default, picks "zero" or "radial" in select_start)
 WARM_STARTS = {
-    "best": zero_start,  # resolved by select_start (a probe decides between zero and radial)
     "zero": zero_start,
     "radial": radial_start,
     "nearest": nearest_start,

@@ -179,18 +179,11 @@ class SemidiscreteProblem:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device))
             self.sobol = torch.quasirandom.SobolEngine(self.d, scramble=True, seed=seed)
 
-    @contextlib.contextmanager
     def off_the_record(self):
-        """Searches inside the block leave the pruning's schedule and counts as they were (a probe
-        the solve does not count), so that a solve with it repeats one without it bit for bit."""
+        """A block whose searches leave the pruning's schedule and counts as they were (a probe the
+        solve does not count), so that a solve with it repeats one without it bit for bit."""
         pruning = self.scorer.pruning
-        saved = None if pruning is None else {k: v for k, v in vars(pruning).items() if k != "_bounds"}
-        try:
-            yield
-        finally:
-            if saved is not None:
-                for k, v in saved.items():
-                    setattr(pruning, k, v)
+        return contextlib.nullcontext() if pruning is None else pruning.unscheduled()
 
     def pruning_summary(self) -> dict | None:
         """How the argmax searches went (see :class:`~sdfm.transport.pruned.Pruning`), or None."""
@@ -344,14 +337,8 @@ class SemidiscreteProblem:
     # -- measurement -----------------------------------------------------------------------------
     def chi2_batch(self, h: torch.Tensor, n: int) -> float:
         """chi2 of potential h on n fresh samples (hard), for warm-start selection."""
-        acc = MarginalAccumulator(self.n, self.b, device=self.device, groups=1)
-        done = 0
-        while done < n:
-            m = min(4096, n - done)
-            idx, _, _ = self.hard(self.draw(m), h)
-            acc.add_index(idx)
-            done += m
-        return acc.chi2()[0]
+        sizes = [min(4096, n - done) for done in range(0, n, 4096)]
+        return self.chi2_of_index(torch.cat([self.hard(self.draw(m), h)[0] for m in sizes]))
 
     def chi2_of_index(self, index: torch.Tensor) -> float:
         """chi2 of the atoms' counts in ``index`` (the hard assignment of some noise) against b."""

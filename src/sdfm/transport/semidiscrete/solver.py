@@ -368,7 +368,7 @@ class SemidiscreteSolver:
             "preconditioner": tuple(parts.PRECONDITIONERS),
             "optimizer": tuple(parts.OPTIMIZERS),
             "averaging": ("poly", "ema", "uniform", "none"),
-            "warm_start": tuple(parts.WARM_STARTS),
+            "warm_start": ("best", *parts.WARM_STARTS),
             "dtype": tuple(DTYPES),
             "score_dtype": (None, "bfloat16", "float16"),
             "quasi_random": (None, True, False),
