@@ -14,8 +14,8 @@ Each problem is solved twice in one process, with the zero start (``warm_start="
 before section 25) and with the default (``warm_start="best"``: a probe batch decides between h = 0
 and the radial start), both with the default adaptive step scales, tol 0.05 (0.1 for the 64-d
 mixture), at most 6,000 steps and 120 s (``--max-seconds``), solver seeds 0.. (``--seeds``). chi2
-is checked independently: float64 brute-force argmax on 400,000 fresh samples (``chains.independent_chi2``), and
-the far clusters' mass on 2^20 (``step_designs``).
+is checked independently: float64 brute-force argmax on 400,000 fresh samples
+(``chains.independent_chi2``), and the far clusters' mass on 2^20 (``step_designs``).
 
 Problems: those of ``step_designs.py`` (the built-in 8gaussians, checkerboard, moons, gmm, digits and
 MNIST-1D normalised as ``sdfm solve`` does; a chain spiral and helix; the N = 1,000 2-D sets of
