@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from sdfm.transport.semidiscrete import parts
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -20,7 +23,42 @@ ZERO_START = {"warm_start": "zero"}
 #: The solver's step scales before BENCHMARKS.md section 24 made ``preconditioner="adaptive"`` the
 #: default, with the warm start of that time. The scripts of the sections measured before it pin
 #: them, so that their tables rerun as measured (their "default" means these settings).
-CELL = {"preconditioner": "cell", **ZERO_START}
+CELL = {"preconditioner": "cell", "empty_rise": False, **ZERO_START}
+
+
+class AdaptiveBefore26(parts.AdaptiveCellScales):
+    """The adaptive step scales of sections 21-25: every sample's gap also counts for its runner-up
+    atom (section 26 counts it only for a cell that won no sample of the batch)."""
+
+    def update(self, index, best, second, second_index=None) -> None:
+        parts.CellScales.update(self, index, best, second)
+        self.prior_weight *= 0.99
+        if second_index is not None:
+            valid = second_index >= 0
+            gap = (best - second).to(torch.float64)[valid]
+            self.gap_sum.index_add_(0, second_index[valid], gap)
+            self.gap_count.index_add_(0, second_index[valid], torch.ones_like(gap))
+
+
+@contextlib.contextmanager
+def before_26(on: bool = True):
+    """The solver's adaptive defaults before section 26 while the block runs (if ``on``): the step
+    scales of :class:`AdaptiveBefore26` under their own name, "adaptive" (the solver's face units and
+    average restart key on that name). Yields the solver options to add: the empty rise off ({}
+    when not ``on``). The scripts of sections 21-25 run their adaptive rows in it (``--before-26``
+    where a script measures the default)."""
+    saved = parts.PRECONDITIONERS["adaptive"]
+    try:
+        yield set_before_26(on)
+    finally:
+        parts.PRECONDITIONERS["adaptive"] = saved
+
+
+def set_before_26(on: bool) -> dict:
+    """:func:`before_26` for the rest of the process (a script's ``--before-26``): the options to add."""
+    if on:
+        parts.PRECONDITIONERS["adaptive"] = AdaptiveBefore26
+    return {"empty_rise": False} if on else {}
 
 
 def machine() -> dict:

@@ -33,14 +33,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import CELL, ZERO_START, machine, save  # noqa: E402
+from common import CELL, ZERO_START, AdaptiveBefore26, machine, save  # noqa: E402
 from problems import load, solve_row  # noqa: E402
 from scale import make_data  # noqa: E402
 from sdfm.transport import SemidiscreteSolver  # noqa: E402
+from sdfm.transport.semidiscrete import parts  # noqa: E402
 
-#: label -> solver options: the scales before section 24, and the default since (with the zero
-#: warm start of that time: section 25 made ``warm_start="best"`` the default)
-SCALES = {"cell": CELL, "adaptive": ZERO_START}
+#: label -> solver options: the scales before section 24, and the default of sections 24-25 (with the
+#: zero warm start of that time: section 25 made ``warm_start="best"`` the default, section 26 changed
+#: the adaptive scales' runner-up gaps and added the empty rise)
+SCALES = {"cell": CELL, "adaptive": {**ZERO_START, "empty_rise": False}}
 
 
 def solver_rows(problems: dict, cap: float) -> list[dict]:
@@ -120,6 +122,7 @@ def main() -> None:
     parser.add_argument("--why", action="store_true", help="only the diagnosis of the two regressions")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    parts.PRECONDITIONERS["adaptive"] = AdaptiveBefore26  # the adaptive scales of sections 24-25
     if args.why:
         save("default_flip_why", {"machine": machine(), "command": " ".join(sys.argv), **why()})
         return

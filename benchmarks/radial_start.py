@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from chains import independent_chi2  # noqa: E402
-from common import ZERO_START, machine, save  # noqa: E402
+from common import ZERO_START, machine, save, set_before_26  # noqa: E402
 from problems import load  # noqa: E402
 from scale import make_data  # noqa: E402
 from sdfm.transport import SemidiscreteSolver, assign  # noqa: E402
@@ -77,6 +77,7 @@ def row(y: torch.Tensor, far: list[int], tol: float, options: dict, seed: int, c
         "samples_per_target": round(r.samples / y.shape[0], 1),
         "converged": r.converged,
         "chi2_independent": round(independent_chi2(y, r.potential), 4),
+        "empty_rises": r.settings["empty_rises"],
     }
     if far:
         out["far_mass"] = _far_mass(y, r.potential, far)
@@ -96,8 +97,10 @@ def main() -> None:
     parser.add_argument("--out", default="radial_start")
     parser.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="cap per solve")
     parser.add_argument("--cap", type=float, help="the radial start's scale cap (default: the solver's, 3)")
+    parser.add_argument("--before-26", action="store_true", help="the adaptive scales before section 26")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    before = set_before_26(args.before_26)
     if args.cap is not None:
         parts.RADIAL_SCALE_CAP = args.cap
     rows = []
@@ -109,7 +112,7 @@ def main() -> None:
                 continue
             for seed in range(args.seeds):
                 out = {"problem": name, "N": y.shape[0], "d": y.shape[1], "tol": tol, "start": label}
-                out.update(row(y, far, tol, options, seed, args.max_seconds))
+                out.update(row(y, far, tol, {**options, **before}, seed, args.max_seconds))
                 print(out, flush=True)
                 rows.append(out)
     limits = {"max_steps": MAX_STEPS, "max_seconds": args.max_seconds, "cap": parts.RADIAL_SCALE_CAP}

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from common import machine, save
+from common import machine, save, set_before_26
 from sdfm.data import load_dataset
 from sdfm.transport import SemidiscreteSolver, estimate_marginal
 
@@ -32,6 +32,7 @@ def legacy(n: int, tol: float = 0.05) -> dict:
     """The solver's defaults before this benchmark existed, as settings of today's solver."""
     return dict(
         preconditioner="cell",
+        empty_rise=False,
         warm_start="zero",
         exact_1d=False,
         lr=0.1,
@@ -116,13 +117,15 @@ def main() -> None:
     p.add_argument(
         "--warm-start", default="best", help="the default solver's warm_start (zero: before section 25)"
     )
+    p.add_argument("--before-26", action="store_true", help="the adaptive scales before section 26")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    before = set_before_26(args.before_26)
     rows = []
     for name, y in problems().items():
         if args.only not in name:
             continue
-        new = [run(y, {"warm_start": args.warm_start}, s, None) for s in range(args.seeds)]
+        new = [run(y, {"warm_start": args.warm_start, **before}, s, None) for s in range(args.seeds)]
         row = {"problem": name, "n": y.shape[0], "d": y.shape[1], "default": new}
         if args.legacy_seconds > 0:
             row["legacy"] = run(y, legacy(y.shape[0]), 0, args.legacy_seconds)

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from common import machine, save
+from common import machine, save, set_before_26
 from sdfm.data import load_dataset
 from sdfm.transport import SemidiscreteSolver, estimate_marginal
 from small_problems import legacy
@@ -79,8 +79,10 @@ def main() -> None:
         "--warm-start", default="best", help="the default solver's warm_start (zero: before section 25)"
     )
     p.add_argument("--out", default="smooth_errors", help="results/OUT.json")
+    p.add_argument("--before-26", action="store_true", help="the adaptive scales before section 26")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    before = set_before_26(args.before_26)
     rows = []
     for name in args.problems.split(","):
         y = np.ascontiguousarray(load_dataset(PROBLEMS[name]).x, dtype=np.float32)
@@ -90,7 +92,7 @@ def main() -> None:
             if settings is None:
                 settings = legacy(y.shape[0])
             else:
-                settings = {"warm_start": args.warm_start, **settings}
+                settings = {"warm_start": args.warm_start, **before, **settings}
             res = SemidiscreteSolver(max_seconds=args.max_seconds, **settings).solve(
                 torch.from_numpy(y), generator=torch.Generator().manual_seed(0)
             )

@@ -50,7 +50,7 @@ import time
 import torch
 
 from chains import PROBLEMS, independent_chi2
-from common import CELL, ZERO_START, machine, save
+from common import CELL, ZERO_START, AdaptiveBefore26, machine, save
 from sdfm.data.normalize import Normalization
 from sdfm.data.registry import load_dataset
 from sdfm.transport import SemidiscreteSolver, assign
@@ -106,7 +106,7 @@ def _tight_clusters(d: int, k: int, n: int, seed: int) -> torch.Tensor:
     return centres[torch.arange(n) % k] + 0.02 * torch.randn(n, d, generator=g)
 
 
-class _FadingScales(parts.AdaptiveCellScales):
+class _FadingScales(AdaptiveBefore26):
     """The adaptive option's cell scales (the prior's weight fades with the samples'), with or without
     the runner-up gaps."""
 
@@ -123,6 +123,7 @@ def _design(name: str):
     saved_init = coarse.CoarseCorrection.__init__
     try:
         fading, runner_up, face = DESIGNS[name] or (False, False, False)
+        parts.PRECONDITIONERS["adaptive"] = AdaptiveBefore26  # the adaptive scales of sections 21-25
         if fading:
             _FadingScales.runner_up = runner_up
             parts.PRECONDITIONERS["cell"] = _FadingScales
@@ -158,7 +159,7 @@ def compare(problems: list[str] | None, designs: list[str] | None, out: str) -> 
         for design in designs or DESIGNS:
             with _design(design):
                 start = time.perf_counter()
-                options = {"preconditioner": "adaptive", **ZERO_START} if design == "adaptive" else CELL
+                options = {**ZERO_START, "empty_rise": False} if design == "adaptive" else CELL
                 solver = SemidiscreteSolver(tol=0.05, max_steps=MAX_STEPS, **options)
                 r = solver.solve(y, generator=torch.Generator().manual_seed(0))
                 seconds = time.perf_counter() - start
@@ -187,7 +188,7 @@ def pairs() -> None:
     close = dist < dist.quantile(0.1)
     rows = []
     for design in ("cell", "fading prior", "adaptive"):
-        options = {"preconditioner": "adaptive", **ZERO_START} if design == "adaptive" else CELL
+        options = {**ZERO_START, "empty_rise": False} if design == "adaptive" else CELL
         with _design(design):
             r = SemidiscreteSolver(tol=None, max_steps=700, **options).solve(
                 y.float(), generator=torch.Generator().manual_seed(0)

@@ -103,3 +103,30 @@ def test_pairs_above_the_radius_stay_apart():
     radius = resolution_radius(y, torch.float32)
     y[200:] = y[:200] + 40 * radius * torch.nn.functional.normalize(torch.randn(200, 2, generator=gen(3)))
     assert find_duplicates(y, radius=radius) is None
+
+
+def _far_data_with_near_copies():
+    """200 atoms of extent ~3,000 in 2-D and near copies of 50 of them at 0.3 merge radii: a copy's
+    own cell at its atom's potential would be moved by about |y| times the distance."""
+    y = 1000 * torch.randn(200, 2, generator=gen(21), dtype=torch.float64)
+    radius = resolution_radius(y.float(), torch.float32)
+    step = torch.randn(50, 2, generator=gen(22), dtype=torch.float64)
+    copies = y[:50] + 0.3 * radius * step / step.norm(dim=1, keepdim=True)
+    return torch.cat([y, copies]), radius
+
+
+def test_a_merged_groups_cell_is_its_representatives():
+    y, _ = _far_data_with_near_copies()
+    r = SemidiscreteSolver(tol=0.1).solve(y.float(), generator=gen(23))
+    groups = r.duplicates
+    assert groups is not None and groups.num_groups == 200
+    rep, yd = groups.representative, y.float().double()
+    x = torch.randn(20000, 2, generator=gen(24), dtype=torch.float64)
+    scores = x @ yd[rep].T + r.potential[rep] - 0.5 * (yd[rep] ** 2).sum(1)
+    expected = scores.argmax(1)  # brute force over the solver's atoms (group numbers)
+    assert torch.equal(r.potential, r.potential[rep][groups.inverse])  # copies share their atom's g
+    coupling = SemidiscreteCoupling(yd, r.potential, duplicates=groups)
+    got = groups.inverse[coupling.pair(x, generator=gen(25)).index]
+    assert torch.equal(got, expected)
+    # without the representatives, the copies' own cells take mass from their neighbours
+    assert (groups.inverse[assign(x, yd, r.potential)] != expected).sum() > 20

@@ -99,7 +99,7 @@ def test_jittered_copies_are_solved_from_the_merged_start():
     plain = SemidiscreteSolver(tol=0.05, max_steps=800, tight_start=False, warm_start="zero")
     plain = plain.solve(y, generator=gen(0))
     assert plain.settings["tight_start_used"] is None and not plain.converged
-    assert _chi2(y, plain.potential) > 0.3
+    assert _chi2(y, plain.potential) > 0.1
 
 
 def test_an_interrupt_in_the_merged_start_ends_the_solve(monkeypatch):

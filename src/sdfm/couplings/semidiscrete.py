@@ -8,6 +8,7 @@ import torch
 
 from sdfm.couplings._base import DataCoupling
 from sdfm.protocols import Pairs
+from sdfm.transport import validate
 from sdfm.transport.assign import LaguerreCells
 from sdfm.transport.augmented import augmented_keys, augmented_queries
 from sdfm.transport.duplicates import DuplicateGroups
@@ -104,6 +105,14 @@ class SemidiscreteCoupling(DataCoupling):
                     f"the pairing keys are {list(keys.shape)}"
                 )
         self.search = search
+        if duplicates is not None and duplicates.inverse.shape[0] != self.num_data:
+            raise ValueError(
+                f"duplicates: groups for {duplicates.inverse.shape[0]} data points, data has {self.num_data}"
+            )
+        if duplicates is not None and eps == 0 and not self.conditional:
+            # merged targets: each group's cell is its representative's (the solver's atom), spread
+            # by weight at pairing time (a near duplicate's own cell is not the group's)
+            potential = duplicates.representatives_only(validate.as_potential(potential, self.num_data))
         self.cells = LaguerreCells(
             keys,
             potential,
@@ -121,10 +130,6 @@ class SemidiscreteCoupling(DataCoupling):
             self.class_probs = mass.index_add_(0, self.labels.to(b.device), b.to(torch.float64))
             self.class_probs = self.class_probs / self.class_probs.sum()
         self.eps = self.cells.eps
-        if duplicates is not None and duplicates.inverse.shape[0] != self.num_data:
-            raise ValueError(
-                f"duplicates: groups for {duplicates.inverse.shape[0]} data points, data has {self.num_data}"
-            )
         self.duplicates = duplicates
 
     @classmethod

@@ -365,7 +365,10 @@ def assign(
     potential, build a :class:`LaguerreCells` once.
 
     Duplicate targets are ties (their cells coincide): use
-    :meth:`sdfm.transport.DuplicateGroups.spread` on the result to split their mass by weight.
+    :meth:`sdfm.transport.DuplicateGroups.spread` on the result to split their mass by weight. Near
+    duplicates that the solver merged (``result.duplicates``) have cells of their own; pass
+    ``duplicates.representatives_only(potential)`` as the potential (eps = 0) so that each group's
+    cell is the one the solver fitted, then spread (``SemidiscreteCoupling`` does both).
 
     Args:
         x: noise samples [n, d] (float32 or float64; lower precisions are scored in float32).

@@ -258,6 +258,8 @@ def estimate_marginal(
         raise ValueError(f"num_samples: need at least 2, got {num_samples}")
     device = torch.device(device) if device is not None else targets.device
     # the dense scan: an independent check of solvers that prune (sdfm.transport.pruned)
+    if duplicates is not None and eps == 0:  # a group's cell is its representative's (see spread)
+        potential = duplicates.representatives_only(validate.as_potential(potential, n_targets))
     cells = LaguerreCells(targets, potential, eps=eps, weights=weights, chunk_size=chunk_size, pruning="off")
     w = cells.weights
     dtype = compute_dtype(torch.empty(0, dtype=dtype), 1 if cells.collinear else d)

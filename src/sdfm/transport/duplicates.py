@@ -34,6 +34,9 @@ RESOLUTION_FACTOR = 64
 GRID_DIMS = 3
 #: ... comparing each target with at most this many targets per adjacent grid cell
 MAX_CANDIDATES = 64
+#: the potential of the copies that :meth:`DuplicateGroups.representatives_only` takes out of the
+#: assignment (finite: potentials are checked for NaN and Inf; far below any score in float32)
+MASKED = -1e30
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,20 @@ class DuplicateGroups:
             sizes = torch.bincount(sorted_groups, minlength=self.num_groups)
             self._layouts[key] = (inverse, order, cum, starts, sizes, self.group_weights().to(device))
         return self._layouts[key]
+
+    def representatives_only(self, potential: torch.Tensor) -> torch.Tensor:
+        """The potential [N] (float64) with every copy but its group's representative (the atom the
+        solver fitted) set to MASKED, so that a hard assignment over all targets returns the
+        representative for the whole group's cell; :meth:`spread` then splits it by weight.
+
+        Exact copies share their cell anyway. Near duplicates (merged within the resolution radius)
+        do not: at its atom's g, a copy scores <x - y_atom, y_copy - y_atom> above the atom, about
+        |y| times the radius, and the union of the copies' cells is not the group's (a 3,000-point
+        Cauchy set: chi2 0.090 over the groups where the solver's atoms measure 0.024)."""
+        g = potential.detach().to(torch.float64).clone()
+        copy = torch.ones(g.shape[0], dtype=torch.bool, device=g.device)
+        copy[self.representative.to(g.device)] = False
+        return g.masked_fill_(copy, MASKED)
 
     def spread(self, index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Replaces each paired index by a copy of the same group drawn with probability ∝ weight.

@@ -223,9 +223,13 @@ class AdaptiveCellScales(CellScales):
     Two changes to :class:`CellScales`. The prior's weight decays like the samples' (0.99 per step),
     so a cell that empties keeps the scale it last measured instead of returning to the global gap
     measured at the start (which, for the two atoms of a near-duplicate pair or for the small cells of
-    heavy-tailed data, is many times their own and throws them in and out of the noise). And each
-    sample's gap also counts for its runner-up atom (where the step's scan gives it): that gap is how
-    far the runner-up's h is from winning the sample, the scale an empty cell needs to regain mass.
+    heavy-tailed data, is many times their own and throws them in and out of the noise). And where a
+    cell won no sample of the batch, the gaps of the samples it was runner-up for count for it (where
+    the step's scan gives runner-ups): how far its h is from winning them, the scale an empty cell
+    needs to regain mass. A cell that won samples counts only their gaps: the runner-up gaps measure
+    its larger neighbours' depth, and on a far outlier beside them they made the step about 3 times
+    the cell's Newton scale, so that its mass swung from empty to several times its weight from one
+    step to the next.
     """
 
     def __init__(self, n: int, scale0: float, device):
@@ -239,6 +243,9 @@ class AdaptiveCellScales(CellScales):
         self.prior_weight *= 0.99
         if second_index is not None:
             valid = second_index >= 0
+            won = torch.zeros(self.gap_sum.shape[0], dtype=torch.bool, device=index.device)
+            won[index] = True
+            valid = valid & ~won[second_index.clamp_min(0)]  # (a cell that won samples has their gaps)
             gap = (best - second).to(torch.float64)[valid]
             self.gap_sum.index_add_(0, second_index[valid], gap)
             self.gap_count.index_add_(0, second_index[valid], torch.ones_like(gap))

@@ -30,8 +30,11 @@ Algorithm (chosen by the comparison in BENCHMARKS.md, "Solver"), one :meth:`_Ite
    h_j += lr * s_j * max(1 - m_hat_j / b_j, -3). s_j is the Newton scale of cell j, the mean gap
    between the best and second-best score of the noise that falls in the cell (d m_j / d h_j ~
    m_j / gap_j), so one step size fits small and large cells whatever the units of the data (the
-   default ``preconditioner="adaptive"``: a prior at the start's global gap that fades, and gaps
-   also counted for the runner-up atom, so that an empty cell keeps a scale of its own). The
+   default ``preconditioner="adaptive"``: a prior at the start's global gap that fades, and for a
+   cell that won no sample, the gaps of the samples it was runner-up for, so that an empty cell
+   keeps a scale of its own). An atom that no sample touches (as winner or runner-up) for 32
+   expected hits at its weight rises at once to win about half its weight of the batch
+   (``empty_rise``, :mod:`~sdfm.transport.semidiscrete.empty`: far outliers of heavy tails). The
    step is capped at lr <= noise_level * batch / N (0.25; 0.7 where the annealing is skipped as
    above, where larger steps average well): the relative counting error of a cell has
    variance N / batch, and iterates noisier than that average badly (the coupling is far from
@@ -41,9 +44,10 @@ Algorithm (chosen by the comparison in BENCHMARKS.md, "Solver"), one :meth:`_Ite
    (up to ``smooth_max_n`` atoms, and at any N in the large high-dimensional regime).
    Step control (``lr_control``, outside that regime): when the iterate's own chi2 (running mean
    of the batches') stays above 8 tol without falling at two looks in a row, lr halves and the
-   average restarts. Chains of narrow cells (curves in 2-D and 3-D, the two-moons set) need
-   steps 4-64x smaller than the default, whose iterates are too noisy to average there; the
-   built-in checkerboard, 16-d mixture, digits and MNIST-1D never trigger it.
+   average restarts. With the cell scales, chains of narrow cells (curves in 2-D and 3-D, the
+   two-moons set) needed steps 4-64x smaller than the default; with the adaptive scales a helix
+   that halved lr before converges at the default step, and a step 3x too large there is halved
+   until it converges.
 5. Averaging after annealing: polynomial-decay averaging h_avg += (p + 1) / (k + p + 1) (h - h_avg),
    whose window grows with k so the sampling noise keeps falling (no floor as with a fixed EMA);
    p = 2, or 1 in the large high-dimensional regime.
@@ -75,6 +79,7 @@ from sdfm.transport.augmented import ConditionedNoise, condition_mismatch
 from sdfm.transport.diagnostics import chi2_from_sums
 from sdfm.transport.semidiscrete import parts, tight
 from sdfm.transport.semidiscrete.coarse import CoarseCorrection
+from sdfm.transport.semidiscrete.empty import EmptyCells
 from sdfm.transport.semidiscrete.exact1d import solve_1d
 from sdfm.transport.semidiscrete.problem import (
     DTYPES,
@@ -310,6 +315,12 @@ class SemidiscreteSolver:
             (``settings["tight_start_used"]``; up to 4,194,304 atoms in d <= 4, N d up to 2^27 above).
             Jittered copies of every point in 2-D are solved where the plain solve stalls
             (BENCHMARKS.md section 23).
+        empty_rise: on the hard problem (eps = 0), an atom that no training sample has touched (as
+            winner or runner-up) for 8 expected hits at its weight rises at once to win about half its
+            weight of the batch (:mod:`~sdfm.transport.semidiscrete.empty`; ``settings["empty_rises"]``
+            counts them). Far outliers of heavy-tailed data otherwise stay unpaired: their cells
+            need a rise thousands of ordinary steps long. A solve whose cells all get noise is
+            unchanged bit for bit.
     """
 
     eps: float = 0.0
@@ -345,6 +356,7 @@ class SemidiscreteSolver:
     quasi_random: bool | None = None
     exact_1d: bool = True
     tight_start: bool = True
+    empty_rise: bool = True
     lr_control: bool = True
     coarse_size: int = 256
     coarse_neighbours: int = 4
@@ -374,6 +386,7 @@ class SemidiscreteSolver:
             "quasi_random": (None, True, False),
             "exact_1d": (True, False),
             "tight_start": (True, False),
+            "empty_rise": (True, False),
             "lr_control": (True, False),
             "anneal": (True, False, "auto"),
             "pruning": ("auto", "on", "off"),
@@ -505,7 +518,9 @@ class _Iteration:
         self.cells = None  # per-cell step scales, set by start()
         self.schedule = None  # the annealing schedule, set by start()
         self.finished = None  # (chi2, se, converged) when start() already decided
-        self.coarse = None  # the coarse-space correction of the hard phase, set by _start_coarse()
+        self.coarse = None  # the coarse-space correction of the hard phase, set by _start_hard()
+        self.empty = None  # the hard phase's tracker of untouched cells (empty_rise), set by _start_hard()
+        self._best = None  # the last hard batch's best scores (the empty cells' rise needs them)
         self.last_check = None  # the last measurement (chi2 and smooth errors)
         self.smooth = None  # smooth-group residuals of the training batches (hard phase), see start()
         # the coarse correction and the smooth stop apply up to smooth_max_n atoms (see its docstring)
@@ -586,7 +601,7 @@ class _Iteration:
         if groups is not None:
             self.smooth = SmoothMonitor(groups, window=max(SMOOTH_WINDOW * problem.n, 8 * problem.batch_size))
         if not annealing:
-            self._start_coarse()
+            self._start_hard(0)
         return SolverState(
             potential=h, eps=self.schedule.eps if annealing else problem.eps_abs, annealing=annealing
         )
@@ -616,6 +631,8 @@ class _Iteration:
         h = state.potential + parts.decayed(lr, state.step, s.lr_decay) * scale * direction
         if self.coarse is not None and not state.annealing and state.eps == 0:
             h = h + self.coarse.step(problem.b - mass, scale)
+        if self.empty is not None and not state.annealing and state.eps == 0:
+            h = self._raise_empty(state, x, h)
         chi2_iterate = state.chi2_iterate
         if not math.isnan(batch_chi2):
             chi2_iterate = batch_chi2 if math.isnan(chi2_iterate) else 0.9 * chi2_iterate + 0.1 * batch_chi2
@@ -637,6 +654,16 @@ class _Iteration:
         if due is None:  # the first measurement, counted from the end of the annealing
             due = new.train_samples + max(problem.eval_samples * s.eval_every, FIRST_MEASURE * problem.n)
         return replace(new, average=average, num_averaged=count, next_measure=due)
+
+    def _raise_empty(self, state: SolverState, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """h with the stale atoms raised to win about half their weight of the batch x (``empty_rise``;
+        the average follows the iterate as it does every step)."""
+        samples = state.train_samples + x.shape[0]
+        stale = self.empty.stale(samples)
+        if stale.numel() == 0:
+            return h
+        target = state.potential[stale] + self.empty.rise(x, self._best, state.potential, stale, samples)
+        return h.index_put((stale,), torch.maximum(h[stale], target))
 
     def _halve_lr(self, state: SolverState) -> bool:
         """The step control (``lr_control``): halves the hard phase's lr when, at two looks in a row,
@@ -680,6 +707,9 @@ class _Iteration:
             self.cells.update(idx, best, second, None if top2 is None else top2.second_index)
         if self.smooth is not None and not state.annealing:
             self.smooth.observe(counts, batch)
+        if self.empty is not None and not state.annealing:
+            self.empty.touch(idx, None if top2 is None else top2.second_index, state.train_samples + batch)
+            self._best = best
         if top2 is not None:
             self.coarse.observe(top2, self.cells.scale(), batch)
         return counts / batch, _batch_chi2(counts, counts, batch, problem)
@@ -690,12 +720,15 @@ class _Iteration:
             return replace(state, eps=self.schedule.eps)
         if self.problem.eps_abs == 0:
             self.cells.reset()  # the gaps of the soft phase are not those of the hard cells
-        self._start_coarse()
+        self._start_hard(state.train_samples)
         return replace(state, eps=self.problem.eps_abs, annealing=False)
 
-    def _start_coarse(self) -> None:
-        """Sets up the coarse-space correction for the hard phase (where it applies)."""
+    def _start_hard(self, samples: int) -> None:
+        """Sets up the hard phase's pieces: the tracker of empty cells (``empty_rise``, eps = 0, from
+        ``samples`` training samples on) and the coarse-space correction (where it applies)."""
         s, problem = self.s, self.problem
+        if s.empty_rise and problem.eps_abs == 0:
+            self.empty = EmptyCells(problem, samples)
         if (
             s.coarse_size <= 0
             or not (self.large_scale or self.direct())
@@ -862,6 +895,7 @@ class _Iteration:
             noise_level_used=self.s.noise_level if self._direct is None else self.noise_level(),
             average_power_used=getattr(self.averaging, "power", None) if self.s.averaging == "poly" else None,
             coarse_used=self.coarse is not None,
+            empty_rises=0 if self.empty is None else self.empty.raised,
             lr_scale=self.lr_scale,
         )
         potential = problem.potential_of(h)
