@@ -130,3 +130,25 @@ def test_a_merged_groups_cell_is_its_representatives():
     assert torch.equal(got, expected)
     # without the representatives, the copies' own cells take mass from their neighbours
     assert (groups.inverse[assign(x, yd, r.potential)] != expected).sum() > 20
+
+
+def test_a_class_conditional_coupling_pairs_merged_groups_by_their_representative():
+    from sdfm.transport import solve_per_class
+
+    y, _ = _far_data_with_near_copies()
+    labels = torch.cat([torch.arange(200) % 2, torch.arange(50) % 2])  # copies in their atom's class
+    res = solve_per_class(SemidiscreteSolver(tol=0.1), y.float(), labels, generator=gen(27))
+    groups = res.duplicates
+    assert groups is not None and groups.num_groups == 200
+    yd = y.float().double()
+    coupling = SemidiscreteCoupling.from_result(yd, res)
+    assert coupling.conditional
+    pairs = coupling.sample(20000, generator=gen(28))
+    assert bool((labels[pairs.index] == pairs.cond).all())
+    # brute force: the argmax over the class's representatives (the solver's atoms)
+    x0, c = pairs.x0.double(), pairs.cond
+    scores = x0 @ yd.T + res.potential - 0.5 * yd.square().sum(1)
+    is_rep = torch.zeros(250, dtype=torch.bool)
+    is_rep[groups.representative] = True
+    scores[(c[:, None] != labels[None, :]) | ~is_rep[None, :]] = float("-inf")
+    assert torch.equal(groups.inverse[pairs.index], groups.inverse[scores.argmax(1)])

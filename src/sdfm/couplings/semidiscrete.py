@@ -109,9 +109,10 @@ class SemidiscreteCoupling(DataCoupling):
             raise ValueError(
                 f"duplicates: groups for {duplicates.inverse.shape[0]} data points, data has {self.num_data}"
             )
-        if duplicates is not None and eps == 0 and not self.conditional:
+        if duplicates is not None and eps == 0:
             # merged targets: each group's cell is its representative's (the solver's atom), spread
-            # by weight at pairing time (a near duplicate's own cell is not the group's)
+            # by weight at pairing time (a near duplicate's own cell is not the group's); the groups
+            # of a class-conditional solve lie within one class each
             potential = duplicates.representatives_only(validate.as_potential(potential, self.num_data))
         self.cells = LaguerreCells(
             keys,
