@@ -65,9 +65,9 @@ class EmptyCells:
         xs = x.to(torch.float64)
         top = best.to(torch.float64)[:, None]
         out = torch.empty(atoms.shape[0], dtype=torch.float64, device=h.device)
-        shift = h.max()
-        for start in range(0, atoms.shape[0], problem.chunk(batch)):
-            part = atoms[start : start + problem.chunk(batch)]
+        shift, chunk = h.max(), problem.chunk(batch)
+        for start in range(0, atoms.shape[0], chunk):
+            part = atoms[start : start + chunk]
             keys = problem.atoms_at(part) - problem.mean
             gaps = (top - (xs @ keys.T + (h[part] - shift))).clamp_min_(0.0)  # [B, len]
             k = (problem.b[part] * batch / 2).floor().clamp(1, batch).long()

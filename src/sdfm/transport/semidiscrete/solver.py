@@ -316,7 +316,7 @@ class SemidiscreteSolver:
             Jittered copies of every point in 2-D are solved where the plain solve stalls
             (BENCHMARKS.md section 23).
         empty_rise: on the hard problem (eps = 0), an atom that no training sample has touched (as
-            winner or runner-up) for 8 expected hits at its weight rises at once to win about half its
+            winner or runner-up) for 32 expected hits at its weight rises at once to win about half its
             weight of the batch (:mod:`~sdfm.transport.semidiscrete.empty`; ``settings["empty_rises"]``
             counts them). Far outliers of heavy-tailed data otherwise stay unpaired: their cells
             need a rise thousands of ordinary steps long. A solve whose cells all get noise is
