@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from sdfm.transport.semidiscrete import parts
+from sdfm.transport.semidiscrete import parts, solver
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -59,6 +59,56 @@ def set_before_26(on: bool) -> dict:
     if on:
         parts.PRECONDITIONERS["adaptive"] = AdaptiveBefore26
     return {"empty_rise": False} if on else {}
+
+
+def _uniform_expected(self, batch: int):
+    return batch / self.problem.n, self.problem.n / batch
+
+
+#: ``SDFM_BEFORE_27=1`` runs a script with the steps of before section 27 (:func:`before_27`): the
+#: tables of sections 1-26 on problems with merged duplicates or given weights rerun as measured.
+if os.environ.get("SDFM_BEFORE_27"):
+    solver._Iteration._expected = _uniform_expected
+
+
+@contextlib.contextmanager
+def before_27(on: bool = True):
+    """The solver's steps before section 27 while the block runs (if ``on``): the residual's floor and
+    the noise cap of the step take every cell's expected count per batch as batch / N, whatever the
+    weights (section 27 takes batch b_j per cell where the weights differ: given weights, merged
+    duplicates). Uniform weights are unaffected."""
+    saved = solver._Iteration._expected
+    try:
+        if on:
+            solver._Iteration._expected = _uniform_expected
+        yield
+    finally:
+        solver._Iteration._expected = saved
+
+
+def group_fractions(y, weights, result, samples: int, batch: int):
+    """(Fractions p [G] of ``samples`` fresh float64 noise samples (seed 123, drawn ``batch`` at a time)
+    in each group of merged targets, by a brute-force argmax (``assign``; merged copies taken out as
+    the coupling does), and the groups' weights [G]). ``weights``: the targets' [N], normalised."""
+    from sdfm.transport import assign
+
+    gen = torch.Generator().manual_seed(123)
+    groups, potential = torch.arange(y.shape[0]), result.potential
+    if result.duplicates is not None:
+        groups, weights = result.duplicates.inverse, result.duplicates.group_weights().double()
+        potential = result.duplicates.representatives_only(potential)
+    counts = torch.zeros(weights.shape[0], dtype=torch.float64)
+    for _ in range(0, samples, batch):
+        x = torch.randn(batch, y.shape[1], generator=gen, dtype=torch.float64)
+        index = assign(x, y.double(), potential.double())
+        counts += torch.bincount(groups[index], minlength=weights.shape[0])
+    return counts / samples, weights
+
+
+def unbiased_chi2(p, b, samples: int) -> float:
+    """chi2 from sample fractions p: sum_j (M p_j^2 - p_j) / ((M - 1) b_j) - 1, unbiased also where a
+    cell's mass is many times its weight (the usual (N - 1) / M correction assumes p close to b)."""
+    return float(((samples * p * p - p) / ((samples - 1) * b)).sum()) - 1.0
 
 
 def machine() -> dict:

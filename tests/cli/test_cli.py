@@ -195,3 +195,41 @@ def test_bad_input_exit_code_2_nothing_written(tmp_path, args, message):
 def test_console_script_installed():
     proc = subprocess.run(["sdfm", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "solve" in proc.stdout
+
+
+def test_solve_weights_option(tmp_path, capsys):
+    # weights over four decades (k-means centres weighted by cluster sizes are the common case): the
+    # file keeps them, and the cells' masses follow them by a brute-force float64 count
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(400, 2)).astype(np.float32)
+    w = np.exp(rng.uniform(np.log(1e-4), 0.0, size=400))
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "w.npy", w)
+    out = tmp_path / "p.safetensors"
+    args = ["solve", "--data", str(tmp_path / "y.npy"), "--quiet", "--normalize", "none", "--out", str(out)]
+    assert main(args + ["--weights", str(tmp_path / "w.npy")]) == 0
+    assert "weights from" in capsys.readouterr().err
+    pf = load_potential(out)
+    b = w / w.sum()
+    np.testing.assert_allclose(pf.weights.numpy(), b, rtol=1e-12)
+    assert pf.meta["converged"]
+    x = np.random.default_rng(1).normal(size=(200_000, 2))
+    y64 = y.astype(np.float64)
+    cells = np.zeros(400)
+    for part in np.array_split(x, 10):
+        cells += np.bincount(
+            np.argmax(part @ y64.T + pf.potential.numpy() - 0.5 * (y64**2).sum(1), 1), minlength=400
+        )
+    p = cells / x.shape[0]
+    assert ((x.shape[0] * p * p - p) / ((x.shape[0] - 1) * b)).sum() - 1.0 < 0.08  # unbiased chi2
+    for bad, message in (
+        (-w, "must be > 0"),
+        (w[:-1], "[400]"),
+        (np.ones((400, 2)), "one weight per data point"),
+    ):
+        np.save(tmp_path / "bad.npy", bad)
+        assert main(args + ["--weights", str(tmp_path / "bad.npy")]) == 2
+        err = capsys.readouterr().err
+        assert "--weights" in err and message in err
+    assert main(args + ["--weights", str(tmp_path / "missing.npy")]) == 2
+    assert "--weights: no such file" in capsys.readouterr().err

@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_image_options(solve)
     solve.add_argument("--out", required=True, help="output potential file (.safetensors)")
     solve.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="positive weights of the data points, one per row of --data (a .npy/.npz/.pt/.safetensors/"
+        ".csv file holding [N]; normalised to sum 1; default uniform): e.g. k-means centres weighted "
+        "by their cluster sizes",
+    )
+    solve.add_argument(
         "--eps",
         type=_nonneg_float,
         default=0.0,
@@ -279,6 +287,25 @@ def _solve_data(args, scratch):
     return dataset, norm, np.load(path, mmap_mode="r")
 
 
+def _solve_weights(path, n: int):
+    """The weights [N] of ``sdfm solve --weights FILE`` (float64, positive, finite), or None."""
+    if path is None:
+        return None
+    import torch
+
+    from sdfm.data.files import load_array
+    from sdfm.transport import validate
+
+    try:
+        w, _ = load_array(path, mmap=False)
+        if w.shape[1] != 1:
+            raise ValueError(f"expected one weight per data point ([{n}] or [{n}, 1]), got shape {w.shape}")
+        return validate.as_weights(torch.from_numpy(w.reshape(-1).astype("float64")), n, name="--weights")
+    except ValueError as exc:
+        message = str(exc).removeprefix("data: ")
+        raise CliError(message if message.startswith("--weights") else f"--weights: {message}") from exc
+
+
 def cmd_solve(args) -> int:
     import tempfile
 
@@ -292,6 +319,24 @@ def cmd_solve(args) -> int:
     # (beside --out: the disk the user chose for the results; removed on exit and on Ctrl-C)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".sdfm-solve-") as scratch:
         return _solve_to(args, out, device, *_solve_data(args, scratch))
+
+
+def _print_solve_header(args, out, name: str, shape, weights, projection) -> None:
+    """The first line of ``sdfm solve``: the data, their units, weights, PCA and processes."""
+    from sdfm import parallel
+
+    n, d = shape
+    world = parallel.world_size()
+    pca = (
+        "" if projection is None else f", PCA {args.pca} ({100 * projection.explained:.1f}% of the variance)"
+    )
+    procs = "" if world == 1 else f", {world} processes"
+    units = "as given" if args.normalize == "none" else "normalised as sdfm train does"
+    weighted = ""
+    if weights is not None:
+        low, high = float(weights.min()) * n, float(weights.max()) * n
+        weighted = f", weights from {args.weights} ({low:.2g} to {high:.2g} / N)"
+    print(f"sdfm solve: {name} [{n}, {d}] ({units}){weighted}{pca}{procs} -> {out}", file=sys.stderr)
 
 
 def _solve_to(args, out, device, dataset, norm, data) -> int:
@@ -319,21 +364,15 @@ def _solve_to(args, out, device, dataset, norm, data) -> int:
         )
     solver = _solver_from_args(args, device)
     n, d = data.shape
-    world = parallel.world_size()
+    weights = _solve_weights(args.weights, n)
     if main_rank:
-        pca = (
-            ""
-            if projection is None
-            else f", PCA {args.pca} ({100 * projection.explained:.1f}% of the variance)"
-        )
-        procs = "" if world == 1 else f", {world} processes"
-        units = "as given" if args.normalize == "none" else "normalised as sdfm train does"
-        print(f"sdfm solve: {dataset.name} [{n}, {d}] ({units}){pca}{procs} -> {out}", file=sys.stderr)
+        _print_solve_header(args, out, dataset.name, (n, d), weights, projection)
     # the same seed on every process: they score the same noise against their own shards
     generator = torch.Generator(device=device).manual_seed(args.seed)
     with solve_bar(tol=solver.tol, num_targets=n, disable=args.quiet or not main_rank) as bar:
         result = solver.solve(
             keys,
+            weights,
             generator=generator,
             callback=bar,
             collective=parallel.collective(),

@@ -168,13 +168,20 @@ class AnnealSchedule:
 # -- step sizes -------------------------------------------------------------------------------------
 
 
-def capped(lr: float, noise_level: float | None, batch: int, n: int) -> float:
-    """The step size lr, capped at noise_level * batch / n (None: no cap).
+def capped(lr: float, noise_level: float | None, expected):
+    """The step size lr, capped at noise_level * expected (None: no cap), ``expected`` being a cell's
+    expected count per batch, batch * b_j: the float batch / n for uniform weights, else a tensor [n]
+    (one step size per cell).
 
-    A step moves each cell by lr times its relative counting error, whose variance is n / batch, so the
-    cap bounds the iterate's noise (too noisy iterates average badly: the coupling is far from linear
-    in h)."""
-    return lr if noise_level is None else min(lr, noise_level * batch / n)
+    A step moves each cell by lr times its relative counting error, whose variance is 1 / expected, so
+    the cap bounds the iterate's noise (too noisy iterates average badly: the coupling is far from
+    linear in h). Per cell, a cell of weight far below 1 / n gets the smaller step its rarer counts
+    need."""
+    if noise_level is None:
+        return lr
+    if isinstance(expected, torch.Tensor):
+        return (noise_level * expected).clamp(max=lr)
+    return min(lr, noise_level * expected)
 
 
 def decayed(lr: float, step: int, power: float) -> float:

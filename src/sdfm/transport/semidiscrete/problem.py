@@ -100,6 +100,8 @@ class SemidiscreteProblem:
             if w is None
             else w.to(self.device)
         )
+        #: every atom has the same weight (the solver's steps then take one scale for all)
+        self.uniform = w is None or bool(self.b.min() == self.b.max())
 
         # Sharding: this process scores atoms [lo, hi) only (all of them without a collective).
         if collective is not None and collective.world_size > self.n:

@@ -98,10 +98,11 @@ FIRST_MEASURE = 5
 #: the smooth-error stop watches the training batches of about this many samples per atom
 SMOOTH_WINDOW = 10
 #: the relative mass residual 1 - m_hat_j / b_j of a step is clipped from below here (times
-#: max(1, N / batch)): a cell holding 4x its weight or more shrinks at a bounded rate (unbounded outer
-#: cells otherwise overshoot and oscillate; measured on small 2-D mixtures: up to 1.5x fewer samples).
-#: Unscaled, the clip biased large-N steps, where a cell's count per batch is 0 or 1: at N = 100,000
-#: chi2 stalled near 0.3.
+#: max(1, 1 / (batch b_j)), max(1, N / batch) for uniform weights): a cell holding 4x its weight or
+#: more shrinks at a bounded rate (unbounded outer cells otherwise overshoot and oscillate; measured on
+#: small 2-D mixtures: up to 1.5x fewer samples). Unscaled, the clip biased large-N steps, where a
+#: cell's count per batch is 0 or 1: at N = 100,000 chi2 stalled near 0.3; scaled by N / batch for
+#: every cell, it left cells of weight 1e-6 at 80 times their weight (BENCHMARKS.md section 27).
 RESIDUAL_FLOOR = -3.0
 #: large problems (where the annealing step is capped) whose atoms have at least this intrinsic
 #: dimension (TwoNN, :mod:`sdfm.transport.intrinsic`) skip the annealing and take NOISE_LEVEL_DIRECT
@@ -190,8 +191,10 @@ class SemidiscreteSolver:
         noise_level: caps the hard-phase step at ``noise_level * batch_size / N``: a step moves each
             cell by lr times its relative counting error, whose variance is N / batch_size, so the
             cap bounds the iterate's noise (too noisy iterates average badly: the coupling is far
-            from linear in h). None (default): 0.25, or 0.7 in the large high-dimensional regime (see
-            ``anneal``), where larger steps average well.
+            from linear in h). With non-uniform weights (or merged duplicates) the cap is per cell,
+            ``noise_level * batch_size * b_j``, and so is the residual's floor. None (default): 0.25,
+            or 0.7 in the large high-dimensional regime (see ``anneal``), where larger steps average
+            well.
         lr_anneal: the same during the entropic annealing phase.
         anneal_noise_level: caps the annealing step at ``anneal_noise_level * anneal_batch_size / N``
             (None: no cap), for the same reason as ``noise_level``. Without it the annealed
@@ -548,7 +551,7 @@ class _Iteration:
         atoms without the annealing's help). Decided once; the dimension is estimated only here."""
         if self._direct is None:
             s, problem = self.s, self.problem
-            capped = parts.capped(s.lr_anneal, s.anneal_noise_level, problem.anneal_batch_size, problem.n)
+            capped = parts.capped(s.lr_anneal, s.anneal_noise_level, problem.anneal_batch_size / problem.n)
             if capped < s.lr_anneal:
                 self._intrinsic = problem.intrinsic_dimension()
             self._direct = self._intrinsic is not None and self._intrinsic >= LOW_DIM_BELOW
@@ -620,14 +623,20 @@ class _Iteration:
         scale = self.cells.scale()
         if state.eps > 0:
             scale = scale + state.eps
-        # the floor scales with N / batch: a single hit of a cell expecting batch / N << 1 samples has
-        # residual 1 - N / batch, and clipping it would bias the step (cells never shrink enough)
-        floor = RESIDUAL_FLOOR * max(1.0, problem.n / batch)
-        direction = self.optimizer.direction((1.0 - mass / problem.b).clamp_(min=floor), state.step)
-        if state.annealing:
-            lr = parts.capped(s.lr_anneal, s.anneal_noise_level, batch, problem.n)
+        # the floor scales with 1 / (batch b_j): a single hit of a cell expecting batch b_j << 1 samples
+        # has residual 1 - 1 / (batch b_j), and clipping it would bias the step (cells never shrink
+        # enough); per cell where the weights differ (floats for uniform weights)
+        expected, inverse = self._expected(batch)
+        if isinstance(inverse, torch.Tensor):
+            floor = RESIDUAL_FLOOR * inverse.clamp(min=1.0)
+            residual = torch.maximum(1.0 - mass / problem.b, floor)
         else:
-            lr = parts.capped(s.lr, self.noise_level(), batch, problem.n) * self.lr_scale
+            residual = (1.0 - mass / problem.b).clamp_(min=RESIDUAL_FLOOR * max(1.0, inverse))
+        direction = self.optimizer.direction(residual, state.step)
+        if state.annealing:
+            lr = parts.capped(s.lr_anneal, s.anneal_noise_level, expected)
+        else:
+            lr = parts.capped(s.lr, self.noise_level(), expected) * self.lr_scale
         h = state.potential + parts.decayed(lr, state.step, s.lr_decay) * scale * direction
         if self.coarse is not None and not state.annealing and state.eps == 0:
             h = h + self.coarse.step(problem.b - mass, scale)
@@ -654,6 +663,15 @@ class _Iteration:
         if due is None:  # the first measurement, counted from the end of the annealing
             due = new.train_samples + max(problem.eval_samples * s.eval_every, FIRST_MEASURE * problem.n)
         return replace(new, average=average, num_averaged=count, next_measure=due)
+
+    def _expected(self, batch: int):
+        """(A cell's expected count per batch, batch b_j, and its inverse): the floats batch / n and
+        n / batch for uniform weights, per-cell tensors [n] otherwise (given weights, merged duplicates)."""
+        problem = self.problem
+        if problem.uniform:
+            return batch / problem.n, problem.n / batch
+        expected = problem.b * batch
+        return expected, 1.0 / expected
 
     def _raise_empty(self, state: SolverState, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """h with the stale atoms raised to win about half their weight of the batch x (``empty_rise``;
