@@ -1,5 +1,6 @@
 """sdfm solve / sdfm info from the command line: outputs, exit codes, nothing written on failure."""
 
+import json
 import subprocess
 import sys
 
@@ -222,6 +223,11 @@ def test_solve_weights_option(tmp_path, capsys):
         )
     p = cells / x.shape[0]
     assert ((x.shape[0] * p * p - p) / ((x.shape[0] - 1) * b)).sum() - 1.0 < 0.08  # unbiased chi2
+    assert main(["info", str(out)]) == 0
+    shown = json.loads(capsys.readouterr().out)["weights"]
+    assert shown["min_times_n"] == pytest.approx(b.min() * 400) and shown["max_times_n"] == pytest.approx(
+        b.max() * 400
+    )
     for bad, message in (
         (-w, "must be > 0"),
         (w[:-1], "[400]"),

@@ -473,7 +473,12 @@ def cmd_info(args) -> int:
     from sdfm.artifacts import load_potential
 
     pf = load_potential(args.path)
-    print(json.dumps(pf.meta, indent=2, sort_keys=True))
+    shown = dict(pf.meta)
+    if pf.weights is not None:  # a tensor of the file, summarised (uniform weights are not stored)
+        n = int(pf.weights.shape[0])
+        w = pf.weights / pf.weights.sum()
+        shown["weights"] = {"min_times_n": float(w.min()) * n, "max_times_n": float(w.max()) * n}
+    print(json.dumps(shown, indent=2, sort_keys=True))
     return 0
 
 
