@@ -86,10 +86,11 @@ def before_27(on: bool = True):
         solver._Iteration._expected = saved
 
 
-def group_fractions(y, weights, result, samples: int, batch: int):
-    """(Fractions p [G] of ``samples`` fresh float64 noise samples (seed 123, drawn ``batch`` at a time)
-    in each group of merged targets, by a brute-force argmax (``assign``; merged copies taken out as
-    the coupling does), and the groups' weights [G]). ``weights``: the targets' [N], normalised."""
+def group_counts(y, weights, result, samples: int, batch: int):
+    """(Counts [G] of ``samples`` fresh float64 noise samples (seed 123, drawn ``batch`` at a time) in
+    each group of merged targets, by a brute-force argmax (``assign``; merged copies taken out as the
+    coupling does), and the groups' weights [G]). ``weights``: the targets' [N], normalised. Their
+    unbiased chi2 is ``sdfm.transport.chi2_from_counts(counts, weights)``."""
     from sdfm.transport import assign
 
     gen = torch.Generator().manual_seed(123)
@@ -102,13 +103,7 @@ def group_fractions(y, weights, result, samples: int, batch: int):
         x = torch.randn(batch, y.shape[1], generator=gen, dtype=torch.float64)
         index = assign(x, y.double(), potential.double())
         counts += torch.bincount(groups[index], minlength=weights.shape[0])
-    return counts / samples, weights
-
-
-def unbiased_chi2(p, b, samples: int) -> float:
-    """chi2 from sample fractions p: sum_j (M p_j^2 - p_j) / ((M - 1) b_j) - 1, unbiased also where a
-    cell's mass is many times its weight (the usual (N - 1) / M correction assumes p close to b)."""
-    return float(((samples * p * p - p) / ((samples - 1) * b)).sum()) - 1.0
+    return counts, weights
 
 
 def machine() -> dict:

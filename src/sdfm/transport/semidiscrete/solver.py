@@ -627,12 +627,10 @@ class _Iteration:
         # has residual 1 - 1 / (batch b_j), and clipping it would bias the step (cells never shrink
         # enough); per cell where the weights differ (floats for uniform weights)
         expected, inverse = self._expected(batch)
-        if isinstance(inverse, torch.Tensor):
-            floor = RESIDUAL_FLOOR * inverse.clamp(min=1.0)
-            residual = torch.maximum(1.0 - mass / problem.b, floor)
-        else:
-            residual = (1.0 - mass / problem.b).clamp_(min=RESIDUAL_FLOOR * max(1.0, inverse))
-        direction = self.optimizer.direction(residual, state.step)
+        floor = RESIDUAL_FLOOR * (
+            inverse.clamp(min=1.0) if isinstance(inverse, torch.Tensor) else max(1.0, inverse)
+        )
+        direction = self.optimizer.direction((1.0 - mass / problem.b).clamp_(min=floor), state.step)
         if state.annealing:
             lr = parts.capped(s.lr_anneal, s.anneal_noise_level, expected)
         else:
