@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from sdfm.transport import _stream
+from sdfm.transport.assign import LaguerreCells
 from sdfm.transport.semidiscrete import parts, solver
 
 RESULTS = Path(__file__).parent / "results"
@@ -84,6 +86,48 @@ def before_27(on: bool = True):
         yield
     finally:
         solver._Iteration._expected = saved
+
+
+def _block_top_before_28(block, second=None):
+    """The block reduction of the scans before section 28: ``topk`` or ``max`` over the whole block."""
+    if second and block.shape[1] >= 2:
+        vals, idx = block.topk(2, dim=1)
+        v1, i1, v2, i2 = vals[:, 0], idx[:, 0], vals[:, 1], idx[:, 1]
+        if second == "index":  # topk orders ties arbitrarily: the smaller index is the best
+            swap = (v1 == v2) & (i2 < i1)
+            i1, i2 = torch.where(swap, i2, i1), torch.where(swap, i1, i2)
+        return v1, i1, v2, i2 if second == "index" else None
+    v1, i1 = block.max(dim=1)
+    return v1, i1, None, None
+
+
+def _argmax_before_28(self, x, keys):
+    """``LaguerreCells``' hard argmax before section 28: the plain scan in the query's dtype."""
+    return keys.scorer.argmax(x, keys.bias)[0]
+
+
+@contextlib.contextmanager
+def before_28(on: bool = True, pairing: bool = False):
+    """The scans' block reduction before section 28 while the block runs (if ``on``): one-level
+    ``topk`` / ``max`` instead of the two-level :func:`sdfm.transport._stream.block_top` (the same
+    values and indices but for exact ties; only the speed differs). With ``pairing``, also the
+    plain float32 argmax of ``LaguerreCells`` (no certificate, no float64 re-scoring)."""
+    saved = _stream.block_top, LaguerreCells._argmax
+    try:
+        if on:
+            _stream.block_top = _block_top_before_28
+            if pairing:
+                LaguerreCells._argmax = _argmax_before_28
+        yield
+    finally:
+        _stream.block_top, LaguerreCells._argmax = saved
+
+
+#: ``SDFM_BEFORE_28=1`` runs a script with the scans and the pairing of before section 28
+#: (:func:`before_28` with ``pairing``): sections 1-27's pairing timings rerun as measured.
+if os.environ.get("SDFM_BEFORE_28"):
+    _stream.block_top = _block_top_before_28
+    LaguerreCells._argmax = _argmax_before_28
 
 
 def group_counts(y, weights, result, samples: int, batch: int):

@@ -198,6 +198,104 @@ def stream_top2(
     return Top2(index, best, second_index, second)
 
 
+#: :func:`block_top` reduces blocks of at least this many columns in two levels
+TWO_LEVEL_MIN_COLUMNS = 512
+
+
+def block_top(block: torch.Tensor, second: str | None = None):
+    """(v1, i1, v2, i2) of each row of a score block [n, m]: the largest value and the first column
+    holding it; with ``second``, the second-largest value (equal to v1 when the largest appears
+    twice) and, for "index", the first other column holding it (None otherwise, and for m = 1).
+
+    On CPU a reduction with indices (``max(dim)``, ``topk``) costs 15-30x an ``amax`` and, at d <= 64,
+    as much as the GEMM that made the block. From TWO_LEVEL_MIN_COLUMNS columns on, the block is
+    reduced in two levels: the maxima of strided column groups by ``amax`` (a multiple of 32 groups:
+    other counts make the strided ``amax`` 5-25x slower on our CPU), then the indices within the
+    winning group (and the runner-up's) on [n, width] gathers. The same values and, but for ties
+    across groups (those rows take the one-level path), the same indices as :func:`_block_top_plain`.
+    """
+    n, m = block.shape
+    if m < TWO_LEVEL_MIN_COLUMNS or block.device.type != "cpu":
+        return _block_top_plain(block, second)
+    groups = 32 * max(1, m // 1024)
+    width = m // groups
+    head = block[:, : groups * width]
+    step = torch.arange(width, device=block.device) * groups  # group s holds columns s + groups k
+    group_max = head.view(n, width, groups).amax(1)  # [n, groups]
+    v1, s1 = group_max.max(dim=1)
+    inside = head.gather(1, s1[:, None] + step)  # [n, width], ascending columns
+    j1 = inside.argmax(dim=1)
+    i1 = s1 + groups * j1
+    tied = (group_max == v1[:, None]).sum(1) > 1
+    v2 = i2 = None
+    if second:  # the winner out of its group and of the group maxima (index_fill_: scatter_ is slow)
+        rows = torch.arange(n, device=block.device)
+        inside.view(-1).index_fill_(0, rows * width + j1, float("-inf"))
+        group_max.view(-1).index_fill_(0, rows * groups + s1, float("-inf"))
+    if second == "score":  # values only: amax
+        v2 = torch.maximum(inside.amax(dim=1), group_max.amax(dim=1))
+    elif second:
+        w2, j2 = inside.max(dim=1)
+        o2, s2 = group_max.max(dim=1)
+        v2 = torch.maximum(w2, o2)
+        if second == "index":
+            other = head.gather(1, s2[:, None] + step).argmax(dim=1)
+            a, b = s1 + groups * j2, s2 + groups * other
+            i2 = torch.where(w2 > o2, a, torch.where(o2 > w2, b, torch.minimum(a, b)))
+            tied |= (o2 >= w2) & ((group_max == o2[:, None]).sum(1) > 1)
+    if m > groups * width:  # the last m mod groups columns, merged as a block of their own
+        tail = _block_top_plain(block[:, groups * width :], second)
+        v1, i1, v2, i2 = _merge_tops((v1, i1, v2, i2), tail, groups * width)
+    rows = tied.nonzero().squeeze(1)
+    if rows.numel():  # ties across groups: the one-level path for those rows
+        exact = _block_top_plain(block[rows], second)
+        v1, i1 = v1.index_put((rows,), exact[0]), i1.index_put((rows,), exact[1])
+        if v2 is not None:
+            v2 = v2.index_put((rows,), exact[2])
+        if i2 is not None:
+            i2 = i2.index_put((rows,), exact[3])
+    return v1, i1, v2, i2
+
+
+def _block_top_plain(block: torch.Tensor, second: str | None = None):
+    """:func:`block_top` with one-level reductions (``max`` finds the first column of the largest)."""
+    v1, i1 = block.max(dim=1)
+    if not second or block.shape[1] < 2:
+        return v1, i1, None, None
+    kept = block.gather(1, i1[:, None])
+    block.scatter_(1, i1[:, None], float("-inf"))
+    if second == "index":
+        v2, i2 = block.max(dim=1)
+    else:
+        v2, i2 = block.amax(dim=1), None
+    block.scatter_(1, i1[:, None], kept)  # the block is left as it was
+    return v1, i1, v2, i2
+
+
+def _merge_tops(left, right, offset: int):
+    """The :func:`block_top` of columns [left | right] from each part's (right's columns + offset)."""
+    v1, i1, v2, i2 = left
+    r1, j1, r2, j2 = right
+    j1 = j1 + offset
+    better = r1 > v1  # a tie keeps the left (smaller) column
+    top, index = torch.where(better, r1, v1), torch.where(better, j1, i1)
+    if v2 is None:
+        return top, index, None, None
+    loser, loser_index = torch.where(better, v1, r1), torch.where(better, i1, j1)
+    # the runner-up: the best of the loser of the two maxima and the winner's own second
+    own2 = (
+        torch.where(better, r2, v2)
+        if r2 is not None
+        else torch.where(better, loser.new_full((), float("-inf")), v2)
+    )
+    second = torch.maximum(loser, own2)
+    if i2 is None:
+        return top, index, second, None
+    own2_index = torch.where(better, j2 + offset, i2) if j2 is not None else i2
+    pick_loser = (loser > own2) | ((loser == own2) & (loser_index < own2_index))
+    return top, index, second, torch.where(pick_loser, loser_index, own2_index)
+
+
 def _scan(x, targets, bias, *, chunk, center, alpha, gumbel=False, subset=None, positions=False, second=None):
     """(index, best, second score or None, second index or None) of each row; ``second`` is None,
     "score" or "index" (score and index)."""
@@ -225,15 +323,7 @@ def _scan(x, targets, bias, *, chunk, center, alpha, gumbel=False, subset=None, 
             torch.rand(g.shape, generator=gumbel, dtype=x.dtype, device=x.device, out=g)
             g.log_().neg_().log_().neg_()
             block.add_(g)
-        if second and block.shape[1] >= 2:
-            vals, idx = block.topk(2, dim=1)
-            v1, i1, v2, i2 = vals[:, 0], idx[:, 0], vals[:, 1], idx[:, 1]
-            if second == "index":  # topk orders ties arbitrarily: the smaller index is the best
-                swap = (v1 == v2) & (i2 < i1)
-                i1, i2 = torch.where(swap, i2, i1), torch.where(swap, i1, i2)
-        else:
-            v1, i1 = block.max(dim=1)
-            v2 = i2 = None
+        v1, i1, v2, i2 = block_top(block, second)
         better = v1 > best
         if runner_index is not None:
             runner_index = _second_index_after_merge(

@@ -21,15 +21,28 @@ from functools import partial
 import torch
 
 from sdfm.transport import validate
-from sdfm.transport._stream import LowpKeys, chunk_size_for, full_precision, stream_argmax, target_chunks
+from sdfm.transport._stream import (
+    LowpKeys,
+    chunk_size_for,
+    full_precision,
+    stream_argmax,
+    target_chunks,
+)
+from sdfm.transport.certified import ScoreCertificate, exact_argmax
 from sdfm.transport.collinear import line_direction
 from sdfm.transport.pruned import PRUNE_MAX_BYTES, Pruning
 from sdfm.transport.scoring import Scorer
-from sdfm.transport.sharding import Collective
+from sdfm.transport.sharding import Collective, combine_argmax
+
+#: float32 queries are scored in float64 for FLOAT64_CALLS calls after a call that had to re-score
+#: more than this fraction of its rows in float64 (:meth:`LaguerreCells._argmax`)
+RESCORE_SWITCH = 0.05
+FLOAT64_CALLS = 32
 
 
 def compute_dtype(x: torch.Tensor, dim: int | None = None) -> torch.dtype:
-    """float64 stays float64; every other floating dtype is scored in float32 (exact argmax), except
+    """float64 stays float64; every other floating dtype is scored in float32 (the hard argmax then
+    certified row by row, the rest re-scored in float64: :mod:`sdfm.transport.certified`), except
     one-dimensional targets (``dim == 1``: 1-D, or on one line in d > 1, see
     :mod:`sdfm.transport.collinear`), which are always scored in float64: their cells form a
     chain whose widths shrink like 1 / N while the scores stay O(1), so float32 rounding moves the
@@ -61,6 +74,10 @@ class _Keys:
     bias: torch.Tensor  # [N] compute dtype, shifted so that its max is 0
     shift: float  # the constant removed from the bias
     lowp: LowpKeys | None = None  # low-precision scoring only
+    # hard assignment: the bound that certifies an argmax in this dtype, and the float64 bias of
+    # the rows it does not certify
+    certificate: ScoreCertificate | None = None
+    bias64: torch.Tensor | None = None
 
     @property
     def center(self) -> torch.Tensor:
@@ -76,7 +93,10 @@ class LaguerreCells:
         eps: absolute entropic regularisation (>= 0), in cost units.
         weights: target weights b [N] (positive; normalised). Only enter when eps > 0.
         chunk_size: targets per score block (default: blocks of about 2M elements).
-        score_dtype: None (default: exact float32/float64 scores), or ``torch.bfloat16`` /
+        score_dtype: None (default: float32 scores for float32 queries, float64 for float64 ones; for
+            eps = 0 each float32 winner is proven by a rounding bound and the rows it cannot prove,
+            near ties and copies, are re-scored in float64, so the argmax is the float64 one, ties
+            to the smallest index: :mod:`sdfm.transport.certified`), or ``torch.bfloat16`` /
             ``torch.float16`` for eps = 0: scores in low precision, then every target within the
             rounding bound of the best is re-scored in float64, so the argmax stays exact (equal to
             the float64 one). Faster where low-precision matmuls are (GPUs; CPUs with AVX512-BF16
@@ -147,6 +167,9 @@ class LaguerreCells:
             pruning = "off"
         self.pruning = Pruning(pruning)  # validates the mode
         self._collinear: bool | None = None
+        self._float64_calls = 0  # float32 queries scored in float64 for this many more calls
+        #: (rows re-scored in float64, rows) of the last hard argmax over all targets
+        self.rescored: tuple[int, int] = (0, 0)
 
     @property
     def collinear(self) -> bool:
@@ -194,23 +217,65 @@ class LaguerreCells:
             # Shift by a constant (argmax and softmax unchanged) so the cast keeps its precision.
             shift = scaled.max()
             bias64 = scaled - shift
-            scorer = Scorer(
+            local = partial(
+                Scorer,
                 self.targets[self.lo : self.hi],
                 n_targets,
                 self.lo,
-                center=center.to(dtype),
                 collective=self.collective,
                 chunk_size=self.chunk_size,
-                pruning=None if self.eps > 0 or self.score_dtype is not None else self.pruning,
             )
+            hard = self.eps == 0 and self.score_dtype is None
             self._cache[key] = _Keys(
-                scorer=scorer,
+                scorer=local(center=center.to(dtype), pruning=self.pruning if hard else None),
                 center64=center,
                 bias=bias64.to(dtype),
                 shift=float(shift),
                 lowp=None if self.score_dtype is None else self._lowp_keys(center, bias64, chunk, device),
+                certificate=ScoreCertificate.build(self.targets, center, dtype, chunk=chunk)
+                if hard
+                else None,
+                bias64=bias64 if hard else None,
             )
         return self._cache[key]
+
+    def _argmax(self, x: torch.Tensor, keys: _Keys) -> torch.Tensor:
+        """The exact argmax over all targets of the queries x [n, d] (eps = 0): scores with their
+        rows certified, the others scored again in float64 (:mod:`sdfm.transport.certified`).
+
+        Float32 queries are scored in float64 instead for FLOAT64_CALLS calls after a call that
+        re-scored more than RESCORE_SWITCH of its rows (near ties are common: large N in 2-D,
+        points on a circle, copies): the same result, faster there. The decision depends on the
+        scores only, so it is the same on every process of a collective."""
+        if x.dtype == torch.float32 and self._float64_calls > 0:
+            self._float64_calls -= 1
+            x = x.to(torch.float64)
+            keys = self._keys(x.device, torch.float64)
+        index, best, second = keys.scorer.argmax(x, keys.bias, top2=True)
+        rows = keys.certificate.uncertain(x, best, second).nonzero().squeeze(1)
+        self.rescored = (int(rows.numel()), int(x.shape[0]))
+        if x.dtype == torch.float32 and rows.numel() > RESCORE_SWITCH * x.shape[0]:
+            self._float64_calls = FLOAT64_CALLS
+        if rows.numel():  # the same rows on every process of a collective: their scores are global
+            index[rows] = self._exact_argmax(x[rows], keys)
+        return index
+
+    def _exact_argmax(self, x: torch.Tensor, keys: _Keys) -> torch.Tensor:
+        """The float64 argmax over all targets (every process's) of x [n, d], ties exact."""
+        lo, hi = self.lo, self.hi
+        local, value = exact_argmax(
+            x,
+            self.targets[lo:hi],
+            keys.bias[lo:hi],
+            keys.bias64[lo:hi],
+            keys.center,
+            keys.center64,
+            keys.certificate,
+            chunk=keys.scorer.chunk(x.shape[0]),
+        )
+        if self.collective is None:
+            return local
+        return combine_argmax(local + lo, value, None, self.collective, self.num_targets, lo, hi)[0]
 
     def _lowp_keys(self, center, bias64, chunk, device) -> LowpKeys:
         chunks = target_chunks(self.targets, chunk, device=device, dtype=torch.float64, center=center)
@@ -238,7 +303,8 @@ class LaguerreCells:
     ) -> torch.Tensor:
         """Cell of each noise sample x [n, d]: int64 index [n] on ``x.device``.
 
-        eps = 0: the exact argmax (equal to brute force up to ties). eps > 0: an exact sample from the
+        eps = 0: the exact argmax (the float64 one, ties to the smallest index, whatever the query
+        dtype: see ``score_dtype``). eps > 0: an exact sample from the
         softmax by Gumbel-max, with randomness from ``generator`` (on ``x.device``). With target
         classes, ``classes`` [n] gives each sample's class and the pairing stays within it.
         """
@@ -249,6 +315,8 @@ class LaguerreCells:
         gumbel = False if self.eps == 0 else generator
         with full_precision(x.device):
             if query is None:
+                if gumbel is False:
+                    return self._argmax(x, keys)
                 return keys.scorer.argmax(x, keys.bias, alpha=self.alpha, gumbel=gumbel)[0]
             # class by class, each scanning only its own targets (gathered chunk by chunk: no
             # per-class copy of the data, and O(N_c d) per sample instead of O(N d) with a mask)
@@ -264,12 +332,39 @@ class LaguerreCells:
             for c in present:
                 rows = torch.nonzero(query == c).squeeze(1)
                 on_targets, on_x = members[c]
-                if gumbel is False and self._class_pruning(c).wanted(int(on_x.shape[0]), x.device):
-                    index[rows] = on_x[self._pruned_in_class(c, x[rows], keys, on_targets, on_x)]
+                if gumbel is False:
+                    index[rows] = self._argmax_in_class(c, x[rows], keys, on_targets, on_x)
                     continue
                 index[rows] = stream_argmax(
                     x[rows], self.targets, keys.bias[on_x], **kw, gumbel=gumbel, subset=on_targets
                 )[0]
+        return index
+
+    def _argmax_in_class(self, c: int, x, keys: _Keys, on_targets, on_x) -> torch.Tensor:
+        """Target indices [n] of the exact argmax over class c's targets of its queries x [n, d]
+        (pruned or dense, float32 rows certified as in :meth:`_argmax`)."""
+        top2 = keys.certificate is not None
+        if self._class_pruning(c).wanted(int(on_x.shape[0]), x.device):
+            pos, best, second = self._pruned_in_class(c, x, keys, on_targets, on_x, top2)
+            index = on_x[pos]
+        else:
+            kw = {"chunk": keys.scorer.chunk(x.shape[0]), "center": keys.center, "subset": on_targets}
+            index, best, second = stream_argmax(x, self.targets, keys.bias[on_x], **kw, top2=top2)
+        if not top2:
+            return index
+        rows = keys.certificate.uncertain(x, best, second).nonzero().squeeze(1)
+        if rows.numel():
+            index[rows] = exact_argmax(
+                x[rows],
+                self.targets,
+                keys.bias[on_x],
+                keys.bias64[on_x],
+                keys.center,
+                keys.center64,
+                keys.certificate,
+                chunk=keys.scorer.chunk(int(rows.shape[0])),
+                subset=on_targets,
+            )[0]
         return index
 
     def _class_pruning(self, c: int) -> Pruning:
@@ -279,13 +374,16 @@ class LaguerreCells:
             self._class_cache[key] = Pruning(self.pruning.mode, min_atoms=self.pruning.min_atoms)
         return self._class_cache[key]
 
-    def _pruned_in_class(self, c, x, keys: _Keys, on_targets, on_x) -> torch.Tensor:
-        """Positions among class c's targets of the argmax for its queries x, by cluster bounds."""
+    def _pruned_in_class(self, c: int, x, keys: _Keys, on_targets, on_x, top2: bool):
+        """(positions among class c's targets of the argmax for its queries x, best score, second-best
+        score or None), by cluster bounds."""
         pruning = self._class_pruning(c)
         bounds = pruning.bounds(lambda: self.targets[on_targets], keys.center, x.dtype, x.device)
-        pos, _, _, _, scored, visits = bounds.search(x, keys.bias[on_x])
+        pos, best, second, _, scored, visits = bounds.search(
+            x, keys.bias[on_x], second="score" if top2 else None
+        )
         pruning.record(scored, visits, x.shape[0], int(on_x.shape[0]), bounds.num_clusters)
-        return pos
+        return pos, best, second
 
     def _members(self, device: torch.device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """class -> (its target indices on the targets' device, the same on ``device``), cached."""
@@ -309,7 +407,7 @@ class LaguerreCells:
         x, keys = self._query(x)
         with full_precision(x.device):
             if self.eps == 0:
-                index, _, _ = keys.scorer.argmax(x, keys.bias)
+                index = self._argmax(x, keys)
                 counts = torch.bincount(index, minlength=self.num_targets).to(torch.float64)
                 return counts, (counts if squares else None)
             sums, sq, _ = keys.scorer.softmax_columns(x, keys.bias, alpha=self.alpha, squares=squares)
@@ -357,8 +455,8 @@ def assign(
 ) -> torch.Tensor:
     """Pairs each noise sample with a target through the dual potential.
 
-    eps = 0: the exact Laguerre cell ``argmax_j <x, y_j> + g_j - |y_j|^2 / 2`` (equal to the
-    brute-force argmax up to ties). eps > 0: an exact sample from
+    eps = 0: the exact Laguerre cell ``argmax_j <x, y_j> + g_j - |y_j|^2 / 2`` (the float64
+    brute-force argmax, ties to the smallest index). eps > 0: an exact sample from
     ``softmax_j(log b_j + (g_j - 1/2 |x - y_j|^2) / eps)`` by Gumbel-max. Both are streamed over
     chunks of targets, so at most one [n, chunk] score block exists at a time (two for eps > 0: the
     scores and their Gumbel noise), whatever N. For repeated calls with the same targets and
@@ -378,7 +476,8 @@ def assign(
         weights: target weights b [N] (positive; normalised). Only used when eps > 0.
         generator: randomness for eps > 0 (on ``x.device``).
         chunk_size: targets per chunk (default: a [rows, chunk] block of about 2M elements).
-        score_dtype: None (exact float32/float64 scores) or torch.bfloat16 / torch.float16 (eps = 0:
+        score_dtype: None (float32 scores certified, near ties re-scored in float64: the float64
+            argmax; see :class:`LaguerreCells`) or torch.bfloat16 / torch.float16 (eps = 0:
             low-precision scores, then float64 re-scoring of every candidate within the rounding
             bound; the result stays exact, see :class:`LaguerreCells`).
         classes, target_classes: class-conditional pairing: the class of each noise sample [n] and
