@@ -286,7 +286,8 @@ def test_hostile_potential_files_are_refused(tmp_path, case):
 
 def test_old_potential_files_without_checksum_still_load(tmp_path):
     path = _potential(tmp_path)
-    _rewrite(path, meta=lambda m: json.dumps({k: v for k, v in m.items() if k != "checksum"}))
+    old = {"format_version": 1}  # (version 2 files must have one: a renamed key is refused)
+    _rewrite(path, meta=lambda m: json.dumps({**{k: v for k, v in m.items() if k != "checksum"}, **old}))
     assert load_potential(path).shape == (50, 2)
 
 

@@ -69,6 +69,39 @@ def test_unreadable_files(tmp_path):
         load_potential(tmp_path / "foreign.safetensors")
 
 
+def _rewrite_meta(path, out, edit):
+    """A copy of the potential file at path with its metadata passed through edit (dict -> dict)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["sdfm"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    save_file(tensors, str(out), metadata={"sdfm": json.dumps(edit(meta))})
+    return out
+
+
+def test_the_checksum_cannot_be_renamed_away(tmp_path, solved):
+    """A flipped bit in the key "checksum" (found by the fuzzer: "chebksum") would skip the check:
+    version 2 files need it (version 1 files without one: test_reliability); other versions are
+    refused."""
+    y, _, res = solved
+    path = save_potential(tmp_path / "p.safetensors", res, targets=y)
+    assert load_potential(path).meta["format_version"] == 2
+
+    def renamed(meta):
+        meta["chebksum"] = meta.pop("checksum")
+        return meta
+
+    with pytest.raises(ValueError, match="no checksum"):
+        load_potential(_rewrite_meta(path, tmp_path / "r.safetensors", renamed))
+
+    for version in (0, 3, "2"):
+        edit = lambda meta, v=version: {**meta, "format_version": v}  # noqa: E731
+        with pytest.raises(ValueError, match="format_version"):
+            load_potential(_rewrite_meta(path, tmp_path / "v.safetensors", edit))
+
+
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")

@@ -58,6 +58,14 @@ def test_faiss_index_file_refuses_another_potential(solved, tmp_path):
         load_index(tmp_path / "i.safetensors", g + 1e-9, shape=(4000, 8), data_fingerprint="abc")
     with pytest.raises(ValueError, match="another potential"):
         load_index(tmp_path / "i.safetensors", g, shape=(4000, 8), data_fingerprint="other")
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(tmp_path / "i.safetensors"), framework="pt") as fh:  # "checksum" renamed away
+        meta = fh.metadata()["sdfm"].replace('"checksum"', '"chebksum"')
+        save_file({"index": fh.get_tensor("index")}, str(tmp_path / "r.safetensors"), metadata={"sdfm": meta})
+    with pytest.raises(ValueError, match="no checksum"):
+        load_index(tmp_path / "r.safetensors", g, shape=(4000, 8), data_fingerprint="abc")
     coupling = SemidiscreteCoupling(y, g, search=loaded)
     pairs = coupling.sample(2048, generator=gen(14))
     # IVF at its default nprobe is approximate: recall 0.92 on this potential (8,192 pairs)

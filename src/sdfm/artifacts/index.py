@@ -60,7 +60,9 @@ def load_index(path: str | Path, potential, *, shape, data_fingerprint: str | No
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"index: {path} is not an sdfm FAISS index file")
     try:
-        if meta.get("checksum") is not None and meta["checksum"] != checksum({"index": blob}, meta):
+        if meta.get("checksum") is None:  # (always written; a flipped bit in its name skips nothing)
+            raise ValueError("no checksum in the metadata (modified or corrupt; delete the file to rebuild)")
+        if meta["checksum"] != checksum({"index": blob}, meta):
             raise ValueError(
                 "the checksum of the index and its metadata does not match (modified or corrupt)"
             )

@@ -35,7 +35,8 @@ from sdfm.transport.projection import PCAProjection
 from sdfm.transport.semidiscrete import SemidiscreteResult
 
 FORMAT = "sdfm.potential"
-FORMAT_VERSION = 1
+#: 2: the checksum is required (version 1 files, written before sdfm stored one, load without it)
+FORMAT_VERSION = 2
 COST = "half_sqeuclidean"
 CONVENTION = "cell(x) = argmax_j <x, y_j> + g_j - |y_j|^2 / 2"
 
@@ -265,7 +266,10 @@ def load_potential(path: str | Path, *, targets=None, fingerprint: str | None = 
         meta = check_type("metadata", json.loads(raw), dict)
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r:.40}, expected {FORMAT}")
+        version = check_int("format_version", meta.get("format_version"), low=1, high=FORMAT_VERSION)
         stored = meta.get("checksum")
+        if stored is None and version >= 2:  # (a flipped bit in its name would skip the check)
+            raise ValueError("no checksum in the metadata (modified or corrupt)")
         if stored is not None and stored != checksum(tensors, meta):
             raise ValueError("the checksum of its tensors and metadata does not match (modified or corrupt)")
         parts = _validated(tensors, meta)
