@@ -124,17 +124,21 @@ def measure(name, y, distinct, n, repeats):
     return row
 
 
-def solver_rows(repeats: int = 2) -> list[dict]:
+def solver_problems() -> dict[str, torch.Tensor]:
+    """The solves of ``--solver`` (and of solver_counts.py, which adds two)."""
     g = gen(5)
     centres = 3 * torch.randn(8, 16, generator=g)
-    problems = {
+    return {
         "mixture 16-d, 10,000": torch.randn(10_000, 16, generator=g)
         + centres[torch.randint(0, 8, (10_000,), generator=g)],
         "Gaussian 64-d, 8,000": torch.randn(8000, 64, generator=g),
         "digits (64-d)": torch.as_tensor(load_dataset("digits").x).float(),
     }
+
+
+def solver_rows(repeats: int = 2) -> list[dict]:
     rows = []
-    for name, y in problems.items():
+    for name, y in solver_problems().items():
         out = {"before": [], "now": []}
         digests = {}
         for _ in range(repeats):

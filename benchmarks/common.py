@@ -14,7 +14,7 @@ import torch
 
 from sdfm.transport import _stream
 from sdfm.transport.assign import LaguerreCells
-from sdfm.transport.semidiscrete import parts, solver
+from sdfm.transport.semidiscrete import parts, problem, solver
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -128,6 +128,24 @@ def before_28(on: bool = True, pairing: bool = False):
 if os.environ.get("SDFM_BEFORE_28"):
     _stream.block_top = _block_top_before_28
     LaguerreCells._argmax = _argmax_before_28
+
+
+@contextlib.contextmanager
+def before_29(on: bool = True):
+    """The solver's measurements before section 29 while the block runs (if ``on``): they count the
+    float32 scores' own argmax (no certificate, no float64 re-scoring, no switch to float64)."""
+    saved = problem.CERTIFIED_COUNTS
+    try:
+        problem.CERTIFIED_COUNTS = saved and not on
+        yield
+    finally:
+        problem.CERTIFIED_COUNTS = saved
+
+
+#: ``SDFM_BEFORE_29=1`` runs a script with the solver's measurements of before section 29
+#: (:func:`before_29`): with ``SDFM_BEFORE_28=1`` too, sections 1-28 rerun as measured.
+if os.environ.get("SDFM_BEFORE_29"):
+    problem.CERTIFIED_COUNTS = False
 
 
 def group_counts(y, weights, result, samples: int, batch: int):

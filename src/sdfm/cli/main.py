@@ -241,6 +241,12 @@ def _print_solve(result, args, out, n: int) -> None:
             f"{result.duplicates.num_duplicates} targets merged with another as duplicates (exact copies, "
             f"or closer than {radius:.2g}, the scores' resolution): their pairs are split at random"
         )
+    switched = result.settings.get("float64_from_step")
+    if switched is not None:
+        print(
+            f"float64 scores from step {switched}: the float32 scores' own counts understated the exact "
+            "chi2 (near ties in many rows)"
+        )
     tight_used = result.settings.get("tight_start_used")
     if tight_used:
         print(

@@ -32,7 +32,7 @@ from sdfm.transport.certified import ScoreCertificate, exact_argmax
 from sdfm.transport.collinear import line_direction
 from sdfm.transport.pruned import PRUNE_MAX_BYTES, Pruning
 from sdfm.transport.scoring import Scorer
-from sdfm.transport.sharding import Collective, combine_argmax
+from sdfm.transport.sharding import Collective
 
 #: float32 queries are scored in float64 for FLOAT64_CALLS calls after a call that had to re-score
 #: more than this fraction of its rows in float64 (:meth:`LaguerreCells._argmax`)
@@ -257,25 +257,10 @@ class LaguerreCells:
         if x.dtype == torch.float32 and rows.numel() > RESCORE_SWITCH * x.shape[0]:
             self._float64_calls = FLOAT64_CALLS
         if rows.numel():  # the same rows on every process of a collective: their scores are global
-            index[rows] = self._exact_argmax(x[rows], keys)
+            index[rows] = keys.scorer.exact_argmax(
+                x[rows], keys.bias, keys.bias64, keys.center64, keys.certificate
+            )
         return index
-
-    def _exact_argmax(self, x: torch.Tensor, keys: _Keys) -> torch.Tensor:
-        """The float64 argmax over all targets (every process's) of x [n, d], ties exact."""
-        lo, hi = self.lo, self.hi
-        local, value = exact_argmax(
-            x,
-            self.targets[lo:hi],
-            keys.bias[lo:hi],
-            keys.bias64[lo:hi],
-            keys.center,
-            keys.center64,
-            keys.certificate,
-            chunk=keys.scorer.chunk(x.shape[0]),
-        )
-        if self.collective is None:
-            return local
-        return combine_argmax(local + lo, value, None, self.collective, self.num_targets, lo, hi)[0]
 
     def _lowp_keys(self, center, bias64, chunk, device) -> LowpKeys:
         chunks = target_chunks(self.targets, chunk, device=device, dtype=torch.float64, center=center)
@@ -354,7 +339,7 @@ class LaguerreCells:
             return index
         rows = keys.certificate.uncertain(x, best, second).nonzero().squeeze(1)
         if rows.numel():
-            index[rows] = exact_argmax(
+            pos, _ = exact_argmax(
                 x[rows],
                 self.targets,
                 keys.bias[on_x],
@@ -364,7 +349,8 @@ class LaguerreCells:
                 keys.certificate,
                 chunk=keys.scorer.chunk(int(rows.shape[0])),
                 subset=on_targets,
-            )[0]
+            )
+            index[rows] = on_x[pos]
         return index
 
     def _class_pruning(self, c: int) -> Pruning:

@@ -26,6 +26,7 @@ scores tie-exact too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -97,25 +98,28 @@ def exact_argmax(
     targets: torch.Tensor,
     bias: torch.Tensor,
     bias64: torch.Tensor,
-    center: torch.Tensor,
+    center: torch.Tensor | None,
     center64: torch.Tensor,
     certificate: ScoreCertificate,
     *,
     chunk: int,
     subset: torch.Tensor | None = None,
+    atoms: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """argmax_j <x, y_j - center> + bias_j in float64 with exact ties: indices [n] (into all targets
-    with ``subset``, whose ``bias`` / ``bias64`` these are; ties to the smallest index) and the best
-    float64 scores [n].
+    """argmax_j <x, y_j - center> + bias_j in float64 with exact ties: positions [n] among the
+    targets scanned (``targets``, or ``targets[subset]``, whose ``bias`` / ``bias64`` these are;
+    ties to the smallest position) and the best float64 scores [n].
 
     Scores every target once more in x's dtype (``bias`` and ``center`` in that dtype, as the scan
-    had them), keeps each target whose upper bound (``certificate``) reaches its row's best lower
-    bound, then scores those again in float64 one pair at a time (an elementwise product and sum:
-    copies of a target get equal scores, which GEMM blocks do not promise) and takes the largest,
-    the smallest index among equal ones. No float64 copy of the targets is made: only the kept rows
-    are gathered and cast."""
+    had them; ``center`` None: the targets are centred already), keeps each target whose upper
+    bound (``certificate``) reaches its row's best lower bound, then scores those again in float64
+    one pair at a time (an elementwise product and sum: copies of a target get equal scores, which
+    GEMM blocks do not promise) and takes the largest, the smallest position among equal ones.
+    The float64 operands are ``atoms(positions)`` (the exact centred targets [k, d] in float64) or,
+    by default, the kept rows of ``targets`` gathered, cast and centred by ``center64``: no float64
+    copy of all targets is made."""
     if x.shape[0] > ROW_BLOCK:
-        kw = dict(chunk=chunk, subset=subset)
+        kw = dict(chunk=chunk, subset=subset, atoms=atoms)
         parts = [
             exact_argmax(xb, targets, bias, bias64, center, center64, certificate, **kw)
             for xb in x.split(ROW_BLOCK)
@@ -136,12 +140,15 @@ def exact_argmax(
         rows.append(r)
         cols.append(k + start)
     rows, cols = torch.cat(rows), torch.cat(cols)
-    picked = cols.to(targets.device) if subset is None else subset[cols.to(subset.device)]
-    keys = targets[picked].to(device=x.device, dtype=torch.float64) - center64
+    if atoms is None:
+        picked = cols.to(targets.device) if subset is None else subset[cols.to(subset.device)]
+        keys = targets[picked].to(device=x.device, dtype=torch.float64) - center64
+    else:
+        keys = atoms(cols)
     exact = (x[rows].to(torch.float64) * keys).sum(1) + bias64[cols]
     row_max = torch.full((n,), float("-inf"), dtype=torch.float64, device=x.device)
     row_max.scatter_reduce_(0, rows, exact, reduce="amax")
     winner = exact == row_max[rows]
     index = torch.full((n,), bias64.shape[0], dtype=torch.long, device=x.device)
     index.scatter_reduce_(0, rows[winner], cols[winner], reduce="amin")
-    return (index if subset is None else subset.to(x.device)[index]), row_max
+    return index, row_max

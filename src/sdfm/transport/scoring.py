@@ -10,6 +10,7 @@ through ``subset``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ from sdfm.transport._stream import (
     stream_softmax_columns,
     stream_top2,
 )
+from sdfm.transport.certified import ScoreCertificate, exact_argmax
 from sdfm.transport.pruned import Pruning
 from sdfm.transport.sharding import (
     Collective,
@@ -113,6 +115,37 @@ class Scorer:
         return combine_argmax(
             index + self.lo, best, second, self.collective, self.num_atoms, self.lo, self.hi
         )
+
+    def exact_argmax(
+        self,
+        x: torch.Tensor,
+        bias: torch.Tensor,
+        bias64: torch.Tensor,
+        center64: torch.Tensor,
+        certificate: ScoreCertificate,
+        atoms: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Global atom index [n] of the float64 argmax of each query x [n, d], ties to the smallest
+        index (:func:`~sdfm.transport.certified.exact_argmax`): for the rows whose scan the
+        ``certificate`` did not prove. ``bias`` [num_atoms] as scanned, ``bias64`` the same in
+        float64, ``center64`` the exact centre; ``atoms(positions)``: this process's exact centred
+        atoms in float64 (default: the keys, cast and centred by ``center64``)."""
+        lo, hi = self.lo, self.hi
+        pos, value = exact_argmax(
+            x,
+            self.keys,
+            bias[lo:hi],
+            bias64[lo:hi],
+            self.center,
+            center64,
+            certificate,
+            chunk=self.chunk(x.shape[0]),
+            subset=self.subset,
+            atoms=atoms,
+        )
+        if self.collective is None:
+            return pos + lo
+        return combine_argmax(pos + lo, value, None, self.collective, self.num_atoms, lo, hi)[0]
 
     def top2(self, x: torch.Tensor, bias: torch.Tensor) -> Top2:
         """The best and second-best atom of each query x [n, d] (global indices and scores)."""

@@ -17,6 +17,7 @@ import torch
 
 from sdfm.transport import intrinsic, validate
 from sdfm.transport._stream import LowpKeys, Top2, chunk_size_for, target_chunks
+from sdfm.transport.certified import ScoreCertificate
 from sdfm.transport.collinear import line_direction
 from sdfm.transport.diagnostics import MarginalAccumulator
 from sdfm.transport.duplicates import find_duplicates, resolution_radius
@@ -27,6 +28,10 @@ from sdfm.transport.smoothness import SmoothError, SmoothGroups, worst_ratio
 from sdfm.transport.sources import draw, standard_normal
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+#: measurements count the float64 argmax of float32 scores (certified, near ties re-scored:
+#: :meth:`SemidiscreteProblem.hard_exact`); False counts the float32 argmax (as before 2026-12-04)
+CERTIFIED_COUNTS = True
 
 #: the default ``quasi_random`` applies up to this dimension: scrambled Sobol points lowered the
 #: variance of cell counts by 3.5x in 2-D and 12% in 16-D, and not at all in 64-D
@@ -47,6 +52,8 @@ class Check:
     stderr: float
     samples: int
     smooth: list[SmoothError] = field(default_factory=list)
+    #: chi2 of the same samples counted by the float32 scores' own argmax (None: not certified)
+    chi2_scored: float | None = None
 
     def passes(self, tol: float | None, smooth_tol: float | None) -> bool:
         """chi2 + 2 stderr <= tol and no smooth group off by more than smooth_tol floors."""
@@ -132,31 +139,11 @@ class SemidiscreteProblem:
             self.line = line_direction(partial(self.atom_chunks, chunk0), targets.dtype)
         if self.line is not None:
             self.dtype = torch.float64
-        itemsize = torch.finfo(self.dtype).bits // 8
-        subset = center = None
-        if (hi - lo) * self.d * itemsize <= solver.memory_limit:
-            keys = torch.empty(hi - lo, self.d, dtype=self.dtype, device=self.device)
-            for start, stop, y in self.atom_chunks(chunk0, lo, hi):
-                keys[start - lo : stop - lo] = (y - mean).to(self.dtype)
-        else:
-            if self.rows is None:
-                keys = targets[lo:hi]  # a view: nothing is read yet
-            else:
-                keys = targets
-                subset = self.rows[lo:hi].to(targets.device)
-            center = mean.to(self.dtype)
-        self.scorer = Scorer(
-            keys,
-            self.n,
-            lo,
-            center=center,
-            subset=subset,
-            collective=collective,
-            chunk_size=solver.chunk_size,
-            # cluster bounds need the atoms held (a cluster-sorted copy is made): not when streamed
-            pruning=None if center is not None or solver.score_dtype is not None else Pruning(solver.pruning),
-        )
+        self.scorer = self._scorer(lo, hi, chunk0)
         self.lowp = self._lowp_keys() if solver.score_dtype is not None else None
+        self._certificate = None  # (built at the first certified count: float32 scores only)
+        #: the solve step at which float32 scores gave way to float64 (None: they did not)
+        self.float64_from: int | None = None
 
         self.eps_abs = solver.eps
         if solver.eps > 0 and solver.relative_eps:
@@ -180,6 +167,34 @@ class SemidiscreteProblem:
         if qmc:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device))
             self.sobol = torch.quasirandom.SobolEngine(self.d, scramble=True, seed=seed)
+
+    def _scorer(self, lo: int, hi: int, chunk: int) -> Scorer:
+        """The scorer of atoms [lo, hi) in the compute dtype: centred atoms copied if they fit in
+        memory_limit, otherwise streamed (with a centre) from the targets where they are."""
+        solver, targets = self.settings, self.src
+        subset = center = None
+        if (hi - lo) * self.d * (torch.finfo(self.dtype).bits // 8) <= solver.memory_limit:
+            keys = torch.empty(hi - lo, self.d, dtype=self.dtype, device=self.device)
+            for start, stop, y in self.atom_chunks(chunk, lo, hi):
+                keys[start - lo : stop - lo] = (y - self.mean).to(self.dtype)
+        else:
+            if self.rows is None:
+                keys = targets[lo:hi]  # a view: nothing is read yet
+            else:
+                keys = targets
+                subset = self.rows[lo:hi].to(targets.device)
+            center = self.mean.to(self.dtype)
+        return Scorer(
+            keys,
+            self.n,
+            lo,
+            center=center,
+            subset=subset,
+            collective=self.collective,
+            chunk_size=solver.chunk_size,
+            # cluster bounds need the atoms held (a cluster-sorted copy is made): not when streamed
+            pruning=None if center is not None or solver.score_dtype is not None else Pruning(solver.pruning),
+        )
 
     def off_the_record(self):
         """A block whose searches leave the pruning's schedule and counts as they were (a probe the
@@ -246,6 +261,49 @@ class SemidiscreteProblem:
         if self.lowp is not None:
             return self.scorer.argmax_lowp(x, self.lowp.with_bias(h - h.max()), top2=top2)
         return self.scorer.argmax(x, self.bias(h), top2=top2)
+
+    @property
+    def certifies(self) -> bool:
+        """Whether a measurement's counts are certified (hard float32 scores, :meth:`hard_exact`)."""
+        return CERTIFIED_COUNTS and self.eps_abs == 0 and self.dtype == torch.float32 and self.lowp is None
+
+    def hard_exact(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the float64 argmax [n], ties to the smallest index; the argmax as scored [n]) of noise x.
+
+        Float32 scores (:attr:`certifies`): each row's winner is proven by the scores' rounding
+        bound (:mod:`sdfm.transport.certified`); the rows it does not prove (near ties) are scored
+        again in float64 against the exact atoms. Otherwise the scored argmax is taken as it is:
+        float64 scores, and low-precision ones, whose argmax is re-scored in float64 already."""
+        if not self.certifies:
+            index = self.hard(x, h)[0]
+            return index, index
+        bias = self.bias(h)
+        index, best, second = self.scorer.argmax(x, bias, top2=True)
+        if self._certificate is None:
+            chunk = self.chunk(self.d)
+            self._certificate = ScoreCertificate.build(self.src, self.mean, torch.float32, chunk=chunk)
+        rows = self._certificate.uncertain(x, best, second).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return index, index
+        lo = self.scorer.lo
+        exact = index.clone()
+        exact[rows] = self.scorer.exact_argmax(
+            x[rows],
+            bias,
+            h - h.max(),
+            self.mean,
+            self._certificate,
+            atoms=lambda pos: self.atoms_at(pos + lo) - self.mean,
+        )
+        return exact, index
+
+    def use_float64(self, step: int) -> None:
+        """Scores in float64 from now on (the solver switches when float32 counts are off by more
+        than a quarter of tol: near ties everywhere, e.g. many atoms on a circle). The float64 copy
+        of the atoms takes twice the memory (streamed from the targets beyond memory_limit)."""
+        self.dtype = torch.float64
+        self.scorer = self._scorer(self.scorer.lo, self.scorer.hi, self.chunk(self.batch_size))
+        self.float64_from = step
 
     def top2(self, x: torch.Tensor, h: torch.Tensor) -> Top2:
         """Best and second-best atoms (indices and scores) of each noise sample."""
@@ -374,11 +432,11 @@ class SemidiscreteProblem:
     def check(self, h: torch.Tensor, tol: float | None = None, *, extend: bool | int = False) -> Check:
         """chi2 (with standard error) and the smooth-group errors of h on eval_samples fresh i.i.d.
         samples (see :meth:`measure`; an int ``extend`` caps the extended sample at that many)."""
-        acc = self._accumulate(h, tol, extend)
+        acc, scored = self._accumulate(h, tol, extend)
         chi2, se = acc.chi2()
         groups = self.smooth_groups()
         smooth = [] if groups is None else groups.errors(acc.mass(), chi2, acc.num_samples)
-        return Check(chi2, se, acc.num_samples, smooth)
+        return Check(chi2, se, acc.num_samples, smooth, None if scored is None else scored.chi2()[0])
 
     def measure(
         self, h: torch.Tensor, tol: float | None = None, *, extend: bool = False
@@ -390,12 +448,15 @@ class SemidiscreteProblem:
         an int (the solver's stop test: 2 per atom, where that is more than eval_samples; only while the
         estimate is below tol, where more samples can confirm it).
         """
-        return self._accumulate(h, tol, extend).chi2()
+        return self._accumulate(h, tol, extend)[0].chi2()
 
-    def _accumulate(self, h: torch.Tensor, tol: float | None, extend: bool | int) -> MarginalAccumulator:
+    def _accumulate(self, h: torch.Tensor, tol: float | None, extend: bool | int):
+        """(the counts of the exact argmax, those of the argmax as scored or None when the two are
+        the same by construction), MarginalAccumulators."""
         # extend: True (up to 8 x eval_samples), False, or the most samples to extend to
         limit = 8 * self.eval_samples if extend is True else int(extend)
         acc = MarginalAccumulator(self.n, self.b, device=self.device)
+        scored = MarginalAccumulator(self.n, self.b, device=self.device) if self.certifies else None
         # soft rows are summed per batch: eight batches at least, one per jackknife group
         batch = max(self.batch_size, 4096) if self.eps_abs == 0 else -(-self.eval_samples // 8)
         target = self.eval_samples
@@ -404,8 +465,10 @@ class SemidiscreteProblem:
                 m = min(batch, target - acc.num_samples)
                 x = self.draw(m)
                 if self.eps_abs == 0:
-                    idx, _, _ = self.hard(x, h)
+                    idx, as_scored = self.hard_exact(x, h)
                     acc.add_index(idx)
+                    if scored is not None:
+                        scored.add_index(as_scored)
                 else:
                     sums, squares, _ = self.soft(x, h, self.eps_abs, squares=True)
                     acc.add_soft(sums, squares, m)
@@ -414,7 +477,7 @@ class SemidiscreteProblem:
             if extend is not True:  # a capped extension (the stop test) only helps below tol
                 undecided = undecided and chi2 < tol
             if not (extend and undecided) or target >= limit:
-                return acc
+                return acc, scored
             target = min(2 * target, limit)
 
 

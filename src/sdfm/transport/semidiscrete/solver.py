@@ -59,7 +59,12 @@ Algorithm (chosen by the comparison in BENCHMARKS.md, "Solver"), one :meth:`_Ite
    batches) is within ``smooth_tol`` of its floor, a second measurement on fresh noise confirms both
    (and is what the result reports: the one that decided the stop is selected to be low). The solver
    stops on that confirmation (the true chi2 is below tol with about 97.5% confidence), after
-   max_steps steps or after max_seconds seconds.
+   max_steps steps or after max_seconds seconds. Measurements count the float64 argmax, as pairing
+   does: with float32 scores each sample's winner is proven by the scores' rounding bound and the
+   others (near ties) are scored again in float64 against the exact atoms
+   (:mod:`~sdfm.transport.certified`). When the float32 scores' own count of a measurement
+   understates its exact chi2 by more than tol / 4 (near ties in many rows: many atoms on a
+   circle), the solve goes on in float64 scores (``settings["float64_from_step"]``).
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ from sdfm.transport.semidiscrete.empty import EmptyCells
 from sdfm.transport.semidiscrete.exact1d import solve_1d
 from sdfm.transport.semidiscrete.problem import (
     DTYPES,
+    Check,
     SemidiscreteProblem,
     relative_eps_scale_of,
 )
@@ -129,6 +135,9 @@ LR_CONTROL_LEVEL = 8.0
 LR_CONTROL_FALL = 0.7
 LR_CONTROL_EVERY = 25
 LR_CONTROL_MIN = 1.0 / 256
+#: the solve goes on in float64 scores when a measurement's float32 counts understate its exact
+#: (certified) chi2 by more than this fraction of tol (:meth:`_Iteration._precision_switch`)
+FLOAT64_SWITCH = 0.25
 #: the fixed seed of the condition-mismatch check of augmented solves (fresh noise, reproducible)
 MISMATCH_SEED = 20250925
 
@@ -252,7 +261,8 @@ class SemidiscreteSolver:
             training so far (chi2 limited by sampling noise falls as 1 / samples).
         dtype: "float32" (default) or "float64" for the scores; the potential is kept in float64.
             One-dimensional targets are always scored in float64 (their chain of narrow cells is
-            beyond float32 at N >= 1,000; ``settings["score_precision"]`` of the result says which).
+            beyond float32 at N >= 1,000; ``settings["score_precision"]`` of the result says which),
+            and a float32 solve goes on in float64 when its float32 counts are off (module step 6).
         device: where to compute (None: the device of the targets).
         chunk_size: targets per score block (None: automatic, about 4M elements per block).
         memory_limit: bytes the solver may spend on its own copy of the centred targets in the
@@ -730,6 +740,16 @@ class _Iteration:
             self.coarse.observe(top2, self.cells.scale(), batch)
         return counts / batch, _batch_chi2(counts, counts, batch, problem)
 
+    def _precision_switch(self, check: Check, step: int) -> None:
+        """Float64 scores from now on when the float32 scores' own counts understate the exact chi2
+        of a measurement by more than FLOAT64_SWITCH * tol (0.05 without tol): the steps would
+        otherwise balance the float32 cells, not the exact ones (near ties in most rows: many atoms
+        on a circle)."""
+        if check.chi2_scored is not None and check.chi2 - check.chi2_scored > FLOAT64_SWITCH * (
+            self.s.tol or 0.05
+        ):
+            self.problem.use_float64(step)
+
     def _advance_annealing(self, state: SolverState, batch: int) -> SolverState:
         self.schedule.update(batch)
         if self.schedule.eps is not None:
@@ -778,6 +798,7 @@ class _Iteration:
         # atom in all (large N only: the measurement is then cheap against the training it can save)
         extend = 2 * problem.n if 2 * problem.n > problem.eval_samples else False
         check = problem.check(state.average, tol, extend=extend)
+        self._precision_switch(check, state.step)
         smooth = self._smooth_ratio(check.chi2)
         chi2_ok = check.passes(tol, None)
         ok = chi2_ok and (smooth is None or smooth <= self.smooth_tol)
@@ -902,6 +923,8 @@ class _Iteration:
             warm_start_used=self.start_used,
             tight_start_used=self.tight,
             score_precision=str(problem.dtype).removeprefix("torch."),
+            # the step at which float32 scores gave way to float64 (their counts were off)
+            float64_from_step=problem.float64_from,
             # atoms closer than this were merged as duplicates (below the scores' resolution)
             merge_radius=problem.merge_radius,
             pruning_used=problem.pruning_summary(),
