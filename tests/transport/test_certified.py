@@ -193,15 +193,22 @@ def test_float32_queries_switch_to_float64_scores_where_most_rows_tie():
     assert typical._float64_calls == 0 and typical.rescored[0] < 0.05 * 4000
 
 
-def test_the_solvers_measurements_count_the_float64_argmax():
+@pytest.mark.parametrize("streamed", [False, True])
+def test_the_solvers_measurements_count_the_float64_argmax(streamed):
     """SemidiscreteProblem.hard_exact: float32 scores certified, near ties re-scored in float64 against
-    the exact atoms (not the solver's rounded float32 copy), equal to a float64 brute force."""
+    the exact atoms (not the solver's rounded float32 copy), equal to a float64 brute force. Streamed:
+    float64 targets at an offset of 500 with 300 copies, read through the representatives' rows and
+    cast to float32 before centring (float32 alone is then wrong on about half of the rows)."""
     from sdfm.transport import SemidiscreteSolver
     from sdfm.transport.semidiscrete.problem import SemidiscreteProblem
 
     y = circle()
-    problem = SemidiscreteProblem(SemidiscreteSolver(), y, None, gen(22), None)
-    assert problem.certifies and problem.n > 2900  # (a few atoms closer than float32 resolves merge)
+    if streamed:
+        y = torch.cat([y, y[:300]]).to(torch.float64) + 500.0
+    solver = SemidiscreteSolver(memory_limit=1 if streamed else 1 << 30)
+    problem = SemidiscreteProblem(solver, y, None, gen(22), None)
+    assert problem.certifies and problem.streamed == streamed
+    assert 2900 < problem.n < 3000  # (copies, and a few atoms closer than float32 resolves, merge)
     h = 1e-6 * torch.randn(problem.n, generator=gen(23), dtype=torch.float64)  # about the ties' gaps
     x = problem.draw(20_000)
     exact, scored = problem.hard_exact(x, h)
