@@ -16,7 +16,9 @@ in one process:
   each potential from a float64 brute-force count (2^20 samples, merged near duplicates paired by
   their representative, unbiased: minus (atoms - 1) / samples).
 
-    python benchmarks/solver_counts.py      # 2 threads; writes benchmarks/results/solver_counts.json
+    python benchmarks/solver_counts.py          # 2 threads; writes benchmarks/results/solver_counts.json
+    python benchmarks/solver_counts.py --edges  # the 26 edge inputs of section 27, before and now:
+                                                # results/solver_counts_edges.json
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+import unusual  # noqa: E402
 from certified import solver_problems  # noqa: E402
 from common import before_29, machine, save  # noqa: E402
 from sdfm.data import load_dataset  # noqa: E402
@@ -37,6 +40,13 @@ from unusual import problems as unusual_problems  # noqa: E402
 
 def gen(seed):
     return torch.Generator().manual_seed(seed)
+
+
+def student_t(n: int, d: int, dof: int, seed: int = 6) -> torch.Tensor:
+    """Student t samples from a seeded generator: a normal over the root of a chi-square / dof."""
+    g = gen(seed)
+    z = torch.randn(n, d, generator=g)
+    return z / (torch.randn(n, d, dof, generator=g).square().sum(2) / dof).sqrt()
 
 
 def independent_chi2(y, result, samples: int = 1 << 20, seed: int = 11) -> float:
@@ -65,7 +75,7 @@ def solve(y, label: str, **options):
 def typical_rows(repeats: int = 2) -> list[dict]:
     problems = {
         **solver_problems(),
-        "Student t (3 dof) 8-d, 10,000": torch.distributions.StudentT(3.0).sample((10_000, 8)),
+        "Student t (3 dof) 8-d, 10,000": student_t(10_000, 8, dof=3),
         "checkerboard 2-d, 20,000": torch.as_tensor(load_dataset("checkerboard:n=20000").x).float(),
     }
     rows = []
@@ -119,8 +129,38 @@ def circle_rows() -> list[dict]:
     return rows
 
 
+def edge_rows() -> list[dict]:
+    """The 26 edge inputs of section 27 (``unusual.py``: its settings and its independent check),
+    before and now."""
+    rows = []
+    for name, array in unusual_problems().items():
+        y = torch.tensor(array, dtype=torch.float32)
+        row = {"problem": name}
+        for label in ("before", "now"):
+            with before_29(label == "before"):
+                solver = SemidiscreteSolver(
+                    tol=0.05, max_steps=unusual.MAX_STEPS, max_seconds=unusual.MAX_SECONDS
+                )
+                start = time.perf_counter()
+                r = solver.solve(y, generator=gen(0))
+                row[f"{label}_s"] = time.perf_counter() - start
+            row[f"{label}_samples_per_target"] = r.samples / y.shape[0]
+            row[f"{label}_converged"] = r.converged
+            row[f"{label}_chi2"] = r.chi2
+            row[f"{label}_chi2_independent"] = unusual.check(y, r)[0]
+            row[f"{label}_float64_from_step"] = r.settings["float64_from_step"]
+            row[f"{label}_md5"] = hashlib.md5(r.potential.numpy().tobytes()).hexdigest()
+        row["identical"] = row["before_md5"] == row["now_md5"]
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     torch.set_num_threads(2)
+    if sys.argv[1:] == ["--edges"]:
+        save("solver_counts_edges", {"machine": machine(), "threads": 2, "rows": edge_rows()})
+        return
     out = {"machine": machine(), "threads": 2, "circle": circle_rows(), "typical": typical_rows()}
     save("solver_counts", out)
 

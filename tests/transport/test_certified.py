@@ -246,3 +246,24 @@ def test_a_float32_solve_goes_on_in_float64_where_its_counts_are_off(capsys):
     # typical data keep float32 scores
     r = SemidiscreteSolver(tol=0.1).solve(torch.randn(500, 8, generator=gen(26)), generator=gen(27))
     assert r.settings["score_precision"] == "float32" and r.settings["float64_from_step"] is None
+
+
+def test_measurements_with_many_near_ties_score_those_rows_densely_in_float64():
+    """Tight clusters far from each other in 512-d: the float32 bound (which grows with d) proves
+    few winners, so a measurement batch scores its unproven rows densely in float64 (re-scoring
+    each row's candidates pair by pair took 4.5x the solve's time): still the float64 argmax."""
+    from sdfm.transport import SemidiscreteSolver
+    from sdfm.transport.semidiscrete.problem import DENSE_FLOAT64_ROWS, SemidiscreteProblem
+
+    g = gen(28)
+    centres = 10 * torch.randn(10, 512, generator=g)
+    y = centres[torch.randint(0, 10, (2000,), generator=g)] + 0.01 * torch.randn(2000, 512, generator=g)
+    problem = SemidiscreteProblem(SemidiscreteSolver(), y, None, gen(29), None)
+    h = 0.1 * torch.randn(problem.n, generator=gen(30), dtype=torch.float64)
+    x = problem.draw(4096)
+    exact, _ = problem.hard_exact(x, h)
+    index, best, second = problem.scorer.argmax(x, problem.bias(h), top2=True)
+    assert float(problem._certificate.uncertain(x, best, second).double().mean()) > DENSE_FLOAT64_ROWS
+    atoms = y.to(torch.float64) - problem.mean
+    assert torch.equal(exact, (x.to(torch.float64) @ atoms.T + h).argmax(1))
+    assert problem._scorer64 is not None  # the dense float64 path ran
