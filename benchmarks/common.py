@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from sdfm.transport import _stream
+from sdfm.transport import _stream, pruned
 from sdfm.transport.assign import LaguerreCells
+from sdfm.transport.pruned import ClusterBounds
 from sdfm.transport.semidiscrete import parts, problem, solver
 
 RESULTS = Path(__file__).parent / "results"
@@ -146,6 +147,38 @@ def before_29(on: bool = True):
 #: (:func:`before_29`): with ``SDFM_BEFORE_28=1`` too, sections 1-28 rerun as measured.
 if os.environ.get("SDFM_BEFORE_29"):
     problem.CERTIFIED_COUNTS = False
+
+
+def _margin_before_30(self, x, norm, threshold, bias_max: float):
+    scale = norm * self.key_norm + bias_max
+    return 2.0 * (x.shape[1] + 4) * torch.finfo(x.dtype).eps * scale + 1e-9 * bias_max
+
+
+_MARGIN = ClusterBounds._margin
+
+
+_PROBE_ROWS = pruned.PROBE_ROWS
+
+
+@contextlib.contextmanager
+def before_30(on: bool = True):
+    """The pruned search before section 30 while the block runs (if ``on``): the bias term of its
+    rounding margin is max |bias_j| over all atoms (so masked copies, bias -1e30, make every cluster
+    a candidate), and a trial of ``"auto"`` searches the whole call (no probe)."""
+    try:
+        if on:
+            ClusterBounds._margin = _margin_before_30
+            pruned.PROBE_ROWS = 1 << 62
+        yield
+    finally:
+        ClusterBounds._margin = _MARGIN
+        pruned.PROBE_ROWS = _PROBE_ROWS
+
+
+#: ``SDFM_BEFORE_30=1`` runs a script with the pruned search of before section 30.
+if os.environ.get("SDFM_BEFORE_30"):
+    ClusterBounds._margin = _margin_before_30
+    pruned.PROBE_ROWS = 1 << 62
 
 
 def group_counts(y, weights, result, samples: int, batch: int):

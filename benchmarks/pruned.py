@@ -2,6 +2,8 @@
 
     python benchmarks/pruned.py pairing --threads 2      # results/pruned_pairing.json
     python benchmarks/pruned.py solve --n 30000 --threads 2   # results/pruned_solve_n30000.json
+    python benchmarks/pruned.py masked --threads 2       # results/pruned_masked.json
+    python benchmarks/pruned.py trials --threads 2       # results/pruned_trials.json
 
 ``pairing``: for each data set and N, the same 2,048 noises are paired by the dense scan
 (``LaguerreCells(pruning="off")``) and by the pruned search (``pruning="on"``), min of 3 after a
@@ -12,6 +14,19 @@ per 2,048 pairs, the speed-up, the fraction of atoms the pruned search scored an
 ``scale.py solve --n 100000 --d 64`` saved, when present.
 
 ``solve``: the default solver on the 2-D checkerboard with ``pruning="off"`` and ``"on"``, same seed.
+
+``masked``: pairing through :class:`~sdfm.couplings.SemidiscreteCoupling` on data with merged copies
+(masked at -1e30 in the coupling's potential): 100,000 1-D Gaussian points (solved exactly, the
+solver's merged near duplicates) and 100,000 checkerboard points rounded to a 0.01 grid (exact
+copies, zero potential). Each mode (dense scan; pruned before section 30's margin and now; "auto"
+before and now) answers the same 40 calls of 4,096 noises, after one warm-up call that builds the
+bounds; median and min seconds per call, the fraction of atoms scored and the calls pruned.
+
+``trials``: what a trial of ``pruning="auto"`` costs before and after section 30's probe. One-shot
+pairing (a fresh ``LaguerreCells`` per call, as ``assign`` makes: the bounds built, then the trial)
+of 4,096 noises at N = 100,000 on the checkerboard, the 64-d mixture and a 64-d Gaussian, min of 3;
+then the default solver on the 64-d mixture at N = 30,000 (tol 0.1, seed 0), whose first calls are
+trials, before and now alternating, min of 2.
 """
 
 from __future__ import annotations
@@ -25,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import CELL, machine, repeat, save  # noqa: E402
+from common import CELL, before_30, machine, repeat, save  # noqa: E402
 from scale import make_data, open_targets  # noqa: E402
 from sdfm.data.toy import checkerboard  # noqa: E402
 from sdfm.transport import LaguerreCells, SemidiscreteSolver  # noqa: E402
@@ -129,11 +144,100 @@ def cmd_solve(args) -> None:
     save(f"pruned_solve_n{args.n}", out)
 
 
+def masked_data() -> dict:
+    from sdfm.transport.duplicates import find_duplicates
+
+    gauss = torch.randn(100_000, 1, generator=torch.Generator().manual_seed(0))
+    res = SemidiscreteSolver().solve(gauss, generator=torch.Generator().manual_seed(0))
+    board = torch.from_numpy(np.round(checkerboard(100_000, seed=0), 2)).float()
+    return {
+        "1-D Gaussian 100,000 (solved)": (gauss, res.potential, res.duplicates),
+        "checkerboard 100,000 on a 0.01 grid (zero potential)": (
+            board,
+            torch.zeros(100_000, dtype=torch.float64),
+            find_duplicates(board),
+        ),
+    }
+
+
+def masked_mode(y, g, groups, mode: str, before: bool, queries: list) -> dict:
+    from sdfm.couplings import SemidiscreteCoupling
+
+    with before_30(before):
+        coupling = SemidiscreteCoupling(y, g, duplicates=groups, pruning=mode)
+        coupling.cells.assign(queries[0])  # warm-up: builds the bounds
+        times, index = [], []
+        for x in queries:
+            t = time.perf_counter()
+            index.append(coupling.cells.assign(x))
+            times.append(time.perf_counter() - t)
+    used = coupling.cells.pruning_used
+    return {
+        "median_s": float(np.median(times)),
+        "min_s": min(times),
+        "fraction_scored": used["last_fraction_scored"],
+        "pruned_calls": used["pruned_calls"],
+        "dense_calls": used["dense_calls"],
+        "index": torch.cat(index),
+    }
+
+
+def cmd_masked(args) -> None:
+    out = {"machine": machine(), "command": " ".join(sys.argv), "rows": []}
+    modes = (("dense", "off", False), ("pruned, before", "on", True), ("pruned, now", "on", False))
+    modes += (("auto, before", "auto", True), ("auto, now", "auto", False))
+    for name, (y, g, groups) in masked_data().items():
+        gen = torch.Generator().manual_seed(1)
+        queries = [torch.randn(4096, y.shape[1], generator=gen) for _ in range(40)]
+        rows = {label: masked_mode(y, g, groups, mode, before, queries) for label, mode, before in modes}
+        reference = rows["dense"]["index"]
+        for label, row in rows.items():
+            row["same_index"] = bool(torch.equal(row.pop("index"), reference))
+            row.update(data=name, mode=label, copies=int(y.shape[0] - groups.representative.shape[0]))
+            print(row, flush=True)
+            out["rows"].append(row)
+    save("pruned_masked", out)
+
+
+def cmd_trials(args) -> None:
+    out = {"machine": machine(), "command": " ".join(sys.argv), "one_shot": [], "solve": []}
+    x_by_d = {d: torch.randn(4096, d, generator=torch.Generator().manual_seed(1)) for d in (2, 64)}
+    for name in ("checkerboard-2d", "mixture-64d", "gauss-64d"):
+        y = dataset(name, 100_000).contiguous()
+        g, x = torch.zeros(100_000, dtype=torch.float64), x_by_d[y.shape[1]]
+        row = {"data": name, "n": 100_000}
+        for label, mode, before in (
+            ("dense", "off", False),
+            ("auto, before", "auto", True),
+            ("auto, now", "auto", False),
+        ):
+            with before_30(before):
+                row[label] = repeat(
+                    lambda m=mode, y=y, g=g, x=x: LaguerreCells(y, g, pruning=m).assign(x),
+                    repeats=3,
+                    warmup=0,
+                )["min"]
+        row["before / now"] = row["auto, before"] / row["auto, now"]
+        print(row, flush=True)
+        out["one_shot"].append(row)
+    y = dataset("mixture-64d", 30_000)
+    for run in range(2):
+        for label in ("before", "now"):
+            with before_30(label == "before"):
+                t = time.perf_counter()
+                res = SemidiscreteSolver(tol=0.1).solve(y, generator=torch.Generator().manual_seed(0))
+                row = {"run": run, "solver": label, "seconds": time.perf_counter() - t, "chi2": res.chi2}
+                row.update(samples_per_target=res.samples / 30_000, pruning_used=res.settings["pruning_used"])
+            print(row, flush=True)
+            out["solve"].append(row)
+    save("pruned_trials", out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=("pairing", "solve"))
+    parser.add_argument("what", choices=("pairing", "solve", "masked", "trials"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--queries", type=int, default=2048)
     parser.add_argument("--solve-seconds", type=float, default=60.0)
@@ -145,7 +249,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(args.threads)
     np.random.seed(0)
-    {"pairing": cmd_pairing, "solve": cmd_solve}[args.what](args)
+    {"pairing": cmd_pairing, "solve": cmd_solve, "masked": cmd_masked, "trials": cmd_trials}[args.what](args)
 
 
 if __name__ == "__main__":

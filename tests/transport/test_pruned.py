@@ -5,7 +5,7 @@ import torch
 
 from sdfm.couplings import SemidiscreteCoupling
 from sdfm.transport import LaguerreCells, SemidiscreteSolver, estimate_marginal
-from sdfm.transport.pruned import PRUNE_GIVE_UP, PRUNE_RETRY, ClusterBounds, Pruning
+from sdfm.transport.pruned import PROBE_ROWS, PRUNE_GIVE_UP, PRUNE_RETRY, ClusterBounds, Pruning
 from sdfm.transport.scoring import Scorer
 
 
@@ -193,3 +193,94 @@ def test_class_conditional_pairing_prunes_each_class():
     assert torch.equal(index, scores.argmax(1))
     used = on.pruning_used
     assert used["pruned_calls"] == 4 and used["dense_calls"] == 0 and used["last_fraction_scored"] < 0.5
+
+
+def test_masked_copies_do_not_widen_the_rounding_margin():
+    # a coupling with merged copies masks them at -1e30 (DuplicateGroups.representatives_only); the
+    # margin once took its bias scale from max |bias| = 1e30, so every cluster stayed a candidate
+    # and the pruned search scored every atom (100,000 1-D points: 1.6x the dense scan's cost)
+    y = torch.rand(20_000, 2, generator=gen(15)) * 4 - 2
+    y[10_000:] = y[:10_000]  # every point twice: the copies are masked
+    from sdfm.transport.duplicates import find_duplicates
+
+    groups = find_duplicates(y)
+    g = 0.05 * torch.randn(20_000, generator=gen(16), dtype=torch.float64)
+    x = torch.randn(3000, 2, generator=gen(17))
+    masked = groups.representatives_only(g)
+    on = LaguerreCells(y, masked, pruning="on")
+    index = on.assign(x)
+    assert torch.equal(index, LaguerreCells(y, masked, pruning="off").assign(x))
+    assert (index < 10_000).all()  # never a masked copy
+    unmasked = LaguerreCells(y[:10_000], g[:10_000], pruning="on")
+    assert torch.equal(unmasked.assign(x), index)
+    # atoms scored per query: at most the unmasked search's twice over (the copies sit in the clusters
+    # it visits), not all 20,000
+    per_query = on.pruning_used["last_fraction_scored"] * 20_000
+    assert per_query <= 2 * unmasked.pruning_used["last_fraction_scored"] * 10_000 < 2_000
+    coupling = SemidiscreteCoupling(y, g, duplicates=groups, pruning="on")
+    coupling.sample(500, generator=gen(18))
+    assert coupling.cells.pruning_used["last_fraction_scored"] < 0.2
+
+
+def _searched_rows(monkeypatch) -> list:
+    """The number of queries of each ClusterBounds.search call, recorded."""
+    rows, search = [], ClusterBounds.search
+
+    def spy(self, x, bias, **kw):
+        rows.append(int(x.shape[0]))
+        return search(self, x, bias, **kw)
+
+    monkeypatch.setattr(ClusterBounds, "search", spy)
+    return rows
+
+
+@pytest.mark.parametrize("kind,n,d,pays", [("gauss", 4000, 32, False), ("uniform", 40_000, 2, True)])
+def test_a_trial_probes_a_few_rows_before_pruning_the_call(monkeypatch, kind, n, d, pays):
+    rows = _searched_rows(monkeypatch)
+    z, bias, _ = _problem(kind, n, d, dtype=torch.float32)
+    x = torch.randn(5 * PROBE_ROWS, d, generator=gen(19))
+    auto = Pruning("auto", min_atoms=1000)
+    scorer, dense = Scorer(z, n, pruning=auto), Scorer(z, n)
+    for top2 in (False, True):
+        got, want = scorer.argmax(x, bias, top2=top2), dense.argmax(x, bias, top2=top2)
+        assert torch.equal(got[0], want[0])
+        if top2:
+            torch.testing.assert_close(got[2], want[2], rtol=0, atol=1e-5)
+    t_got, t_want = scorer.top2(x, bias), dense.top2(x, bias)
+    assert torch.equal(t_got.index, t_want.index) and torch.equal(t_got.second_index, t_want.second_index)
+    if pays:  # the probe pays: the rest of the first call is pruned too, and later calls whole
+        assert rows == [PROBE_ROWS, 4 * PROBE_ROWS, 5 * PROBE_ROWS, 5 * PROBE_ROWS]
+        assert auto.pruned_calls == 3 and auto.last_cost < auto.max_cost
+    else:  # the probe does not pay: the dense scan answers the rest, and the next calls
+        assert rows == [PROBE_ROWS] and auto.pruned_calls == 1 and auto.dense_calls == 2
+        assert auto.last_cost > auto.max_cost
+    # "on" never probes; a small call is searched whole
+    rows.clear()
+    Scorer(z, n, pruning=Pruning("on")).argmax(x, bias)
+    Scorer(z, n, pruning=Pruning("auto", min_atoms=1000)).argmax(x[: 2 * PROBE_ROWS], bias)
+    assert rows == [5 * PROBE_ROWS, 2 * PROBE_ROWS]
+
+
+def test_class_conditional_trials_probe_too(monkeypatch):
+    rows = _searched_rows(monkeypatch)
+    y = torch.randn(8000, 32, generator=gen(20), dtype=torch.float64)
+    classes = torch.arange(8000) % 2
+    g = torch.zeros(8000, dtype=torch.float64)
+    x = torch.randn(6 * PROBE_ROWS, 32, generator=gen(21), dtype=torch.float64)
+    query = torch.arange(x.shape[0]) % 2
+    cells = LaguerreCells(y, g, classes=classes)
+    cells.pruning.min_atoms = 1000  # each class's Pruning copies it
+    index = cells.assign(x, classes=query)
+    assert torch.equal(index, LaguerreCells(y, g, classes=classes, pruning="off").assign(x, classes=query))
+    assert rows == [PROBE_ROWS, PROBE_ROWS]  # one probe per class; the dense scan did the rest
+    used = cells.pruning_used
+    assert used["pruned_calls"] == 2 and used["last_relative_cost"] > 0.8
+
+
+def test_a_probe_is_scaled_to_its_call():
+    p = Pruning("auto")
+    # 512 of 4,096 queries: atoms scored in proportion, visits at most 2 K
+    p.record(512 * 100, 150, 512, 100_000, 316, call_queries=4096)
+    assert p.last_fraction == pytest.approx(100 / 100_000)
+    want = (1.5 * 4096 * 100 + 1e5 * min(150 * 8, 2 * 316) + 4096 * 316) / (4096 * 100_000)
+    assert p.last_cost == pytest.approx(want)

@@ -365,10 +365,15 @@ class LaguerreCells:
         score or None), by cluster bounds."""
         pruning = self._class_pruning(c)
         bounds = pruning.bounds(lambda: self.targets[on_targets], keys.center, x.dtype, x.device)
-        pos, best, second, _, scored, visits = bounds.search(
-            x, keys.bias[on_x], second="score" if top2 else None
-        )
-        pruning.record(scored, visits, x.shape[0], int(on_x.shape[0]), bounds.num_clusters)
+
+        def dense(rows: torch.Tensor):
+            kw = {"chunk": keys.scorer.chunk(rows.shape[0]), "center": keys.center, "subset": on_targets}
+            return (
+                *stream_argmax(rows, self.targets, keys.bias[on_x], **kw, top2=top2, positions=True),
+                None,
+            )
+
+        pos, best, second, _ = pruning.search(bounds, x, keys.bias[on_x], "score" if top2 else None, dense)
         return pos, best, second
 
     def _members(self, device: torch.device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:

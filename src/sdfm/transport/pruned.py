@@ -52,6 +52,9 @@ PRUNE_RETRY = 32
 #: the bounds (a cluster-sorted copy of the atoms) are freed
 PRUNE_GIVE_UP = 3
 MODES = ("auto", "on", "off")
+#: with ``mode="auto"``, a trial of the pruned search (the first, and each retry) searches this many
+#: of the call's queries first, and the rest only if those pay (else the dense scan answers them)
+PROBE_ROWS = 512
 #: with ``mode="auto"``, pairing (:class:`~sdfm.transport.LaguerreCells`) prunes only when the
 #: cluster-sorted copy of the keys it makes (float32) is at most this large
 PRUNE_MAX_BYTES = 1 << 30
@@ -183,17 +186,14 @@ class ClusterBounds:
         dist = (sq[:, None] - 2.0 * cross + self.centres.square().sum(1)).clamp_min_(0.0).sqrt_()
         reach = (dist - self.radius).clamp_min_(0.0)
         bound = torch.minimum(bound, 0.5 * sq[:, None] + top_a - 0.5 * reach.square())
-        # rounding: computed scores are within err of the exact ones; skip a cluster only when its
-        # bound is below the threshold by twice that (so no skipped atom can reach or tie it)
-        unit = torch.finfo(x.dtype).eps
-        scale = norm * self.key_norm + float(bias64.abs().max())
-        margin = 2.0 * (x.shape[1] + 4) * unit * scale + 1e-9 * (scale + sq + dist.max(1).values.square())
         state = _Best.empty(n, x.dtype, x.device, second)
         first = bound.argmax(dim=1)
         rows = torch.arange(n, device=x.device)
         scored, visits = self._score_pairs(x, bias_sorted, rows, first, state)
-        threshold = state.runner if second else state.best
-        candidates = bound >= (threshold - margin)[:, None].to(torch.float64)
+        threshold = (state.runner if second else state.best).to(torch.float64)
+        margin = self._margin(x, norm, threshold, float(bias64.abs().max()))
+        margin = margin + 1e-9 * (norm * self.key_norm + threshold.abs() + sq + dist.max(1).values.square())
+        candidates = bound >= (threshold - margin)[:, None]
         candidates[rows, first] = False
         q, k = torch.nonzero(candidates, as_tuple=True)
         more, more_visits = self._score_pairs(x, bias_sorted, q, k, state)
@@ -206,6 +206,21 @@ class ClusterBounds:
             scored + more,
             visits + more_visits,
         )
+
+    def _margin(self, x, norm, threshold, bias_max: float) -> torch.Tensor:
+        """Twice the rounding error of a computed score ``<x, z_j> + bias_j`` that could reach the
+        row's ``threshold`` [n] (float64): a cluster is skipped only when its bound is below the
+        threshold by this much, so no skipped atom can reach or tie it.
+
+        The error of one score is at most about (d + 4) u (|x| |z_j| + |bias_j|). Only atoms whose
+        exact score is within a few |x| max|z| of the threshold matter, and their |bias_j| is at
+        most B = 2 |threshold| + 3 |x| max|z|; an atom with a lower bias scores below -|threshold|
+        even with its rounding. So the bias term is min(max |bias|, B): masked atoms (bias -1e30,
+        copies taken out of a coupling) no longer widen the margin of every row to 1e30 u, which
+        made the search score every atom."""
+        reach = norm * self.key_norm
+        relevant = (2.0 * threshold.abs() + 3.0 * reach).nan_to_num(posinf=bias_max).clamp_max(bias_max)
+        return 2.0 * (x.shape[1] + 4) * torch.finfo(x.dtype).eps * (reach + relevant)
 
     def _cluster_max(self, values: torch.Tensor) -> torch.Tensor:
         top = torch.full((self.num_clusters,), float("-inf"), dtype=values.dtype, device=values.device)
@@ -286,7 +301,8 @@ class Pruning:
     ``mode``: "on" (always), "off" (never) or "auto": on CPU devices from :data:`PRUNE_MIN_ATOMS`
     atoms on, the first argmax builds the bounds and searches with them; the dense scan takes over
     while the last pruned search's estimated cost (:meth:`record`) is above :data:`PRUNE_MAX_COST` of
-    the dense scan's, with one pruned trial every :data:`PRUNE_RETRY` calls, as the potential moves.
+    the dense scan's, with one pruned trial every :data:`PRUNE_RETRY` calls, as the potential moves
+    (a trial searches :data:`PROBE_ROWS` of a large call first: :meth:`search`).
     The decision depends only on the data, the potential and the queries (counts, not timings), so a
     seeded solve repeats bit for bit. On GPUs "auto" keeps the dense scan: there the per-cluster
     kernel launches cost more than the dense matmul saves (use "on" to measure). After
@@ -341,10 +357,47 @@ class Pruning:
             )
         return self._bounds[key]
 
-    def record(self, scored: int, visits: int, num_queries: int, num_atoms: int, num_clusters: int) -> None:
+    def search(self, bounds: ClusterBounds, x: torch.Tensor, bias: torch.Tensor, second, dense):
+        """(position, best, second score or None, second position or None) of each query x [n, d]
+        through ``bounds`` (:meth:`ClusterBounds.search`), recorded. A trial of ``"auto"`` (the
+        first search, or a retry after the dense scan took over) on more than 2 :data:`PROBE_ROWS`
+        queries searches the first :data:`PROBE_ROWS` of them, and the others too only if that
+        probe pays; else ``dense(rest)`` answers them (the same 4-tuple). So a trial on data that
+        the bounds do not prune costs a probe, not a whole call at up to 2.4x the dense scan's
+        cost (a 64-d Gaussian at N = 100,000). The answer is the dense scan's either way."""
+        n, num_atoms = x.shape[0], bounds.atoms.shape[0]
+        trial = self.mode == "auto" and (self.last_cost is None or self.last_cost > self.max_cost)
+        probe = PROBE_ROWS if trial and n > 2 * PROBE_ROWS else n
+        head = bounds.search(x[:probe], bias, second=second)
+        self.record(head[4], head[5], probe, num_atoms, bounds.num_clusters, call_queries=n)
+        if probe == n:
+            return head[:4]
+        if self.last_cost <= self.max_cost:
+            tail = bounds.search(x[probe:], bias, second=second)[:4]
+        else:
+            tail = dense(x[probe:])
+        return tuple(None if a is None else torch.cat([a, b]) for a, b in zip(head[:4], tail, strict=True))
+
+    def record(
+        self,
+        scored: int,
+        visits: int,
+        num_queries: int,
+        num_atoms: int,
+        num_clusters: int,
+        *,
+        call_queries: int | None = None,
+    ) -> None:
         """Notes a pruned search: its cost relative to the dense scan (n N atom scores) is estimated as
         ``(GATHER_COST * scored + VISIT_COST * visits + n K) / (n N)`` (the bounds cost about one
-        atom score per cluster and query)."""
+        atom score per cluster and query). A probe of a call of ``call_queries`` queries is scaled
+        to the call: atoms scored in proportion, cluster visits too but at most 2 K (each of the
+        search's two passes visits a cluster at most once)."""
+        if call_queries is not None and call_queries > num_queries:
+            factor = call_queries / num_queries
+            scored = scored * factor
+            visits = min(visits * factor, 2 * num_clusters)
+            num_queries = call_queries
         dense = float(num_queries) * num_atoms
         self.last_fraction = scored / dense
         self.last_cost = (GATHER_COST * scored + VISIT_COST * visits + num_queries * num_clusters) / dense

@@ -92,22 +92,14 @@ class Scorer:
         ``gumbel`` adds i.i.d. Gumbel noise to every score (a generator, or None for the global one).
         Ties go to the smallest atom index, on one process or many.
         """
-        pruned = alpha == 1.0 and gumbel is False and self._pruned(x, bias, "score" if top2 else None)
-        if pruned:
-            index, best, second, _ = pruned
-        else:
-            index, best, second = stream_argmax(
-                x,
-                self.keys,
-                bias[self.lo : self.hi],
-                chunk=self.chunk(x.shape[0]),
-                center=self.center,
-                alpha=alpha,
-                top2=top2,
-                gumbel=gumbel,
-                subset=self.subset,
-                positions=True,
-            )
+
+        def dense(rows: torch.Tensor):
+            kw = {"alpha": alpha, "top2": top2, "gumbel": gumbel, "subset": self.subset}
+            found = stream_argmax(rows, self.keys, bias[self.lo : self.hi], **self._scan(rows), **kw)
+            return (*found, None)
+
+        pruned = alpha == 1.0 and gumbel is False and self._pruned(x, bias, "score" if top2 else None, dense)
+        index, best, second, _ = pruned if pruned else dense(x)
         if self.collective is None:
             return index, best, second
         if top2 and second is None:  # a one-atom shard has no second best
@@ -149,38 +141,36 @@ class Scorer:
 
     def top2(self, x: torch.Tensor, bias: torch.Tensor) -> Top2:
         """The best and second-best atom of each query x [n, d] (global indices and scores)."""
-        pruned = self._pruned(x, bias, "index")
-        if pruned:
-            local = Top2(pruned[0], pruned[1], pruned[3], pruned[2])
-        else:
-            local = stream_top2(
-                x,
-                self.keys,
-                bias[self.lo : self.hi],
-                chunk=self.chunk(x.shape[0]),
-                center=self.center,
-                subset=self.subset,
-                positions=True,
+
+        def dense(rows: torch.Tensor):
+            found = stream_top2(
+                rows, self.keys, bias[self.lo : self.hi], **self._scan(rows), subset=self.subset
             )
+            return found.index, found.best, found.second, found.second_index
+
+        pruned = self._pruned(x, bias, "index", dense) or dense(x)
+        local = Top2(pruned[0], pruned[1], pruned[3], pruned[2])
         shifted = torch.where(local.second_index >= 0, local.second_index + self.lo, local.second_index)
         local = Top2(local.index + self.lo, local.best, shifted, local.second)
         if self.collective is None:
             return local
         return combine_top2(local, self.collective, self.num_atoms, self.lo, self.hi)
 
-    def _pruned(self, x: torch.Tensor, bias: torch.Tensor, second: str | None):
+    def _scan(self, x: torch.Tensor) -> dict:
+        """The dense scan's block size and centre for the queries x (keyword arguments)."""
+        return {"chunk": self.chunk(x.shape[0]), "center": self.center, "positions": True}
+
+    def _pruned(self, x: torch.Tensor, bias: torch.Tensor, second: str | None, dense):
         """(position, best, second score, second position) from the cluster-bound search, or None
-        when the dense scan is to be used (no pruning, a ``subset``, or ``pruning`` says so)."""
+        when the dense scan is to be used (no pruning, a ``subset``, or ``pruning`` says so);
+        ``dense(rows)`` answers the rows that a probe leaves to the dense scan
+        (:meth:`~sdfm.transport.pruned.Pruning.search`)."""
         if self.pruning is None or self.subset is not None:
             return None
         if not self.pruning.wanted(self.hi - self.lo, x.device):
             return None
         bounds = self.pruning.bounds(self.keys, self.center, x.dtype, x.device)
-        index, best, runner, runner_index, scored, visits = bounds.search(
-            x, bias[self.lo : self.hi], second=second
-        )
-        self.pruning.record(scored, visits, x.shape[0], self.hi - self.lo, bounds.num_clusters)
-        return index, best, runner, runner_index
+        return self.pruning.search(bounds, x, bias[self.lo : self.hi], second, dense)
 
     def argmax_lowp(
         self, x: torch.Tensor, lowp: LowpKeys, *, top2: bool = False
