@@ -181,6 +181,100 @@ if os.environ.get("SDFM_BEFORE_30"):
     pruned.PROBE_ROWS = 1 << 62
 
 
+class _BestBefore31(pruned._Best):
+    """The pruned search's running best before section 31: merged one cluster visit at a time."""
+
+    def merge(self, rows, block, atoms) -> None:
+        v1, p1 = block.max(dim=1)
+        i1 = atoms[p1]
+        b, bi = self.best[rows], self.index[rows]
+        new_first = _ranks_before(v1, i1, b, bi)
+        if self.runner is not None:
+            if block.shape[1] >= 2:
+                v2, p2 = block.scatter(1, p1[:, None], float("-inf")).max(dim=1)
+                i2 = atoms[p2]
+            else:
+                v2, i2 = torch.full_like(v1, float("-inf")), torch.full_like(i1, -1)
+            s, si = self.runner[rows], self.runner_index[rows]
+            cand_s, cand_i = torch.where(new_first, b, v1), torch.where(new_first, bi, i1)
+            other_s, other_i = torch.where(new_first, v2, s), torch.where(new_first, i2, si)
+            take = (_ranks_before(cand_s, cand_i, other_s, other_i) & (cand_i >= 0)) | (other_i < 0)
+            self.runner[rows] = torch.where(take, cand_s, other_s)
+            self.runner_index[rows] = torch.where(take, cand_i, other_i)
+        self.best[rows] = torch.where(new_first, v1, b)
+        self.index[rows] = torch.where(new_first, i1, bi)
+
+
+def _ranks_before(v, i, w, j):
+    return (v > w) | ((v == w) & (i < j))
+
+
+def _score_pairs_before_31(self, x, bias_sorted, q, k, state) -> tuple[int, int]:
+    if q.numel() == 0:
+        return 0, 0
+    order = torch.argsort(k, stable=True)
+    q, k = q[order], k[order]
+    ids, counts = torch.unique_consecutive(k, return_counts=True)
+    scored, start = 0, 0
+    for cid, c in zip(ids.tolist(), counts.tolist(), strict=True):
+        rows = q[start : start + c]
+        start += c
+        lo, hi = self.offsets[cid], self.offsets[cid + 1]
+        state.merge(rows, torch.addmm(bias_sorted[lo:hi], x[rows], self.keys[lo:hi].T), self.atoms[lo:hi])
+        scored += c * (hi - lo)
+    return scored, len(counts)
+
+
+def _search_before_31(self, x, bias, *, second=None):
+    n = x.shape[0]
+    bias_sorted = bias[self.atoms]
+    bias64 = bias_sorted.to(torch.float64)
+    top, top_a = self._cluster_max(bias64), self._cluster_max(bias64 + 0.5 * self.sqnorm)
+    x64 = x.to(torch.float64)
+    sq = x64.square().sum(1)
+    norm = sq.sqrt()
+    cross = x64 @ self.centres.T
+    bound = (cross + top).addcmul_(norm[:, None], self.radius[None, :])
+    dist = (sq[:, None] - 2.0 * cross + self.centres.square().sum(1)).clamp_min_(0.0).sqrt_()
+    reach = (dist - self.radius).clamp_min_(0.0)
+    bound = torch.minimum(bound, 0.5 * sq[:, None] + top_a - 0.5 * reach.square())
+    state = _BestBefore31.empty(n, x.dtype, x.device, second)
+    first = bound.argmax(dim=1)
+    rows = torch.arange(n, device=x.device)
+    scored, visits = _score_pairs_before_31(self, x, bias_sorted, rows, first, state)
+    threshold = (state.runner if second else state.best).to(torch.float64)
+    margin = self._margin(x, norm, threshold, float(bias64.abs().max()))
+    margin = margin + 1e-9 * (norm * self.key_norm + threshold.abs() + sq + dist.max(1).values.square())
+    candidates = bound >= (threshold - margin)[:, None]
+    candidates[rows, first] = False
+    q, k = torch.nonzero(candidates, as_tuple=True)
+    more, more_visits = _score_pairs_before_31(self, x, bias_sorted, q, k, state)
+    runner, runner_index = (
+        (state.runner, state.runner_index if second == "index" else None) if second else (None, None)
+    )
+    return state.index, state.best, runner, runner_index, scored + more, visits + more_visits
+
+
+_SEARCH = ClusterBounds.search
+
+
+@contextlib.contextmanager
+def before_31(on: bool = True):
+    """The pruned search before section 31 while the block runs (if ``on``): the bounds computed
+    out of place, and each cluster visit merged into the running best on its own."""
+    try:
+        if on:
+            ClusterBounds.search = _search_before_31
+        yield
+    finally:
+        ClusterBounds.search = _SEARCH
+
+
+#: ``SDFM_BEFORE_31=1`` runs a script with the pruned search of before section 31.
+if os.environ.get("SDFM_BEFORE_31"):
+    ClusterBounds.search = _search_before_31
+
+
 def group_counts(y, weights, result, samples: int, batch: int):
     """(Counts [G] of ``samples`` fresh float64 noise samples (seed 123, drawn ``batch`` at a time) in
     each group of merged targets, by a brute-force argmax (``assign``; merged copies taken out as the

@@ -4,6 +4,7 @@
     python benchmarks/pruned.py solve --n 30000 --threads 2   # results/pruned_solve_n30000.json
     python benchmarks/pruned.py masked --threads 2       # results/pruned_masked.json
     python benchmarks/pruned.py trials --threads 2       # results/pruned_trials.json
+    python benchmarks/pruned.py speed --threads 2        # results/pruned_speed.json
 
 ``pairing``: for each data set and N, the same 2,048 noises are paired by the dense scan
 (``LaguerreCells(pruning="off")``) and by the pruned search (``pruning="on"``), min of 3 after a
@@ -27,6 +28,13 @@ pairing (a fresh ``LaguerreCells`` per call, as ``assign`` makes: the bounds bui
 of 4,096 noises at N = 100,000 on the checkerboard, the 64-d mixture and a 64-d Gaussian, min of 3;
 then the default solver on the 64-d mixture at N = 30,000 (tol 0.1, seed 0), whose first calls are
 trials, before and now alternating, min of 2.
+
+``speed``: the pruned search before and after section 31 (bounds in place, cluster visits merged in
+one reduction): ``LaguerreCells(pruning="on").assign`` (the certified pairing: best and runner-up)
+and the plain argmax (``Scorer.argmax``) of 4,096 noises, zero potential, on the checkerboard at
+N = 10^5 and 10^6 and a 3-D Gaussian at 10^5, against the dense scan; before and now alternate in
+rounds, min of 5. Then 300 steps of the default solver on the 30,000-point checkerboard with
+``pruning="on"``, before and now (min of 2), and whether the potentials are bit for bit equal.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import CELL, before_30, machine, repeat, save  # noqa: E402
+from common import CELL, before_30, before_31, machine, repeat, save  # noqa: E402
 from scale import make_data, open_targets  # noqa: E402
 from sdfm.data.toy import checkerboard  # noqa: E402
 from sdfm.transport import LaguerreCells, SemidiscreteSolver  # noqa: E402
@@ -199,6 +207,27 @@ def cmd_masked(args) -> None:
     save("pruned_masked", out)
 
 
+def alternating_solves(y: torch.Tensor, before, **options) -> list[dict]:
+    """Two rounds of the solver (seed 0) with the code of ``before`` (a context manager of
+    common.py) and without it: seconds, samples per target, chi2, the potential's MD5, pruning."""
+    import hashlib
+
+    rows = []
+    for run in range(2):
+        for label in ("before", "now"):
+            with before(label == "before"):
+                t = time.perf_counter()
+                res = SemidiscreteSolver(**options).solve(y, generator=torch.Generator().manual_seed(0))
+                row = {"run": run, "solver": label, "seconds": time.perf_counter() - t, "chi2": res.chi2}
+                row.update(
+                    samples_per_target=res.samples / y.shape[0], pruning_used=res.settings["pruning_used"]
+                )
+                row["md5"] = hashlib.md5(res.potential.numpy().tobytes()).hexdigest()
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
 def cmd_trials(args) -> None:
     out = {"machine": machine(), "command": " ".join(sys.argv), "one_shot": [], "solve": []}
     x_by_d = {d: torch.randn(4096, d, generator=torch.Generator().manual_seed(1)) for d in (2, 64)}
@@ -220,24 +249,62 @@ def cmd_trials(args) -> None:
         row["before / now"] = row["auto, before"] / row["auto, now"]
         print(row, flush=True)
         out["one_shot"].append(row)
-    y = dataset("mixture-64d", 30_000)
-    for run in range(2):
-        for label in ("before", "now"):
-            with before_30(label == "before"):
-                t = time.perf_counter()
-                res = SemidiscreteSolver(tol=0.1).solve(y, generator=torch.Generator().manual_seed(0))
-                row = {"run": run, "solver": label, "seconds": time.perf_counter() - t, "chi2": res.chi2}
-                row.update(samples_per_target=res.samples / 30_000, pruning_used=res.settings["pruning_used"])
-            print(row, flush=True)
-            out["solve"].append(row)
+    out["solve"] = alternating_solves(dataset("mixture-64d", 30_000), before_30, tol=0.1)
     save("pruned_trials", out)
+
+
+def speed_row(name: str, y: torch.Tensor) -> dict:
+    from sdfm.transport.pruned import Pruning
+    from sdfm.transport.scoring import Scorer
+
+    n = y.shape[0]
+    g = torch.zeros(n, dtype=torch.float64)
+    x = torch.randn(4096, y.shape[1], generator=torch.Generator().manual_seed(1))
+    z = y - y.mean(0)
+    bias = -0.5 * y.square().sum(1)
+    bias = bias - bias.max()
+    dense = LaguerreCells(y, g, pruning="off")
+    pruned, scorer = LaguerreCells(y, g, pruning="on"), Scorer(z, n, pruning=Pruning("on"))
+    want = dense.assign(x)
+    times = {key: [] for key in ("dense", "assign before", "assign now", "argmax before", "argmax now")}
+    for _ in range(5):
+        times["dense"].append(repeat(lambda: dense.assign(x), repeats=1, warmup=0)["min"])
+        for label in ("before", "now"):
+            with before_31(label == "before"):
+                assert torch.equal(pruned.assign(x), want)
+                times[f"assign {label}"].append(repeat(lambda: pruned.assign(x), repeats=1, warmup=0)["min"])
+                times[f"argmax {label}"].append(
+                    repeat(lambda: scorer.argmax(x, bias), repeats=1, warmup=0)["min"]
+                )
+    row = {"data": name, "n": n, **{key: min(value) for key, value in times.items()}}
+    row["assign speed-up"] = row["assign before"] / row["assign now"]
+    row["argmax speed-up"] = row["argmax before"] / row["argmax now"]
+    row["assign now vs dense"] = row["dense"] / row["assign now"]
+    row["fraction scored"] = pruned.pruning.last_fraction
+    return row
+
+
+def cmd_speed(args) -> None:
+    out = {"machine": machine(), "command": " ".join(sys.argv), "rows": [], "solve": []}
+    gauss = torch.randn(100_000, 3, generator=torch.Generator().manual_seed(0))
+    for name, y in (
+        ("checkerboard-2d", dataset("checkerboard-2d", 100_000)),
+        ("checkerboard-2d", dataset("checkerboard-2d", 1_000_000)),
+        ("gauss-3d", gauss),
+    ):
+        row = speed_row(name, y)
+        print(row, flush=True)
+        out["rows"].append(row)
+    y = dataset("checkerboard-2d", 30_000)
+    out["solve"] = alternating_solves(y, before_31, tol=None, max_steps=300, pruning="on")
+    save("pruned_speed", out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=("pairing", "solve", "masked", "trials"))
+    parser.add_argument("what", choices=("pairing", "solve", "masked", "trials", "speed"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--queries", type=int, default=2048)
     parser.add_argument("--solve-seconds", type=float, default=60.0)
@@ -249,7 +316,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(args.threads)
     np.random.seed(0)
-    {"pairing": cmd_pairing, "solve": cmd_solve, "masked": cmd_masked, "trials": cmd_trials}[args.what](args)
+    commands = {"pairing": cmd_pairing, "solve": cmd_solve, "masked": cmd_masked, "trials": cmd_trials}
+    commands["speed"] = cmd_speed
+    commands[args.what](args)
 
 
 if __name__ == "__main__":

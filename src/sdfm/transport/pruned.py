@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sdfm.transport._stream import _block_top_plain
 from sdfm.transport.clustering import kmeans
 
 #: with ``mode="auto"``, pruning is tried from this many atoms on (below, the dense scan is as fast)
@@ -180,19 +181,23 @@ class ClusterBounds:
         x64 = x.to(torch.float64)
         sq = x64.square().sum(1)
         norm = sq.sqrt()
-        # Cauchy-Schwarz and distance bounds [n, K] (see the module docstring); the smaller holds
-        cross = x64 @ self.centres.T
-        bound = (cross + top).addcmul_(norm[:, None], self.radius[None, :])
-        dist = (sq[:, None] - 2.0 * cross + self.centres.square().sum(1)).clamp_min_(0.0).sqrt_()
-        reach = (dist - self.radius).clamp_min_(0.0)
-        bound = torch.minimum(bound, 0.5 * sq[:, None] + top_a - 0.5 * reach.square())
+        # Cauchy-Schwarz and distance bounds [n, K] (see the module docstring); the smaller holds.
+        # In place on two [n, K] buffers (these passes cost as much as the scoring at N = 10^6 in 2-D)
+        bound = torch.addmm(top, x64, self.centres.T).addcmul_(norm[:, None], self.radius[None, :])
+        dist = torch.addmm(self.centres.square().sum(1), x64, self.centres.T, alpha=-2.0)
+        dist = dist.add_(sq[:, None]).clamp_min_(0.0).sqrt_()
+        dist_max = dist.max(1).values
+        reach = dist.sub_(self.radius).clamp_min_(0.0)  # (dist is spent)
+        second_bound = reach.square_().mul_(-0.5).add_(top_a).add_(0.5 * sq[:, None])
+        bound = torch.minimum(bound, second_bound, out=bound)
+        del dist, reach, second_bound
         state = _Best.empty(n, x.dtype, x.device, second)
         first = bound.argmax(dim=1)
         rows = torch.arange(n, device=x.device)
         scored, visits = self._score_pairs(x, bias_sorted, rows, first, state)
         threshold = (state.runner if second else state.best).to(torch.float64)
         margin = self._margin(x, norm, threshold, float(bias64.abs().max()))
-        margin = margin + 1e-9 * (norm * self.key_norm + threshold.abs() + sq + dist.max(1).values.square())
+        margin = margin + 1e-9 * (norm * self.key_norm + threshold.abs() + sq + dist_max.square())
         candidates = bound >= (threshold - margin)[:, None]
         candidates[rows, first] = False
         q, k = torch.nonzero(candidates, as_tuple=True)
@@ -228,20 +233,29 @@ class ClusterBounds:
 
     def _score_pairs(self, x, bias_sorted, q, k, state: _Best) -> tuple[int, int]:
         """Scores queries q against clusters k (pairs) and merges into ``state``; (atom scores
-        computed, clusters visited)."""
+        computed, clusters visited). Each visit keeps its rows' best (and second) atom; the visits
+        are merged into the state in one reduction over all of them (:meth:`_Best.absorb`), not
+        one visit at a time: a per-visit merge cost about 20 small tensor operations per cluster."""
         if q.numel() == 0:
             return 0, 0
         order = torch.argsort(k, stable=True)
         q, k = q[order], k[order]
         ids, counts = torch.unique_consecutive(k, return_counts=True)
-        scored, start = 0, 0
+        second = "index" if state.runner is not None else None
+        scored, start, found = 0, 0, []
         for cid, c in zip(ids.tolist(), counts.tolist(), strict=True):
             rows = q[start : start + c]
             start += c
             lo, hi = self.offsets[cid], self.offsets[cid + 1]
             block = torch.addmm(bias_sorted[lo:hi], x[rows], self.keys[lo:hi].T)
-            state.merge(rows, block, self.atoms[lo:hi])
+            # the first maximum of a block is its smallest atom (atoms ascend within a cluster)
+            v1, p1, v2, p2 = _block_top_plain(block, second)
+            atoms = self.atoms[lo:hi]
+            found.append((rows, v1, atoms[p1]))
+            if second and p2 is not None:
+                found.append((rows, v2, atoms[p2]))
             scored += c * (hi - lo)
+        state.absorb(*(torch.cat(part) for part in zip(*found, strict=True)))
         return scored, len(counts)
 
 
@@ -257,41 +271,45 @@ class _Best:
     @classmethod
     def empty(cls, n, dtype, device, second) -> _Best:
         best = torch.full((n,), float("-inf"), dtype=dtype, device=device)
-        index = torch.full((n,), torch.iinfo(torch.long).max, dtype=torch.long, device=device)
+        index = torch.full((n,), NO_ATOM, dtype=torch.long, device=device)
         runner = torch.full_like(best, float("-inf")) if second else None
         return cls(best, index, runner, torch.full_like(index, -1) if second else None)
 
-    def merge(self, rows: torch.Tensor, block: torch.Tensor, atoms: torch.Tensor) -> None:
-        """Merges the scores ``block`` [len(rows), m] of atoms ``atoms`` [m] (ascending) into the rows."""
-        v1, p1 = block.max(dim=1)  # the first maximum: the smallest atom of the block
-        i1 = atoms[p1]
-        b, bi = self.best[rows], self.index[rows]
-        new_first = _before(v1, i1, b, bi)
+    def absorb(self, rows: torch.Tensor, values: torch.Tensor, atoms: torch.Tensor) -> None:
+        """Merges candidates (row, score, atom) [c] into the rows' best and second best. The atoms
+        of one row's candidates are distinct from each other and from the atoms it holds (each
+        cluster is scored once per row), so the new best is the top candidate (higher score, then
+        smaller atom) of the union, and the runner-up the top of the rest."""
+        n = self.best.shape[0]
+        held = self.index != NO_ATOM
+        rows = torch.cat([rows, held.nonzero().squeeze(1)])
+        values = torch.cat([values, self.best[held]])
+        atoms = torch.cat([atoms, self.index[held]])
         if self.runner is not None:
-            if block.shape[1] >= 2:
-                rest = block.scatter(1, p1[:, None], float("-inf"))
-                v2, p2 = rest.max(dim=1)
-                i2 = atoms[p2]
-            else:
-                v2 = torch.full_like(v1, float("-inf"))
-                i2 = torch.full_like(i1, -1)
-            s, si = self.runner[rows], self.runner_index[rows]
-            # the union's second: the better of the loser's best and the winner's second
-            cand_s = torch.where(new_first, b, v1)
-            cand_i = torch.where(new_first, bi, i1)
-            other_s = torch.where(new_first, v2, s)
-            other_i = torch.where(new_first, i2, si)
-            take = _before(cand_s, cand_i, other_s, other_i) & (cand_i >= 0)
-            take |= other_i < 0
-            self.runner[rows] = torch.where(take, cand_s, other_s)
-            self.runner_index[rows] = torch.where(take, cand_i, other_i)
-        self.best[rows] = torch.where(new_first, v1, b)
-        self.index[rows] = torch.where(new_first, i1, bi)
+            has = self.runner_index >= 0
+            rows = torch.cat([rows, has.nonzero().squeeze(1)])
+            values = torch.cat([values, self.runner[has]])
+            atoms = torch.cat([atoms, self.runner_index[has]])
+        self.best, self.index, top = _top_by_row(n, rows, values, atoms, NO_ATOM)
+        if self.runner is not None:
+            rest = ~top
+            self.runner, self.runner_index, _ = _top_by_row(n, rows[rest], values[rest], atoms[rest], -1)
 
 
-def _before(v, i, w, j):
-    """Whether (score v, atom i) ranks before (w, j): higher score, then smaller atom."""
-    return (v > w) | ((v == w) & (i < j))
+#: the atom of a query with no atom yet (sorts after every atom)
+NO_ATOM = torch.iinfo(torch.long).max
+
+
+def _top_by_row(n: int, rows, values, atoms, empty: int):
+    """(value [n], atom [n], mask [c] of the candidates chosen) of each row's top candidate (higher
+    value, then smaller atom); rows without candidates get -inf and atom ``empty``."""
+    top = torch.full((n,), float("-inf"), dtype=values.dtype, device=values.device)
+    top.scatter_reduce_(0, rows, values, "amax")
+    at_top = values == top[rows]
+    first = torch.full((n,), NO_ATOM, dtype=torch.long, device=values.device)
+    first.scatter_reduce_(0, rows[at_top], atoms[at_top], "amin")
+    chosen = at_top & (atoms == first[rows])
+    return top, torch.where(first == NO_ATOM, empty, first), chosen
 
 
 @dataclass
