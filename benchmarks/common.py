@@ -275,6 +275,26 @@ if os.environ.get("SDFM_BEFORE_31"):
     ClusterBounds.search = _search_before_31
 
 
+_SHIFT_MAX_DIM = pruned.SHIFT_MAX_DIM
+
+
+@contextlib.contextmanager
+def before_32(on: bool = True):
+    """The pruned search's bounds before section 32 while the block runs (if ``on``): no shifted
+    bound (it is decided when the bounds are built, so build them inside the block)."""
+    try:
+        if on:
+            pruned.SHIFT_MAX_DIM = 0
+        yield
+    finally:
+        pruned.SHIFT_MAX_DIM = _SHIFT_MAX_DIM
+
+
+#: ``SDFM_BEFORE_32=1`` runs a script with the pruned search's bounds of before section 32.
+if os.environ.get("SDFM_BEFORE_32"):
+    pruned.SHIFT_MAX_DIM = 0
+
+
 def group_counts(y, weights, result, samples: int, batch: int):
     """(Counts [G] of ``samples`` fresh float64 noise samples (seed 123, drawn ``batch`` at a time) in
     each group of merged targets, by a brute-force argmax (``assign``; merged copies taken out as the

@@ -5,6 +5,7 @@
     python benchmarks/pruned.py masked --threads 2       # results/pruned_masked.json
     python benchmarks/pruned.py trials --threads 2       # results/pruned_trials.json
     python benchmarks/pruned.py speed --threads 2        # results/pruned_speed.json
+    python benchmarks/pruned.py shift --threads 2        # results/pruned_shift.json
 
 ``pairing``: for each data set and N, the same 2,048 noises are paired by the dense scan
 (``LaguerreCells(pruning="off")``) and by the pruned search (``pruning="on"``), min of 3 after a
@@ -35,6 +36,14 @@ and the plain argmax (``Scorer.argmax``) of 4,096 noises, zero potential, on the
 N = 10^5 and 10^6 and a 3-D Gaussian at 10^5, against the dense scan; before and now alternate in
 rounds, min of 5. Then 300 steps of the default solver on the 30,000-point checkerboard with
 ``pruning="on"``, before and now (min of 2), and whether the potentials are bit for bit equal.
+
+``shift``: the shifted distance bound of section 32 (the potential's linear trend per cluster taken
+out) against the bounds before it, on potentials a solve produces: the checkerboard at N = 10^5
+(zero potential, and the default solver's potential after 90 s), a 3-D Gaussian at N = 30,000 and
+the checkerboard at 30,000 (zero, and solved to tol 0.1). ``LaguerreCells(pruning="on").assign``
+of 4,096 noises, before and now alternating in 5 rounds, min; the fraction of atoms scored; the
+indices checked against the dense scan. Then 300 steps of the default solver (``pruning="auto"``)
+on the 30,000-point checkerboard, before and now, with the potentials' MD5.
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import CELL, before_30, before_31, machine, repeat, save  # noqa: E402
+from common import CELL, before_30, before_31, before_32, machine, repeat, save  # noqa: E402
 from scale import make_data, open_targets  # noqa: E402
 from sdfm.data.toy import checkerboard  # noqa: E402
 from sdfm.transport import LaguerreCells, SemidiscreteSolver  # noqa: E402
@@ -300,11 +309,54 @@ def cmd_speed(args) -> None:
     save("pruned_speed", out)
 
 
+def shift_row(name: str, y: torch.Tensor, g: torch.Tensor, label: str) -> dict:
+    x = torch.randn(4096, y.shape[1], generator=torch.Generator().manual_seed(1))
+    dense = LaguerreCells(y, g, pruning="off")
+    want = dense.assign(x)
+    cells = {}
+    for mode in ("before", "now"):
+        with before_32(mode == "before"):
+            cells[mode] = LaguerreCells(y, g, pruning="on")
+            assert torch.equal(cells[mode].assign(x), want)  # builds the bounds
+    times = {"dense": [], "before": [], "now": []}
+    for _ in range(5):
+        times["dense"].append(repeat(lambda: dense.assign(x), repeats=1, warmup=0)["min"])
+        for mode in ("before", "now"):  # (float64 keys get bounds of their own later: the switch)
+            with before_32(mode == "before"):
+                times[mode].append(repeat(lambda m=mode: cells[m].assign(x), repeats=1, warmup=0)["min"])
+    row = {"data": name, "n": y.shape[0], "potential": label, **{k: min(v) for k, v in times.items()}}
+    row.update({f"fraction {m}": cells[m].pruning.last_fraction for m in ("before", "now")})
+    row["speed-up"] = row["before"] / row["now"]
+    return row
+
+
+def cmd_shift(args) -> None:
+    out = {"machine": machine(), "command": " ".join(sys.argv), "rows": [], "solve": []}
+    problems = []
+    y = dataset("checkerboard-2d", 100_000)
+    res = SemidiscreteSolver(max_seconds=90).solve(y, generator=torch.Generator().manual_seed(0))
+    problems += [("checkerboard-2d", y, torch.zeros(100_000, dtype=torch.float64), "zero")]
+    problems += [("checkerboard-2d", y, res.potential, f"default solve, 90 s (chi2 {res.chi2:.2f})")]
+    for name, y in (
+        ("gauss-3d", torch.randn(30_000, 3, generator=torch.Generator().manual_seed(0))),
+        ("checkerboard-2d", dataset("checkerboard-2d", 30_000)),
+    ):
+        res = SemidiscreteSolver(tol=0.1).solve(y, generator=torch.Generator().manual_seed(0))
+        problems += [(name, y, torch.zeros(y.shape[0], dtype=torch.float64), "zero")]
+        problems += [(name, y, res.potential, f"solved (chi2 {res.chi2:.3f})")]
+    for name, y, g, label in problems:
+        row = shift_row(name, y, g, label)
+        print(row, flush=True)
+        out["rows"].append(row)
+    out["solve"] = alternating_solves(dataset("checkerboard-2d", 30_000), before_32, tol=None, max_steps=300)
+    save("pruned_shift", out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=("pairing", "solve", "masked", "trials", "speed"))
+    parser.add_argument("what", choices=("pairing", "solve", "masked", "trials", "speed", "shift"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--queries", type=int, default=2048)
     parser.add_argument("--solve-seconds", type=float, default=60.0)
@@ -317,7 +369,7 @@ def main() -> None:
     torch.set_num_interop_threads(args.threads)
     np.random.seed(0)
     commands = {"pairing": cmd_pairing, "solve": cmd_solve, "masked": cmd_masked, "trials": cmd_trials}
-    commands["speed"] = cmd_speed
+    commands.update(speed=cmd_speed, shift=cmd_shift)
     commands[args.what](args)
 
 

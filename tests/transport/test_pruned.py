@@ -5,7 +5,14 @@ import torch
 
 from sdfm.couplings import SemidiscreteCoupling
 from sdfm.transport import LaguerreCells, SemidiscreteSolver, estimate_marginal
-from sdfm.transport.pruned import PROBE_ROWS, PRUNE_GIVE_UP, PRUNE_RETRY, ClusterBounds, Pruning
+from sdfm.transport.pruned import (
+    PROBE_ROWS,
+    PRUNE_GIVE_UP,
+    PRUNE_RETRY,
+    SHIFT_MAX_DIM,
+    ClusterBounds,
+    Pruning,
+)
 from sdfm.transport.scoring import Scorer
 
 
@@ -284,3 +291,56 @@ def test_a_probe_is_scaled_to_its_call():
     assert p.last_fraction == pytest.approx(100 / 100_000)
     want = (1.5 * 4096 * 100 + 1e5 * min(150 * 8, 2 * 316) + 4096 * 316) / (4096 * 100_000)
     assert p.last_cost == pytest.approx(want)
+
+
+def _tilted(n, d, seed, masked=0):
+    """Uniform keys with the bias of a potential that tilts across clusters as a solved one does
+    (g = 0.4 |y|^2 + <v, y> + noise), the last ``masked`` atoms at -1e30."""
+    g = gen(seed)
+    y = torch.rand(n, d, generator=g, dtype=torch.float64) * 4 - 2
+    pot = 0.4 * y.square().sum(1) + y @ torch.randn(d, generator=g, dtype=torch.float64)
+    pot += 0.01 * torch.randn(n, generator=g, dtype=torch.float64)
+    if masked:
+        pot[-masked:] = -1e30
+    z = y - y.mean(0)
+    return z, pot - 0.5 * y.square().sum(1), torch.randn(300, d, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("d", [2, 5, SHIFT_MAX_DIM])
+def test_the_shifted_bound_holds_and_follows_a_tilted_potential(d):
+    z, bias, x = _tilted(4000, d, 22 + d, masked=50)
+    b = ClusterBounds.build(z, center=None, dtype=torch.float64, device=torch.device("cpu"), k=40)
+    assert b.spread_pinv is not None and b.spread_pinv.shape == (b.num_clusters, d, d)
+    bs = bias[b.atoms]
+    scores = x @ b.keys.T + bs
+    true = torch.full((300, b.num_clusters), float("-inf"), dtype=torch.float64)
+    true.scatter_reduce_(1, b.label.expand(300, -1), scores, "amax")
+    sq = x.square().sum(1)
+    shifted = b._shifted_bound(x, sq, b._trend(bs))
+    plain = b._bounds(x, sq, sq.sqrt(), bs)[0]
+    assert (shifted >= true).all() and (plain >= true).all()
+    # the tilt is taken out: tighter than the unshifted bounds
+    slack_shifted, slack_plain = (shifted - true).median(), (plain - true).median()
+    assert slack_shifted < (0.5 if d == 2 else 0.9) * slack_plain
+
+
+def test_the_pruned_search_is_exact_with_a_tilted_potential_and_masked_atoms():
+    z, bias, x = _tilted(6000, 2, 30, masked=100)
+    b = ClusterBounds.build(z, center=None, dtype=torch.float64, device=torch.device("cpu"), k=60)
+    index, best, second, second_index, scored, _ = b.search(x, bias, second="index")
+    first, runner = _brute(z, bias, x)
+    assert torch.equal(index, first) and torch.equal(second_index, runner)
+    assert scored / (300 * 6000) < 0.06  # the unshifted bounds alone: 0.10
+    # the fit is kept for the same bias tensor and redone when it changes in place
+    b.search(x, bias)
+    held = b._trend_cache["trend"]
+    b.search(x, bias)
+    assert b._trend_cache["trend"] is held
+    bias[:10] += 1.0
+    assert torch.equal(b.search(x, bias)[0], _brute(z, bias, x)[0])
+    assert b._trend_cache["trend"] is not held
+    # in 1-D and above SHIFT_MAX_DIM the unshifted bounds are used
+    for d in (1, SHIFT_MAX_DIM + 1):
+        keys = torch.randn(500, d, generator=gen(31), dtype=torch.float64)
+        plain = ClusterBounds.build(keys, center=None, dtype=torch.float64, device=torch.device("cpu"), k=10)
+        assert plain.spread_pinv is None

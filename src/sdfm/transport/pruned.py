@@ -8,16 +8,28 @@ of two bounds, and the search takes the smaller:
     distance:        <x, z_j> + bias_j  = |x|^2/2 - |x - z_j|^2/2 + a_j
                                        <= |x|^2/2 - max(0, |x - c_k| - r_k)^2/2 + max_{j in k} a_j
 
-with ``a_j = bias_j + |z_j|^2/2`` (for the potential's bias this is g_j plus a constant, smooth over
-a cluster; the distance form keeps the curvature of the score that the first bound loses). So a
+with ``a_j = bias_j + |z_j|^2/2`` (for the potential's bias this is g_j plus a linear function of
+z_j; the distance form keeps the curvature of the score that the first bound loses). From 2 to
+:data:`SHIFT_MAX_DIM` dimensions the search uses instead the distance bound with the potential's
+linear trend within each cluster taken out: for any vector ``beta_k``,
+
+    shifted:         <x, z_j> + bias_j <= |x + beta_k|^2/2 - <beta_k, c_k> + A_k
+                                          - max(0, |x + beta_k - c_k| - r_k)^2/2,
+                     A_k = max_{j in k} a_j - <beta_k, z_j - c_k>,
+
+with ``beta_k`` the least-squares slope of a_j over z_j - c_k (refit when the potential changes: a
+few passes over N d numbers). A solved potential tilts a_j across each cluster, by about the noise
+that the cluster's cells receive, and the unshifted bounds pay that tilt in full: on the 2-D
+checkerboard with a solved potential the search scores 1.3-2.3% of the atoms instead of 9-12%
+(BENCHMARKS.md section 32). So a
 query needs to score only the clusters whose bound reaches its best (or second-best) score found so
 far. A batch of queries is searched in two passes: each query scores its highest-bound cluster,
 then every other cluster whose bound is at least the score found (minus a rounding margin). Skipped
 clusters cannot hold the argmax, nor a tie with it, so the result is the dense scan's: the same
 index (ties to the smallest index where the tied scores round alike: a GEMM may round the scores
 of two copies of one atom apart in different blocks, on some CPUs), best and second-best score, up
-to the last bit of the score arithmetic. The bounds follow the potential for free (the per-cluster
-max of the bias is one pass over N numbers).
+to the last bit of the score arithmetic. The bounds follow the potential cheaply (per-cluster maxima
+and sums: passes over the N atoms).
 
 Where it pays: the bound's slack is |x| r_k, so it prunes well when clusters are small against the
 score gaps between them, i.e. for low intrinsic dimension (2-D and 3-D data, curves, well-separated
@@ -56,6 +68,13 @@ MODES = ("auto", "on", "off")
 #: with ``mode="auto"``, a trial of the pruned search (the first, and each retry) searches this many
 #: of the call's queries first, and the rest only if those pay (else the dense scan answers them)
 PROBE_ROWS = 512
+#: from 2 up to this many dimensions the bound follows the potential's linear trend within each
+#: cluster (the shifted distance bound of the module docstring; its fit keeps a [K, d, d] matrix).
+#: In 1-D the unshifted distance bound is as tight (the clusters are intervals), in high dimension
+#: neither prunes.
+SHIFT_MAX_DIM = 16
+#: atoms whose bias is below this take no part in that fit (copies masked out of a coupling at -1e30)
+FIT_FLOOR = -1e20
 #: with ``mode="auto"``, pairing (:class:`~sdfm.transport.LaguerreCells`) prunes only when the
 #: cluster-sorted copy of the keys it makes (float32) is at most this large
 PRUNE_MAX_BYTES = 1 << 30
@@ -78,6 +97,8 @@ class ClusterBounds:
         centres: [K, d] float64 means of the clusters' keys. radius: [K] float64.
         sqnorm: [M] float64 |z_j|^2 of the sorted keys.
         key_norm: max |z_j| (float; for the rounding margin).
+        spread_pinv: [K, d, d] float64 pseudo-inverses of the clusters' scatter matrices
+            sum_j (z_j - c_k)(z_j - c_k)^T, for the shifted bound (None above SHIFT_MAX_DIM).
     """
 
     keys: torch.Tensor
@@ -88,6 +109,8 @@ class ClusterBounds:
     radius: torch.Tensor
     sqnorm: torch.Tensor
     key_norm: float
+    spread_pinv: torch.Tensor | None = None
+    _trend_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_clusters(self) -> int:
@@ -146,11 +169,16 @@ class ClusterBounds:
         centres = sums / counts.clamp_min(1)[:, None].to(torch.float64)
         radius = torch.zeros(k, dtype=torch.float64, device=device)
         sqnorm = torch.empty(m, dtype=torch.float64, device=device)
+        shifted = 2 <= d <= SHIFT_MAX_DIM
+        spread = torch.zeros(k, d, d, dtype=torch.float64, device=device) if shifted else None
         for start in range(0, m, chunk):
             z = sorted_keys[start : start + chunk].to(torch.float64)
             lab = label[order[start : start + chunk]]
-            radius.scatter_reduce_(0, lab, (z - centres[lab]).norm(dim=1), "amax")
+            u = z - centres[lab]
+            radius.scatter_reduce_(0, lab, u.norm(dim=1), "amax")
             sqnorm[start : start + z.shape[0]] = z.square().sum(1)
+            if spread is not None:
+                spread.index_add_(0, lab, u[:, :, None] * u[:, None, :])
         # drop empty clusters (renumbered in order)
         new_id = torch.cumsum(kept.to(torch.long), 0) - 1
         offsets = [0] + torch.cumsum(counts[kept], 0).tolist()
@@ -163,6 +191,9 @@ class ClusterBounds:
             radius=radius[kept] * (1 + 1e-12) + 1e-300,
             sqnorm=sqnorm,
             key_norm=float(sqnorm.max().sqrt()),
+            spread_pinv=None
+            if spread is None
+            else torch.linalg.pinv(spread[kept], hermitian=True, rtol=1e-10),
         )
 
     def search(
@@ -176,21 +207,16 @@ class ClusterBounds:
         n = x.shape[0]
         bias_sorted = bias[self.atoms]
         bias64 = bias_sorted.to(torch.float64)
-        top = self._cluster_max(bias64)
-        top_a = self._cluster_max(bias64 + 0.5 * self.sqnorm)
         x64 = x.to(torch.float64)
         sq = x64.square().sum(1)
         norm = sq.sqrt()
-        # Cauchy-Schwarz and distance bounds [n, K] (see the module docstring); the smaller holds.
-        # In place on two [n, K] buffers (these passes cost as much as the scoring at N = 10^6 in 2-D)
-        bound = torch.addmm(top, x64, self.centres.T).addcmul_(norm[:, None], self.radius[None, :])
-        dist = torch.addmm(self.centres.square().sum(1), x64, self.centres.T, alpha=-2.0)
-        dist = dist.add_(sq[:, None]).clamp_min_(0.0).sqrt_()
-        dist_max = dist.max(1).values
-        reach = dist.sub_(self.radius).clamp_min_(0.0)  # (dist is spent)
-        second_bound = reach.square_().mul_(-0.5).add_(top_a).add_(0.5 * sq[:, None])
-        bound = torch.minimum(bound, second_bound, out=bound)
-        del dist, reach, second_bound
+        if self.spread_pinv is None:
+            bound, dist_max = self._bounds(x64, sq, norm, bias64)
+        else:
+            bound, dist_max = (
+                self._shifted_bound(x64, sq, self._cached_trend(bias, bias64)),
+                torch.zeros_like(sq),
+            )
         state = _Best.empty(n, x.dtype, x.device, second)
         first = bound.argmax(dim=1)
         rows = torch.arange(n, device=x.device)
@@ -211,6 +237,74 @@ class ClusterBounds:
             scored + more,
             visits + more_visits,
         )
+
+    def _bounds(self, x64, sq, norm, bias64) -> tuple[torch.Tensor, torch.Tensor]:
+        """(The smaller of the Cauchy-Schwarz and distance bounds [n, K] of the module docstring,
+        each row's largest distance to a centre [n]: its rounding). In place on two [n, K] buffers:
+        these passes cost as much as the scoring at N = 10^6 in 2-D."""
+        top = self._cluster_max(bias64)
+        top_a = self._cluster_max(bias64 + 0.5 * self.sqnorm)
+        bound = torch.addmm(top, x64, self.centres.T).addcmul_(norm[:, None], self.radius[None, :])
+        dist = torch.addmm(self.centres.square().sum(1), x64, self.centres.T, alpha=-2.0)
+        dist = dist.add_(sq[:, None]).clamp_min_(0.0).sqrt_()
+        dist_max = dist.max(1).values
+        reach = dist.sub_(self.radius).clamp_min_(0.0)  # (dist is spent)
+        second_bound = reach.square_().mul_(-0.5).add_(top_a).add_(0.5 * sq[:, None])
+        return torch.minimum(bound, second_bound, out=bound), dist_max
+
+    def _cached_trend(self, bias: torch.Tensor, bias64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_trend`, kept for the last ``bias`` (pairing searches with one bias call after call).
+        The cache holds that tensor, so its memory is not reused while cached: the same address,
+        shape, strides and version counter mean the same values."""
+        held = self._trend_cache.get("bias")
+        if (
+            held is not None
+            and held.data_ptr() == bias.data_ptr()
+            and held.shape == bias.shape
+            and held.stride() == bias.stride()
+            and held.dtype == bias.dtype
+            and held._version == bias._version
+            and self._trend_cache["version"] == bias._version
+        ):
+            return self._trend_cache["trend"]
+        trend = self._trend(bias64)
+        self._trend_cache.update(bias=bias, version=bias._version, trend=trend)
+        return trend
+
+    def _shifted_bound(self, x64, sq, trend: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The distance bound after the potential's linear trend in each cluster is taken out
+        (module docstring), inflated by its own float64 rounding (a relative 1e-9 of its terms).
+
+        With a_j = bias_j + |z_j|^2 / 2, any vector beta_k gives, for the atoms j of cluster k,
+        score_j <= |x + beta_k|^2 / 2 - <beta_k, c_k> + A_k - max(0, |x + beta_k - c_k| - r_k)^2 / 2
+        with A_k = max_j a_j - <beta_k, z_j - c_k>. beta_k is the least-squares slope of a_j over
+        z_j - c_k (atoms below FIT_FLOOR left out): a solved potential tilts a_j across a cluster by
+        about the noise that the cluster's cells receive, which the unshifted bound pays in full
+        (2-D checkerboard, 10^5 points, a solved potential: 1.1% of the atoms scored against 9.1%)."""
+        beta, top = trend
+        shift = beta - self.centres
+        lift = (beta * self.centres).sum(1)
+        b_sq, s_sq = beta.square().sum(1), shift.square().sum(1)
+        constant = top - lift + 1e-9 * (top.abs() + lift.abs() + b_sq + s_sq)
+        bound = torch.addmm(b_sq, x64, beta.T, alpha=2.0).add_(sq[:, None])  # |x + beta|^2
+        far = torch.addmm(s_sq, x64, shift.T, alpha=2.0).add_(sq[:, None])  # |x + beta - c|^2
+        bound.mul_(0.5 + 1e-9).add_(far, alpha=1e-9).add_(constant).add_(1e-9 * sq[:, None])
+        reach = far.clamp_min_(0.0).sqrt_().sub_(self.radius).clamp_min_(0.0)  # (far is spent)
+        return bound.addcmul_(reach, reach, value=-0.5)
+
+    def _trend(self, bias64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(beta [K, d], A [K]) of :meth:`_shifted_bound` for the sorted atoms' bias [M] (float64)."""
+        a = bias64 + 0.5 * self.sqnorm
+        z = self.keys.to(torch.float64)
+        fit = (a > FIT_FLOOR).to(torch.float64)
+        count = torch.zeros_like(self.radius).index_add_(0, self.label, fit)
+        mean = torch.zeros_like(self.radius).index_add_(0, self.label, a * fit) / count.clamp_min(1.0)
+        trend = torch.zeros_like(self.centres).index_add_(
+            0, self.label, z * ((a - mean[self.label]) * fit)[:, None]
+        )
+        beta = (self.spread_pinv @ trend[:, :, None]).squeeze(2)
+        residual = a - ((z - self.centres[self.label]) * beta[self.label]).sum(1)
+        return beta, self._cluster_max(residual)
 
     def _margin(self, x, norm, threshold, bias_max: float) -> torch.Tensor:
         """Twice the rounding error of a computed score ``<x, z_j> + bias_j`` that could reach the
