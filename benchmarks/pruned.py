@@ -6,6 +6,8 @@
     python benchmarks/pruned.py trials --threads 2       # results/pruned_trials.json
     python benchmarks/pruned.py speed --threads 2        # results/pruned_speed.json
     python benchmarks/pruned.py shift --threads 2        # results/pruned_shift.json
+    python benchmarks/pruned.py solve-now --n 30000 --threads 2   # results/pruned_solve_now_n30000.json
+    python benchmarks/pruned.py solve-now --n 100000 --rounds 1 --threads 2
 
 ``pairing``: for each data set and N, the same 2,048 noises are paired by the dense scan
 (``LaguerreCells(pruning="off")``) and by the pruned search (``pruning="on"``), min of 3 after a
@@ -44,11 +46,16 @@ the checkerboard at 30,000 (zero, and solved to tol 0.1). ``LaguerreCells(prunin
 of 4,096 noises, before and now alternating in 5 rounds, min; the fraction of atoms scored; the
 indices checked against the dense scan. Then 300 steps of the default solver (``pruning="auto"``)
 on the 30,000-point checkerboard, before and now, with the potentials' MD5.
+
+``solve-now``: the default solver (``pruning="auto"``, tol 0.05, seed 0) on the checkerboard of
+``--n`` points with the pruned search of before section 30 (sections 30-32 all undone) and now,
+alternating for ``--rounds`` rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -216,13 +223,13 @@ def cmd_masked(args) -> None:
     save("pruned_masked", out)
 
 
-def alternating_solves(y: torch.Tensor, before, **options) -> list[dict]:
-    """Two rounds of the solver (seed 0) with the code of ``before`` (a context manager of
-    common.py) and without it: seconds, samples per target, chi2, the potential's MD5, pruning."""
+def alternating_solves(y: torch.Tensor, before, rounds: int = 2, **options) -> list[dict]:
+    """Rounds of the solver (seed 0) with the code of ``before`` (a context manager of common.py)
+    and without it: seconds, samples per target, chi2, the potential's MD5, pruning."""
     import hashlib
 
     rows = []
-    for run in range(2):
+    for run in range(rounds):
         for label in ("before", "now"):
             with before(label == "before"):
                 t = time.perf_counter()
@@ -352,11 +359,28 @@ def cmd_shift(args) -> None:
     save("pruned_shift", out)
 
 
+@contextlib.contextmanager
+def before_sections_30_to_32(on: bool = True):
+    with before_30(on), before_31(on), before_32(on):
+        yield
+
+
+def cmd_solve_now(args) -> None:
+    y = dataset("checkerboard-2d", args.n)
+    out = {"machine": machine(), "command": " ".join(sys.argv), "n": args.n}
+    out["solve"] = alternating_solves(
+        y, before_sections_30_to_32, rounds=args.rounds, max_seconds=args.max_seconds
+    )
+    save(f"pruned_solve_now_n{args.n}", out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=("pairing", "solve", "masked", "trials", "speed", "shift"))
+    parser.add_argument(
+        "what", choices=("pairing", "solve", "masked", "trials", "speed", "shift", "solve-now")
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--queries", type=int, default=2048)
     parser.add_argument("--solve-seconds", type=float, default=60.0)
@@ -364,12 +388,14 @@ def main() -> None:
     parser.add_argument("--potential-dir", default="/tmp/sdfm_scale", help="scale.py solve's potentials")
     parser.add_argument("--n", type=int, default=30_000)
     parser.add_argument("--max-seconds", type=float, default=1200.0)
+    parser.add_argument("--rounds", type=int, default=2, help="solve-now: rounds of before and now")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(args.threads)
     np.random.seed(0)
     commands = {"pairing": cmd_pairing, "solve": cmd_solve, "masked": cmd_masked, "trials": cmd_trials}
     commands.update(speed=cmd_speed, shift=cmd_shift)
+    commands["solve-now"] = cmd_solve_now
     commands[args.what](args)
 
 
