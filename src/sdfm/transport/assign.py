@@ -329,12 +329,20 @@ class LaguerreCells:
         """Target indices [n] of the exact argmax over class c's targets of its queries x [n, d]
         (pruned or dense, float32 rows certified as in :meth:`_argmax`)."""
         top2 = keys.certificate is not None
+
+        def dense(rows: torch.Tensor):
+            """(positions among the class's targets, best, second or None, None) by the dense scan."""
+            kw = {"chunk": keys.scorer.chunk(rows.shape[0]), "center": keys.center, "subset": on_targets}
+            return (
+                *stream_argmax(rows, self.targets, keys.bias[on_x], **kw, top2=top2, positions=True),
+                None,
+            )
+
         if self._class_pruning(c).wanted(int(on_x.shape[0]), x.device):
-            pos, best, second = self._pruned_in_class(c, x, keys, on_targets, on_x, top2)
-            index = on_x[pos]
+            pos, best, second = self._pruned_in_class(c, x, keys, on_targets, on_x, top2, dense)
         else:
-            kw = {"chunk": keys.scorer.chunk(x.shape[0]), "center": keys.center, "subset": on_targets}
-            index, best, second = stream_argmax(x, self.targets, keys.bias[on_x], **kw, top2=top2)
+            pos, best, second, _ = dense(x)
+        index = on_x[pos]
         if not top2:
             return index
         rows = keys.certificate.uncertain(x, best, second).nonzero().squeeze(1)
@@ -360,19 +368,11 @@ class LaguerreCells:
             self._class_cache[key] = Pruning(self.pruning.mode, min_atoms=self.pruning.min_atoms)
         return self._class_cache[key]
 
-    def _pruned_in_class(self, c: int, x, keys: _Keys, on_targets, on_x, top2: bool):
+    def _pruned_in_class(self, c: int, x, keys: _Keys, on_targets, on_x, top2: bool, dense):
         """(positions among class c's targets of the argmax for its queries x, best score, second-best
-        score or None), by cluster bounds."""
+        score or None), by cluster bounds; ``dense(rows)`` answers the rows a probe leaves over."""
         pruning = self._class_pruning(c)
         bounds = pruning.bounds(lambda: self.targets[on_targets], keys.center, x.dtype, x.device)
-
-        def dense(rows: torch.Tensor):
-            kw = {"chunk": keys.scorer.chunk(rows.shape[0]), "center": keys.center, "subset": on_targets}
-            return (
-                *stream_argmax(rows, self.targets, keys.bias[on_x], **kw, top2=top2, positions=True),
-                None,
-            )
-
         pos, best, second, _ = pruning.search(bounds, x, keys.bias[on_x], "score" if top2 else None, dense)
         return pos, best, second
 
