@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from sdfm.transport import _stream, pruned
+from sdfm.transport import _stream, clustering, pruned
 from sdfm.transport.assign import LaguerreCells
 from sdfm.transport.pruned import ClusterBounds
-from sdfm.transport.semidiscrete import parts, problem, solver
+from sdfm.transport.semidiscrete import parts, problem, solver, tight
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -293,6 +293,60 @@ def before_32(on: bool = True):
 #: ``SDFM_BEFORE_32=1`` runs a script with the pruned search's bounds of before section 32.
 if os.environ.get("SDFM_BEFORE_32"):
     pruned.SHIFT_MAX_DIM = 0
+
+
+_NEIGHBOUR_DISTANCES = tight.neighbour_distances
+
+
+def _neighbour_distances_before_33(atoms, k, queries=None):
+    """tight.neighbour_distances before section 33: a float64 copy of the (centred) atoms, a float32
+    copy of them, and one [256, N] score block (plus its bias added out of place) per 256 rows."""
+    if isinstance(atoms, tight.AtomView):
+        atoms = atoms.rows(torch.arange(atoms.n, device=atoms.device)) - (
+            0.0 if atoms.center is None else atoms.center
+        )
+    if atoms.shape[1] <= tight.KD_DIMS:
+        return _NEIGHBOUR_DISTANCES(atoms, k, queries)
+    n = atoms.shape[0]
+    queries = torch.arange(n) if queries is None else queries.cpu()
+    keys = atoms.to(torch.float32)
+    bias = -0.5 * keys.square().sum(1)
+    take = min(n, k + 5)
+    dist = torch.empty(queries.shape[0], k, dtype=torch.float64, device=atoms.device)
+    index = torch.empty(queries.shape[0], k, dtype=torch.long, device=atoms.device)
+    for start in range(0, queries.shape[0], 256):
+        rows = queries[start : start + 256].to(atoms.device)
+        cand = torch.topk(keys[rows] @ keys.T + bias, take, dim=1).indices
+        d = (atoms[rows, None, :] - atoms[cand]).norm(dim=2)
+        d = d.masked_fill(cand == rows[:, None], torch.inf)
+        d, order = d.sort(dim=1)
+        dist[start : start + 256] = d[:, :k]
+        index[start : start + 256] = cand.gather(1, order)[:, :k]
+    return dist, index
+
+
+@contextlib.contextmanager
+def _patched(on: bool, *changes):
+    """Sets each (object, attribute, value) of ``changes`` while the block runs (if ``on``)."""
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in changes]
+    try:
+        if on:
+            for obj, name, value in changes:
+                setattr(obj, name, value)
+        yield
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
+
+
+def before_33(on: bool = True):
+    """The tight groups' neighbour search and k-means' distance blocks (one per chunk, the whole
+    subsample in Lloyd's steps) of before section 33 while the block runs (if ``on``)."""
+    return _patched(
+        on,
+        (tight, "neighbour_distances", _neighbour_distances_before_33),
+        (clustering, "BLOCK_ELEMENTS", 1 << 62),
+    )
 
 
 def group_counts(y, weights, result, samples: int, batch: int):

@@ -149,8 +149,7 @@ def audit(out: str) -> None:
         row = {"problem": name, "N": y.shape[0], "d": y.shape[1]}
         row["merged_as_duplicates"] = 0 if problem.duplicates is None else problem.duplicates.num_duplicates
         row["merge_radius"] = problem.merge_radius
-        atoms = tight._atoms(problem)
-        dist, _ = tight.neighbour_distances(atoms, tight.NEIGHBOURS)
+        dist, _ = tight.neighbour_distances(tight.AtomView.of_problem(problem), tight.NEIGHBOURS)
         row["share_below_trigger"] = round(
             float((dist[:, 0] < tight.TRIGGER_RATIO * dist[:, -1]).double().mean()), 4
         )

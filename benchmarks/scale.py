@@ -4,8 +4,9 @@
     python benchmarks/scale.py pairing                   # assign time against N (d = 64, 784) + PNG
     python benchmarks/scale.py plot                      # redraw results/scale_pairing.png
     python benchmarks/scale.py solve --n 100000 --d 64 [--pca K] [--memory-limit B] [--max-seconds T]
-    python benchmarks/scale.py check --n 100000 --d 64 [--pca K]   # independent chi2 of that solve
+    python benchmarks/scale.py check --n 100000 --d 64 [--pca K] [--samples M]  # independent chi2
     python benchmarks/scale.py faiss --n 200000 --d 64   # recall / chi2 / speed of flat, IVF, HNSW
+    python benchmarks/scale.py memory [--memory-limit B] [--before33]   # peak memory of a short solve
     python benchmarks/scale.py precision                 # solver: float32 vs bf16 scores, N 20,000 x 784
     python benchmarks/scale.py processes                 # 1 vs 2 gloo processes: solve and train
 
@@ -78,11 +79,14 @@ def open_targets(path: Path) -> torch.Tensor:
 
 
 class PeakMemory:
-    """Samples RssAnon and VmRSS of this process every 10 ms in a thread."""
+    """Samples RssAnon and VmRSS of this process every 10 ms in a thread; with ``where``, also the
+    main thread's innermost frames in sdfm at the highest RssAnon sample (``peak_where``)."""
 
-    def __init__(self):
+    def __init__(self, where: bool = False):
         self.peak = {"RssAnon": 0, "VmRSS": 0}
         self._stop = threading.Event()
+        self._main = threading.main_thread().ident if where else None
+        self.where: list[str] = []
 
     def _read(self):
         out = {}
@@ -98,6 +102,8 @@ class PeakMemory:
         def run():
             while not self._stop.wait(0.01):
                 for k, v in self._read().items():
+                    if k == "RssAnon" and v > self.peak[k] and self._main is not None:
+                        self.where = _sdfm_frames(sys._current_frames().get(self._main))
                     self.peak[k] = max(self.peak[k], v)
 
         self._thread = threading.Thread(target=run, daemon=True)
@@ -112,11 +118,20 @@ class PeakMemory:
 
     def report(self) -> dict:
         mib = 1 << 20
-        return {
+        out = {
             "peak_rss_anon_mib": self.peak["RssAnon"] / mib,
             "peak_vm_rss_mib": self.peak["VmRSS"] / mib,
             "start_rss_anon_mib": self.start["RssAnon"] / mib,
         }
+        return out if self._main is None else {**out, "peak_where": self.where}
+
+
+def _sdfm_frames(frame, depth: int = 4) -> list[str]:
+    """The innermost ``depth`` frames of a stack that lie in sdfm (file:line function)."""
+    import traceback
+
+    frames = [f for f in traceback.extract_stack(frame) if "/sdfm/" in f.filename] if frame else []
+    return [f"{f.filename.split('/sdfm/')[-1]}:{f.lineno} {f.name}" for f in frames[-depth:]]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,8 +258,8 @@ def cmd_solve(args):
 
 
 def cmd_check(args):
-    """Independent chi2 of a solve's saved potential (2^20 fresh samples, another seed), added to its
-    JSON as chi2_independent."""
+    """Independent chi2 of a solve's saved potential (--samples fresh samples, 2^20 by default, another
+    seed), added to its JSON as chi2_independent."""
     from sdfm.transport import estimate_marginal
 
     targets = open_targets(make_data(args.n, args.d))
@@ -257,16 +272,42 @@ def cmd_check(args):
     est = estimate_marginal(
         keys,
         potential,
-        num_samples=1 << 20,
+        num_samples=args.samples,
         batch_size=8192,
         generator=torch.Generator().manual_seed(12345),
         with_cost=False,
     )
     path = RESULTS / f"{name}.json"
     result = json.loads(path.read_text())
-    result.update(chi2_independent=est.chi2, chi2_independent_stderr=est.chi2_stderr)
+    result.update(
+        chi2_independent=est.chi2,
+        chi2_independent_stderr=est.chi2_stderr,
+        chi2_independent_samples=args.samples,
+    )
     save(name, result)
     print(name, "independent chi2", est.chi2, "+-", est.chi2_stderr)
+
+
+def cmd_memory(args):
+    """Peak anonymous memory of the solver's start, ``--steps`` hard steps and its final measurement
+    (in memory, the defaults), and where in sdfm it was held; ``--before33``: the tight groups'
+    neighbour probe (a [256, N] score block and copies of the atoms) and k-means' distance blocks
+    as before section 33."""
+    from common import before_33
+
+    targets = open_targets(make_data(args.n, args.d))
+    solver = SemidiscreteSolver(tol=None, max_steps=args.steps, memory_limit=args.memory_limit)
+    with before_33(args.before33), PeakMemory(where=True) as mem:
+        t0 = time.perf_counter()
+        solver.solve(targets, generator=torch.Generator().manual_seed(0))
+        seconds = time.perf_counter() - t0
+    result = {"n": args.n, "d": args.d, "steps": args.steps, "memory_limit": args.memory_limit}
+    result.update(before33=args.before33, seconds=seconds)
+    result.update(mem.report())
+    name = f"scale_memory_n{args.n}_d{args.d}" + ("_streamed" if args.memory_limit == 0 else "")
+    name += "_before33" if args.before33 else ""
+    save(name, {"machine": machine(), "command": " ".join(sys.argv), **result})
+    print(json.dumps(result, indent=1))
 
 
 def cmd_precision(args):
@@ -485,6 +526,7 @@ def main():
     c.add_argument("--n", type=int, required=True)
     c.add_argument("--d", type=int, required=True)
     c.add_argument("--pca", type=int, default=None)
+    c.add_argument("--samples", type=int, default=1 << 20, help="fresh noise samples (2^20)")
     for parser in (s, c):
         parser.add_argument(
             "--section15",
@@ -499,6 +541,12 @@ def main():
     f.add_argument("--samples", type=int, default=65536)
     f.add_argument("--max-seconds", type=float, default=240.0)
     f.add_argument("--quiet", action="store_true")
+    m = sub.add_parser("memory")
+    m.add_argument("--n", type=int, default=1_000_000)
+    m.add_argument("--d", type=int, default=64)
+    m.add_argument("--steps", type=int, default=3)
+    m.add_argument("--memory-limit", type=int, default=1 << 30)
+    m.add_argument("--before33", action="store_true")
     r = sub.add_parser("precision")
     r.add_argument("--n", type=int, default=20_000)
     r.add_argument("--d", type=int, default=784)
@@ -518,6 +566,7 @@ def main():
         "solve": cmd_solve,
         "check": cmd_check,
         "faiss": cmd_faiss,
+        "memory": cmd_memory,
         "precision": cmd_precision,
         "processes": cmd_processes,
     }[args.cmd](args)

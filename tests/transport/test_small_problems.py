@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdfm.transport import SemidiscreteSolver, assign, estimate_marginal
+from sdfm.transport import SemidiscreteSolver, assign, clustering, estimate_marginal
 from sdfm.transport._stream import stream_top2
 from sdfm.transport.clustering import kmeans
 from sdfm.transport.diagnostics import chi2_from_counts, chi2_stderr_from_counts
@@ -209,6 +209,22 @@ def test_kmeans_streamed_partition():
     torch.testing.assert_close(
         c.sq_dist.double(), d2.topk(2, dim=1, largest=False).values, rtol=1e-4, atol=1e-4
     )
+
+
+def test_kmeans_distances_in_bounded_blocks(monkeypatch):
+    """Lloyd's steps and the final pass compute [rows, k] distances BLOCK_ELEMENTS at a time (their
+    memory does not grow with the subsample or k): tiny blocks give the same clustering."""
+    y = torch.randn(2000, 5, generator=_gen(3), dtype=torch.float64)
+
+    def chunks():
+        for s in range(0, 2000, 700):
+            yield s, min(2000, s + 700), y[s : s + 700]
+
+    whole = kmeans(chunks, 2000, 40, generator=_gen(1), neighbours=3, sample=1500)
+    monkeypatch.setattr(clustering, "BLOCK_ELEMENTS", 7 * 40)  # blocks of 7 rows
+    split = kmeans(chunks, 2000, 40, generator=_gen(1), neighbours=3, sample=1500)
+    assert torch.equal(split.centres, whole.centres) and torch.equal(split.nearest, whole.nearest)
+    torch.testing.assert_close(split.sq_dist, whole.sq_dist, rtol=1e-12, atol=1e-12)
 
 
 def _groups(y: torch.Tensor) -> SmoothGroups:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +28,33 @@ def test_neighbour_distances_match_brute_force(d):
     some = torch.tensor([7, 0, 299, 150])
     sub_dist, sub_index = tight.neighbour_distances(y, 8, some)
     assert torch.equal(sub_dist, dist[some]) and torch.equal(sub_index, index[some])
+
+
+def test_the_dense_search_reads_the_atoms_tile_by_tile(monkeypatch):
+    """The candidates are merged over tiles of at most TILE scores, so the search's memory does not
+    grow with N (a [rows, N] block took 2 GiB at N = 10^6); with tiles of 13 atoms it still equals the
+    brute force, and a problem's atoms are read through the view, uncopied, to the same answer."""
+    monkeypatch.setattr(tight, "TILE", 4096)
+    y = twins(150, 12, 1e-3, seed=1).double()
+    view = tight.AtomView.of(y)
+    sizes = []
+
+    def tiles(size):
+        sizes.append(size)
+        return view.tiles(size)
+
+    dist, index = tight.neighbour_distances(dataclasses.replace(view, tiles=tiles), 8)
+    ref = cdist(y.numpy(), y.numpy())
+    ref[range(300), range(300)] = float("inf")
+    torch.testing.assert_close(dist, torch.from_numpy(np.sort(ref, axis=1)[:, :8]), rtol=1e-12, atol=1e-12)
+    assert sizes == [4096 // 300]  # one block of 300 rows, 24 tiles of 13 atoms
+    problem = SemidiscreteProblem(SemidiscreteSolver(), y.float(), None, gen(0), None)
+    atoms = problem.atoms_at(torch.arange(problem.n))
+    some = torch.tensor([0, 5, 299])
+    got = tight.neighbour_distances(tight.AtomView.of_problem(problem), 8, some)
+    want = tight.neighbour_distances(atoms - problem.mean, 8, some)
+    assert torch.equal(got[1], want[1])
+    torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=0.0)
 
 
 def _groups(y: torch.Tensor) -> torch.Tensor | None:

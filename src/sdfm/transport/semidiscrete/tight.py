@@ -29,6 +29,8 @@ up to 4,194,304 atoms in d <= 4, N d up to 2^27 above).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -49,60 +51,107 @@ CURVE_FRACTION = 0.1
 #: (cost: BENCHMARKS.md section 23) ...
 KD_DIMS = 4
 KD_ATOMS = 1 << 22
-#: ... and densely above it (cost N^2 d), for N d up to DENSE_ELEMENTS (a
-#: float64 copy of the atoms of 1 GiB)
+#: ... and densely above it (cost N^2 d), for N d up to DENSE_ELEMENTS
 DENSE_ELEMENTS = 1 << 27
 #: the share of tight atoms is first estimated on this many random atoms (PROBE x N x d), and the
 #: full search runs only when the estimate reaches half the trigger's fraction
 PROBE = 2048
-#: query rows per block of the neighbour search
-BLOCK = 256
+#: query rows per block of the neighbour search, and float32 scores per tile of a block (16 MiB)
+BLOCK = 1024
+TILE = 1 << 22
 
 
-def _atoms(problem) -> torch.Tensor:
-    """The problem's atoms [n, d] (float64, centred) on the compute device."""
-    out = torch.empty(problem.n, problem.d, dtype=torch.float64, device=problem.device)
-    for start, stop, y in problem.atom_chunks(problem.chunk(1)):
-        out[start:stop] = y - problem.mean
-    return out
+@dataclass(frozen=True)
+class AtomView:
+    """The atoms [n, d] as the neighbour search reads them, without a copy: exact float64 rows by
+    index (``rows``), and tiles of consecutive atoms (``tiles(size)``: (start, stop, atoms[start:stop])
+    in any float dtype) for the float32 candidate scores, centred at ``center`` (None: as given)."""
+
+    n: int
+    d: int
+    device: torch.device
+    rows: Callable[[torch.Tensor], torch.Tensor]
+    tiles: Callable[[int], Iterator[tuple[int, int, torch.Tensor]]]
+    center: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, atoms: torch.Tensor) -> AtomView:
+        """A tensor [n, d] (float64 rows, tiles sliced from it)."""
+
+        def tiles(size: int):
+            for start in range(0, atoms.shape[0], size):
+                yield start, min(start + size, atoms.shape[0]), atoms[start : start + size]
+
+        return cls(atoms.shape[0], atoms.shape[1], atoms.device, lambda i: atoms[i].to(torch.float64), tiles)
+
+    @classmethod
+    def of_problem(cls, problem) -> AtomView:
+        """The solver problem's atoms, read chunk by chunk from where they are (centred at their mean)."""
+        return cls(problem.n, problem.d, problem.device, problem.atoms_at, problem.atom_chunks, problem.mean)
 
 
 def searchable(n: int, d: int) -> bool:
-    """Whether the neighbour search of n atoms in d dimensions fits (memory of the atoms' copy)."""
+    """Whether the neighbour search of n atoms in d dimensions is affordable (cost N^2 d above
+    ``KD_DIMS``; the memory is bounded by ``TILE`` scores whatever N)."""
     return n <= KD_ATOMS if d <= KD_DIMS else n * d <= DENSE_ELEMENTS
 
 
 def neighbour_distances(
-    atoms: torch.Tensor, k: int, queries: torch.Tensor | None = None
+    atoms: torch.Tensor | AtomView, k: int, queries: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The distances [m, k] (float64, ascending) of the atoms ``queries`` [m] (default: all) of
-    ``atoms`` [n, d] (distinct) to their k nearest other atoms, and those atoms' indices [m, k] (on
-    the atoms' device).
+    ``atoms`` [n, d] (distinct; a tensor or an :class:`AtomView`) to their k nearest other atoms,
+    and those atoms' indices [m, k] (on the atoms' device).
 
     Up to ``KD_DIMS`` dimensions a k-d tree (scipy's cKDTree); above, candidates ranked by float32
-    scores <y_i, y_j> - |y_j|^2 / 2 (k + 4 of them) with distances computed exactly in float64."""
-    n = atoms.shape[0]
+    scores <y_i, y_j> - |y_j|^2 / 2 (k + 5 of them), tile by tile of at most ``TILE`` scores, with
+    distances computed exactly in float64."""
+    view = atoms if isinstance(atoms, AtomView) else AtomView.of(atoms)
+    n = view.n
     queries = torch.arange(n) if queries is None else queries.cpu()
-    if atoms.shape[1] <= KD_DIMS:
-        points = atoms.detach().to("cpu", torch.float64).numpy()
+    if view.d <= KD_DIMS:
+        points = view.rows(torch.arange(n, device=view.device))
+        points = (points if view.center is None else points - view.center).detach().to("cpu", torch.float64)
+        points = points.numpy()
         tree = cKDTree(points)
         dist, index = tree.query(points[queries.numpy()], k=k + 1, workers=torch.get_num_threads())
         out = torch.from_numpy(dist[:, 1:]), torch.from_numpy(index[:, 1:]).long()
-        return out[0].to(atoms.device), out[1].to(atoms.device)
-    keys = atoms.to(torch.float32)
-    bias = -0.5 * keys.square().sum(1)
-    take = min(n, k + 5)
-    dist = torch.empty(queries.shape[0], k, dtype=torch.float64, device=atoms.device)
-    index = torch.empty(queries.shape[0], k, dtype=torch.long, device=atoms.device)
+        return out[0].to(view.device), out[1].to(view.device)
+    dist = torch.empty(queries.shape[0], k, dtype=torch.float64, device=view.device)
+    index = torch.empty(queries.shape[0], k, dtype=torch.long, device=view.device)
     for start in range(0, queries.shape[0], BLOCK):
-        rows = queries[start : start + BLOCK].to(atoms.device)
-        cand = torch.topk(keys[rows] @ keys.T + bias, take, dim=1).indices
-        d = (atoms[rows, None, :] - atoms[cand]).norm(dim=2)
+        rows = queries[start : start + BLOCK].to(view.device)
+        exact = view.rows(rows)
+        cand = _candidates(view, exact, min(n, k + 5))
+        d = (exact[:, None, :] - view.rows(cand.reshape(-1)).reshape(*cand.shape, -1)).norm(dim=2)
         d = d.masked_fill(cand == rows[:, None], torch.inf)  # not its own neighbour (distinct atoms)
         d, order = d.sort(dim=1)
         dist[start : start + BLOCK] = d[:, :k]
         index[start : start + BLOCK] = cand.gather(1, order)[:, :k]
     return dist, index
+
+
+def _candidates(view: AtomView, exact: torch.Tensor, take: int) -> torch.Tensor:
+    """The ``take`` atoms [m, take] with the largest float32 scores <q, z_j> - |z_j|^2 / 2 for the
+    rows ``exact`` [m, d] (z: the atoms centred at the view's centre), over tiles of the atoms."""
+    centre = view.center
+
+    def centred(y: torch.Tensor) -> torch.Tensor:
+        return (y if centre is None else y.to(torch.float64) - centre).to(torch.float32)
+
+    q = centred(exact)
+    best_val = best_idx = None
+    for start, _, y in view.tiles(max(take, TILE // max(1, q.shape[0]))):
+        z = centred(y)
+        scores = torch.addmm(z.square().sum(1), q, z.T, beta=-0.5)
+        val, idx = scores.topk(min(take, z.shape[0]), dim=1)
+        idx += start
+        if best_val is not None:
+            val, idx = torch.cat([best_val, val], 1), torch.cat([best_idx, idx], 1)
+            val, pick = val.topk(min(take, val.shape[1]), dim=1)
+            idx = idx.gather(1, pick)
+        best_val, best_idx = val, idx
+    return best_idx
 
 
 def _tight_share(dist: torch.Tensor) -> torch.Tensor:
@@ -124,7 +173,7 @@ def tight_groups(problem) -> torch.Tensor | None:
     n, d = problem.n, problem.d
     if n < NEIGHBOURS + 2 or not searchable(n, d):
         return None
-    atoms = _atoms(problem)
+    atoms = AtomView.of_problem(problem)
     if n > 2 * PROBE:  # a cheap estimate first: most data have no tight groups
         probe = torch.randperm(n, generator=torch.Generator().manual_seed(0x5DF))[:PROBE]
         share = float(_tight_share(neighbour_distances(atoms, NEIGHBOURS, probe)[0]).double().mean())
