@@ -48,6 +48,9 @@ def test_the_dense_search_reads_the_atoms_tile_by_tile(monkeypatch):
     ref[range(300), range(300)] = float("inf")
     torch.testing.assert_close(dist, torch.from_numpy(np.sort(ref, axis=1)[:, :8]), rtol=1e-12, atol=1e-12)
     assert sizes == [4096 // 300]  # one block of 300 rows, 24 tiles of 13 atoms
+    some = torch.tensor([3, 100])  # a block of 2 rows reads tiles of 4096 / 12 atoms, not 4096 / 2
+    few = tight.neighbour_distances(dataclasses.replace(view, tiles=tiles), 8, some)
+    assert sizes[-1] == 4096 // 12 and torch.equal(few[1], index[some])
     problem = SemidiscreteProblem(SemidiscreteSolver(), y.float(), None, gen(0), None)
     atoms = problem.atoms_at(torch.arange(problem.n))
     some = torch.tensor([0, 5, 299])

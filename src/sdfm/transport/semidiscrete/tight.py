@@ -56,7 +56,7 @@ DENSE_ELEMENTS = 1 << 27
 #: the share of tight atoms is first estimated on this many random atoms (PROBE x N x d), and the
 #: full search runs only when the estimate reaches half the trigger's fraction
 PROBE = 2048
-#: query rows per block of the neighbour search, and float32 scores per tile of a block (16 MiB)
+#: query rows per block of the neighbour search, and float32 scores (and atom coordinates) per tile
 BLOCK = 1024
 TILE = 1 << 22
 
@@ -141,7 +141,9 @@ def _candidates(view: AtomView, exact: torch.Tensor, take: int) -> torch.Tensor:
 
     q = centred(exact)
     best_val = best_idx = None
-    for start, _, y in view.tiles(max(take, TILE // max(1, q.shape[0]))):
+    # at most TILE scores [m, size] and TILE coordinates [size, d] per tile (a last block of few rows
+    # would otherwise read millions of atoms at once)
+    for start, _, y in view.tiles(max(take, TILE // max(q.shape[0], view.d))):
         z = centred(y)
         scores = torch.addmm(z.square().sum(1), q, z.T, beta=-0.5)
         val, idx = scores.topk(min(take, z.shape[0]), dim=1)
