@@ -411,3 +411,42 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path
+
+
+def _next_measure_before_34(self, train_samples: int, check) -> int:
+    """The solver's measurement schedule before section 34: growth sqrt(chi2 / tol) in every regime."""
+    tol = self.s.tol if self.s.tol is not None else 0.05
+    ratio = 1.0 if not check.chi2 > 0 else (check.chi2 / tol) ** 0.5
+    growth = min(2.0, max(1.1, ratio))
+    span = max((growth - 1.0) * train_samples, self.problem.eval_samples * self.s.eval_every)
+    return train_samples + int(span)
+
+
+_check_now = problem.SemidiscreteProblem.check
+
+
+def _check_before_34(self, h, tol=None, *, extend=False, while_promising=False):
+    """A measurement whose capped extension stops once the estimate is above tol (before section 34)."""
+    return _check_now(self, h, tol, extend=extend, while_promising=False)
+
+
+_select_start_now = parts.select_start
+
+
+def _select_start_before_34(problem, kind, direct=False):
+    """The start as before section 34: "best" weighs h = 0 and the radial start in every regime."""
+    return _select_start_now(problem, kind, False)
+
+
+def before_34(on: bool = True):
+    """The solver as before section 34 while the block runs (if ``on``): "best" never weighs the
+    lifted start (on the large high-dimensional data it then starts from h = 0, averaging with power
+    1), and the stop's measurements are planned by sqrt(chi2 / tol) with the extension only below tol.
+    The scripts of the sections measured before it run under it, so that their tables rerun as
+    measured."""
+    return _patched(
+        on,
+        (solver._Iteration, "_next_measure", _next_measure_before_34),
+        (problem.SemidiscreteProblem, "check", _check_before_34),
+        (parts, "select_start", _select_start_before_34),
+    )

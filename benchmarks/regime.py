@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import CELL, machine, save  # noqa: E402
+from common import CELL, before_34, machine, save  # noqa: E402
 from problems import load, solve_and_check, solve_row  # noqa: E402
 from scale import make_data  # noqa: E402
 from sdfm.data import load_dataset
@@ -91,8 +91,9 @@ def cmd_sweep(args):
     save("regime_sweep", {"machine": machine(), "command": " ".join(sys.argv), "n": N, "rows": rows})
 
 
-def curve(y: torch.Tensor, cfg: dict, marks: list[float], seed: int = 0) -> list[dict]:
-    """chi2 of the averaged potential and of the last iterate at the given samples per target."""
+def snapshots(y: torch.Tensor, cfg: dict, marks: list[float], seed: int = 0):
+    """(the solve, [(mark, averaged potential, last iterate's potential)]) at the given samples per
+    target (noise drawn against the atoms, from the solver's start)."""
     solver = SemidiscreteSolver(tol=None, max_steps=10**9, **cfg)
     problem = SemidiscreteProblem(solver, y, None, torch.Generator().manual_seed(seed), None, None)
     snaps = []
@@ -104,6 +105,12 @@ def curve(y: torch.Tensor, cfg: dict, marks: list[float], seed: int = 0) -> list
                 state = run.step(state, problem.draw_train(run.batch_size(state)))
             avg = state.average if state.average is not None else state.potential
             snaps.append((mark, problem.potential_of(avg), problem.potential_of(state.potential)))
+    return run, snaps
+
+
+def curve(y: torch.Tensor, cfg: dict, marks: list[float], seed: int = 0) -> list[dict]:
+    """chi2 of the averaged potential and of the last iterate at the given samples per target."""
+    snaps = snapshots(y, cfg, marks, seed)[1]
 
     def chi2(g):
         gen = torch.Generator().manual_seed(5)
@@ -244,4 +251,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with before_34():  # (measured before section 34: its solver, pinned)
+        main()

@@ -4,6 +4,7 @@
     python benchmarks/scale.py pairing                   # assign time against N (d = 64, 784) + PNG
     python benchmarks/scale.py plot                      # redraw results/scale_pairing.png
     python benchmarks/scale.py solve --n 100000 --d 64 [--pca K] [--memory-limit B] [--max-seconds T]
+                                         [--defaults [--before34]]    # today's defaults (h = 0 start)
     python benchmarks/scale.py check --n 100000 --d 64 [--pca K] [--samples M]  # independent chi2
     python benchmarks/scale.py faiss --n 200000 --d 64   # recall / chi2 / speed of flat, IVF, HNSW
     python benchmarks/scale.py memory [--memory-limit B] [--before33]   # peak memory of a short solve
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import CELL, RESULTS, machine, repeat, save  # noqa: E402
+from common import CELL, RESULTS, before_34, machine, repeat, save  # noqa: E402
 from sdfm.transport import LaguerreCells, PCAProjection, SemidiscreteSolver  # noqa: E402
 
 DIR = Path(os.environ.get("SDFM_SCALE_DIR", "/tmp/sdfm_scale"))
@@ -205,7 +206,7 @@ def cmd_solve(args):
     path = make_data(args.n, args.d)
     targets = open_targets(path)
     result = {"n": args.n, "d": args.d, "pca": args.pca, "memory_limit": args.memory_limit, "tol": args.tol}
-    with PeakMemory() as mem:
+    with before_34(args.before34), PeakMemory() as mem:
         t0 = time.perf_counter()
         keys = targets
         if args.pca:
@@ -216,13 +217,17 @@ def cmd_solve(args):
         # --section15: the direct regime as section 15 ran it (averaging power 2, no coarse correction
         # beyond smooth_max_n), for a side-by-side run with the defaults
         pinned = {"average_power": 2.0, "coarse_size": 0} if args.section15 else {}
+        # --defaults: the solver's defaults of today (this script pins section 17's settings, CELL,
+        # otherwise); --before34: with h = 0 as the start (what "best" picked on these data before
+        # section 34's lifted start)
+        pinned.update({"warm_start": "zero"} if args.before34 else {})
+        base = {} if args.defaults else CELL
         solver = SemidiscreteSolver(
             tol=args.tol,
             memory_limit=args.memory_limit,
             max_seconds=args.max_seconds,
             max_steps=None,
-            **CELL,
-            **pinned,
+            **{**base, **pinned},
         )
         trained = [0]  # noise samples of the training steps (the rest are chi2 measurements)
         res = solver.solve(
@@ -241,6 +246,9 @@ def cmd_solve(args):
         steps=res.steps,
         solve_seconds=res.seconds,
         targets_streamed=res.settings["targets_streamed"],
+        warm_start_used=res.settings["warm_start_used"],
+        lift=res.settings["lift"],
+        average_power_used=res.settings["average_power_used"],
         data_mib=args.n * args.d * 4 / 2**20,
         **mem.report(),
     )
@@ -252,6 +260,8 @@ def cmd_solve(args):
     name = f"scale_solve_n{args.n}_d{args.d}" + (f"_pca{args.pca}" if args.pca else "")
     name += "_streamed" if args.memory_limit == 0 else ""
     name += "_before17" if args.section15 else ""
+    name += "_defaults" if args.defaults else ""
+    name += "_before34" if args.before34 else ""
     torch.save(res.potential, DIR / f"{name}.potential.pt")
     save(name, {"machine": machine(), "command": " ".join(sys.argv), **result})
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
@@ -268,6 +278,8 @@ def cmd_check(args):
         keys = PCAProjection.fit(targets, args.pca).project_targets(targets)
     name = f"scale_solve_n{args.n}_d{args.d}" + (f"_pca{args.pca}" if args.pca else "")
     name += "_before17" if args.section15 else ""
+    name += "_defaults" if args.defaults else ""
+    name += "_before34" if args.before34 else ""
     potential = torch.load(DIR / f"{name}.potential.pt")
     est = estimate_marginal(
         keys,
@@ -534,6 +546,18 @@ def main():
             help="the direct regime as BENCHMARKS section 15 ran it (averaging power 2, no coarse "
             "correction beyond 16,384 atoms); results named ..._before17",
         )
+        parser.add_argument(
+            "--defaults",
+            action="store_true",
+            help="the solver's defaults (without it the solve pins section 17's settings); results "
+            "named ..._defaults",
+        )
+        parser.add_argument(
+            "--before34",
+            action="store_true",
+            help="start from h = 0 and measure as before BENCHMARKS section 34 (the lifted start, the "
+            "stop's schedule); results named ..._before34",
+        )
     f = sub.add_parser("faiss")
     f.add_argument("--n", type=int, default=200_000)
     f.add_argument("--d", type=int, default=64)
@@ -559,6 +583,14 @@ def main():
     q.add_argument("--steps", type=int, default=60)
     q.add_argument("--train-steps", type=int, default=100)
     args = p.parse_args()
+    # the sections measured before section 34 ran its solver: pinned, except for solve --defaults
+    # (whose --before34 pins it in cmd_solve, side by side)
+    pinned = not (args.cmd == "solve" and args.defaults)
+    with before_34(pinned):
+        _run(args)
+
+
+def _run(args):
     {
         "data": cmd_data,
         "pairing": cmd_pairing,

@@ -12,6 +12,7 @@ from sdfm.transport.semidiscrete.problem import SemidiscreteProblem
 from sdfm.transport.semidiscrete.solver import (
     AVERAGE_POWER,
     AVERAGE_POWER_DIRECT,
+    AVERAGE_POWER_LIFTED,
     NOISE_LEVEL,
     NOISE_LEVEL_DIRECT,
     _Iteration,
@@ -88,25 +89,29 @@ def test_regime_sets_annealing_and_step_and_is_recorded():
 
 
 def test_regime_sets_averaging_power_and_coarse_correction_at_any_n():
-    """The large high-dimensional regime averages with power 1 and keeps the coarse-space correction
-    beyond smooth_max_n; elsewhere power 2, and no correction beyond smooth_max_n."""
+    """The large high-dimensional regime averages with power 1 (0.5 from the lifted start, its default)
+    and keeps the coarse-space correction beyond smooth_max_n; elsewhere power 2, and no correction
+    beyond smooth_max_n."""
     y = _embedded(12_000, 16).float()
     kw = {"tol": None, "max_steps": 8, "smooth_max_n": 1000}
     gen = torch.Generator
-    states = []
-    direct = SemidiscreteSolver(**kw).solve(
-        y, generator=gen().manual_seed(1), callback=lambda st: states.append(st)
-    )
-    assert direct.settings["annealed"] is False
-    assert direct.settings["average_power_used"] == AVERAGE_POWER_DIRECT == 1.0
-    assert direct.settings["coarse_used"] is True
-    assert direct.settings["average_power"] is None  # the option as given
-    # the averaged potential is the power-1 average: the k-th step's iterate enters with weight 2 / (k + 2)
-    assert [st.num_averaged for st in states] == list(range(1, 9))
-    for k in range(2, 9):
-        prev, cur = states[k - 2], states[k - 1]
-        expected = prev.average + 2.0 / (k + 2.0) * (cur.potential - prev.average)
-        torch.testing.assert_close(cur.average, expected)
+    for start, power in (("zero", AVERAGE_POWER_DIRECT), ("best", AVERAGE_POWER_LIFTED)):
+        states = []
+        direct = SemidiscreteSolver(warm_start=start, **kw).solve(
+            y, generator=gen().manual_seed(1), callback=lambda st, states=states: states.append(st)
+        )
+        assert direct.settings["annealed"] is False
+        assert direct.settings["warm_start_used"] == ("zero" if start == "zero" else "lifted")
+        assert direct.settings["average_power_used"] == power
+        assert direct.settings["coarse_used"] is True
+        assert direct.settings["average_power"] is None  # the option as given
+        # the power-p average: the k-th step's iterate enters with weight (p + 1) / (k + p + 1)
+        assert [st.num_averaged for st in states] == list(range(1, 9))
+        for k in range(2, 9):
+            prev, cur = states[k - 2], states[k - 1]
+            expected = prev.average + (power + 1.0) / (k + power + 1.0) * (cur.potential - prev.average)
+            torch.testing.assert_close(cur.average, expected)
+    assert AVERAGE_POWER_DIRECT == 1.0 and AVERAGE_POWER_LIFTED == 0.5
     forced = SemidiscreteSolver(average_power=2.0, coarse_size=0, **kw).solve(
         y, generator=gen().manual_seed(1)
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sdfm.transport.semidiscrete import lift
 from sdfm.transport.semidiscrete.problem import SemidiscreteProblem
 
 # -- warm starts: the first iterate h ---------------------------------------------------------------
@@ -76,9 +77,16 @@ def radial_start(problem: SemidiscreteProblem) -> torch.Tensor:
     return h
 
 
-#: the starts by name ("best", the default, picks "zero" or "radial" in select_start)
+def lifted_start(problem: SemidiscreteProblem) -> torch.Tensor:
+    """A coarse problem on k-means clusters of the atoms, solved and lifted to each atom with its
+    coarse cell's Gaussian map (:mod:`~sdfm.transport.semidiscrete.lift`)."""
+    return lift.lifted_start(problem)[0]
+
+
+#: the starts by name ("best", the default, picks one of "zero", "radial", "lifted" in select_start)
 WARM_STARTS = {
     "zero": zero_start,
+    "lifted": lifted_start,
     "radial": radial_start,
     "nearest": nearest_start,
     "gaussian": gaussian_start,
@@ -114,15 +122,24 @@ def radial_applies(problem: SemidiscreteProblem) -> bool:
     return problem.gaussian and problem.d >= 2 and problem.eps_abs == 0 and problem.n >= 2
 
 
-def select_start(problem: SemidiscreteProblem, kind: str) -> tuple[torch.Tensor, float, str]:
-    """(first iterate h, the global score scale, the start used) for ``warm_start=kind``.
+def select_start(
+    problem: SemidiscreteProblem, kind: str, direct: bool = False
+) -> tuple[torch.Tensor, float, str, dict | None]:
+    """(first iterate h, the global score scale, the start used, the lift's summary or None) for
+    ``warm_start=kind``.
 
     "best" scores one probe batch (the one that measures the score scale) at h = 0 and at the
     radial start, and keeps the one whose counts have the lower chi2. h = 0 wins on
     high-dimensional data (its hull holds nearly every atom); the radial start on low-dimensional
     and heavy-tailed data, where it also caps the score scale at ``RADIAL_SCALE_CAP`` times its own
     mean gap. With h = 0 chosen, the draws and the scale are those of ``warm_start="zero"``.
+    In the large high-dimensional regime (``direct``, hard problems) "best" weighs the lifted start
+    instead of the radial one (:mod:`~sdfm.transport.semidiscrete.lift`).
     """
+    if kind == "lifted" or (
+        kind == "best" and direct and problem.eps_abs == 0 and problem.collective is None
+    ):
+        return _lifted_or_zero(problem, kind)
     if kind == "radial" and not problem.gaussian:
         raise ValueError(
             "warm_start: 'radial' matches the radius of the standard Gaussian source (chi law); "
@@ -130,19 +147,35 @@ def select_start(problem: SemidiscreteProblem, kind: str) -> tuple[torch.Tensor,
         )
     if kind != "best":
         h = WARM_STARTS[kind](problem)
-        return h, gap_scale(problem, h), kind
+        return h, gap_scale(problem, h), kind, None
     zero = zero_start(problem)
     x = problem.draw(probe_size(problem.n))
     index, best, second = problem.hard(x, zero, top2=True)
     scale = _mean_gap(problem, best, second)
     if not radial_applies(problem):
-        return zero, scale, "zero"
+        return zero, scale, "zero", None
     radial = radial_start(problem)
     with problem.off_the_record():
         index_r, best_r, second_r = problem.hard(x, radial, top2=True)
     if problem.chi2_of_index(index_r) < problem.chi2_of_index(index):
-        return radial, min(scale, RADIAL_SCALE_CAP * _mean_gap(problem, best_r, second_r)), "radial"
-    return zero, scale, "zero"
+        return radial, min(scale, RADIAL_SCALE_CAP * _mean_gap(problem, best_r, second_r)), "radial", None
+    return zero, scale, "zero", None
+
+
+def _lifted_or_zero(problem: SemidiscreteProblem, kind: str):
+    """The lifted start and its probe's mean gap; for "best", h = 0 where the probe's counts have the
+    lower chi2 at h = 0 (a safeguard: on the data of the large regime the lift starts hundreds of times
+    lower)."""
+    h, summary = lift.lifted_start(problem)
+    x = problem.draw(probe_size(problem.n))
+    index, best, second = problem.hard(x, h, top2=True)
+    if kind == "best":
+        zero = zero_start(problem)
+        with problem.off_the_record():
+            index_0, best_0, second_0 = problem.hard(x, zero, top2=True)
+        if problem.chi2_of_index(index_0) < problem.chi2_of_index(index):
+            return zero, _mean_gap(problem, best_0, second_0), "zero", summary
+    return h, _mean_gap(problem, best, second), "lifted", summary
 
 
 # -- the annealing schedule -------------------------------------------------------------------------

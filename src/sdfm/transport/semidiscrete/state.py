@@ -35,7 +35,9 @@ class SemidiscreteResult:
         chi2_stderr: standard error of ``chi2``.
         chi2_samples: number of noise samples behind ``chi2``.
         converged: whether ``chi2 <= tol``.
-        steps, samples, seconds: work done (samples count every noise draw, including measurement).
+        steps, samples, seconds: work done (samples count every noise draw scored against the
+            atoms, including measurement; the lifted start's draws, which score its k-means centres
+            only, are in ``settings["lift"]``).
         history: progress records.
         weights: normalised target weights [N] (None = uniform).
         duplicates: groups of identical targets (None if there are none).
