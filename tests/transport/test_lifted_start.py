@@ -124,3 +124,16 @@ def test_explicit_lifted_start_converges_with_another_source():
     res = SemidiscreteSolver(warm_start="lifted", tol=0.05).solve(y, generator=gen(10), noise=uniform)
     assert res.converged and res.settings["warm_start_used"] == "lifted"
     assert res.chi2 <= 0.05
+
+
+def test_large_clusters_are_read_in_blocks(monkeypatch):
+    # a cluster is read ROW_BLOCK coordinates at a time (its covariance summed over the blocks): tiny
+    # blocks give the same start as one block, up to the rounding of the sums (which the eigenvectors
+    # of the clusters' covariances carry to about 1e-5 of the start here)
+    y = _mixture(1500, 6, 3, 4, seed=11)
+    starts = []
+    for block in (lift.ROW_BLOCK, 6 * 7):
+        monkeypatch.setattr(lift, "ROW_BLOCK", block)
+        starts.append(lift.lifted_start(_problem(y), clusters=4)[0])
+    scale = float(starts[0].abs().max())
+    assert float((starts[0] - starts[1]).abs().max()) < 1e-4 * scale

@@ -52,6 +52,8 @@ COARSE_TOL = 0.02
 #: draws a cell needs, beyond twice its rank, to estimate its own covariance block
 MIN_CELL_DRAWS = 8
 DRAW_BATCH = 8192
+#: a cluster's atoms are read this many coordinates at a time (memory bounded whatever its size)
+ROW_BLOCK = 1 << 22
 
 
 def lifted_start(problem, clusters: int = LIFT_CLUSTERS) -> tuple[torch.Tensor, dict]:
@@ -120,19 +122,28 @@ def _span(problem, rows: torch.Tensor, centre: torch.Tensor, mass: torch.Tensor)
     if rows.numel() < 2:
         empty = torch.zeros(d, 0, dtype=torch.float64, device=problem.device)
         return empty, empty.new_zeros(0), 0.0
-    dev = problem.atoms_at(rows) - problem.mean - centre
-    weighted = dev * (problem.b[rows] / mass).sqrt()[:, None]
     if rows.numel() < d:  # the smaller Gram matrix: its eigenvectors map to the covariance's
+        weighted = _weighted_deviations(problem, rows, centre, mass)
         vals, vecs = torch.linalg.eigh(weighted @ weighted.T)
         vecs = weighted.T @ vecs / vals.clamp_min(1e-300).sqrt()
-    else:
-        vals, vecs = torch.linalg.eigh(weighted.T @ weighted)
+    else:  # (a large cluster is read ROW_BLOCK elements at a time)
+        cov = torch.zeros(d, d, dtype=torch.float64, device=problem.device)
+        for part in rows.split(max(1, ROW_BLOCK // d)):
+            weighted = _weighted_deviations(problem, part, centre, mass)
+            cov += weighted.T @ weighted
+        vals, vecs = torch.linalg.eigh(cov)
     total = float(vals.clamp_min(0).sum())
     keep = min(LIFT_RANK, int((vals > 1e-10 * max(float(vals.max()), 1e-300)).sum()))
     top = torch.flip(torch.arange(vals.shape[0], device=vals.device), (0,))[:keep]
     variances, basis = vals[top].clamp_min(0), vecs[:, top]
     rest = (total - float(variances.sum())) / (d - keep) if d > keep else 0.0
     return basis, variances, max(rest, 0.0)
+
+
+def _weighted_deviations(problem, rows, centre, mass) -> torch.Tensor:
+    """(y_j - c) sqrt(b_j / w) [len, d] of the atoms at ``rows`` (centred coordinates)."""
+    dev = problem.atoms_at(rows) - problem.mean - centre
+    return dev * (problem.b[rows] / mass).sqrt()[:, None]
 
 
 def _cell_noise(problem, centres, psi, spans, draws: int):
@@ -194,24 +205,23 @@ def _member_potential(problem, rows, centre, psi_k, xbar_k, span, block) -> torc
     quadratic term in the span and the isotropic one outside it (see the module docstring)."""
     basis, variances, rest_atoms = span
     sigma, rest_noise = block
-    dev = problem.atoms_at(rows) - problem.mean - centre
-    psi = psi_k + dev @ xbar_k
+    inverse_map = None
     if basis.shape[1]:
-        coords = dev @ basis
-        root = _psd_power(
-            sigma
-            + 1e-12
-            * float(sigma.trace())
-            * torch.eye(sigma.shape[0], dtype=sigma.dtype, device=sigma.device),
-            0.5,
-        )
-        inner = root @ torch.diag(variances) @ root
-        inverse_map = root @ _psd_power(inner, -0.5) @ root
-        psi = psi + 0.5 * ((coords @ inverse_map) * coords).sum(1)
-        residual = (dev.square().sum(1) - coords.square().sum(1)).clamp_min(0)
-        if rest_atoms > 0:
-            psi = psi + 0.5 * residual * math.sqrt(rest_noise) / math.sqrt(rest_atoms)
-    return psi
+        eye = torch.eye(sigma.shape[0], dtype=sigma.dtype, device=sigma.device)
+        root = _psd_power(sigma + 1e-12 * float(sigma.trace()) * eye, 0.5)
+        inverse_map = root @ _psd_power(root @ torch.diag(variances) @ root, -0.5) @ root
+    out = []
+    for part in rows.split(max(1, ROW_BLOCK // problem.d)):  # (a large cluster: in blocks)
+        dev = problem.atoms_at(part) - problem.mean - centre
+        psi = psi_k + dev @ xbar_k
+        if inverse_map is not None:
+            coords = dev @ basis
+            psi = psi + 0.5 * ((coords @ inverse_map) * coords).sum(1)
+            residual = (dev.square().sum(1) - coords.square().sum(1)).clamp_min(0)
+            if rest_atoms > 0:
+                psi = psi + 0.5 * residual * math.sqrt(rest_noise) / math.sqrt(rest_atoms)
+        out.append(psi)
+    return torch.cat(out)
 
 
 def _psd_power(a: torch.Tensor, p: float) -> torch.Tensor:
