@@ -490,8 +490,8 @@ class SemidiscreteProblem:
         the same by construction), MarginalAccumulators.
 
         A capped extension (the stop test) goes on only below tol by default. Stopping it as soon as
-        the estimate crosses above tol selects the readings that end just above tol: an average near
-        chi2 0.09 read 0.100-0.105 four times in a row at tol 0.1 (BENCHMARKS.md section 34). With
+        the estimate crosses above tol selects the readings that end just above tol: at N = 100,000 an
+        average that stopped at chi2 0.088 read 0.101 and 0.113 on its way (BENCHMARKS.md section 34). With
         ``while_promising`` it goes on while it can still pass at the cap, chi2 < tol - 2 se_cap + se
         (se_cap the standard error scaled to the cap), on either side of tol."""
         # extend: True (up to 8 x eval_samples), False, or the most samples to extend to
