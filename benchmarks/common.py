@@ -449,4 +449,15 @@ def before_34(on: bool = True):
         (solver._Iteration, "_next_measure", _next_measure_before_34),
         (problem.SemidiscreteProblem, "check", _check_before_34),
         (parts, "select_start", _select_start_before_34),
+        (solver._Iteration, "measures_on_training", _never),
     )
+
+
+def _never(self) -> bool:
+    return False
+
+
+def before_35(on: bool = True):
+    """The solver as before section 35 while the block runs (if ``on``): the stop measures the
+    average on fresh noise in every regime (never on the steps' noise)."""
+    return _patched(on, (solver._Iteration, "measures_on_training", _never))

@@ -19,8 +19,9 @@ averaging power 1), "lifted, power 1" separates the start from the flatter avera
 default (lifted, power 0.5).
 
 ``solve``: the solver's defaults to tol 0.1 as before section 34 (h = 0 and the stop's earlier
-measurement schedule: common.before_34) and now, seeds 0-2, chi2 checked on 2^20 independent
-samples. Threads: 2 (set below); one process, nothing else running.
+measurement schedule: common.before_34) and as section 34 left them (the stop on fresh noise:
+common.before_35), seeds 0-2, chi2 checked on 2^20 independent samples. Threads: 2 (set below);
+one process, nothing else running.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import _patched, before_34, machine, save  # noqa: E402
+from common import _patched, before_34, before_35, machine, save  # noqa: E402
 from problems import solve_row  # noqa: E402
 from regime import N, mixture, snapshots  # noqa: E402
 from sdfm.transport import SemidiscreteSolver, estimate_marginal  # noqa: E402
@@ -122,7 +123,7 @@ def cmd_solve(args):
     for seed in (0, 1, 2):
         for label in ("before", "now"):
             solver = SemidiscreteSolver(tol=0.1, max_steps=None, max_seconds=300)
-            with before_34(label == "before"):
+            with before_34(label == "before"), before_35():  # (section 34's stop: fresh noise)
                 row = {"config": label, "seed": seed, **solve_row(solver, y, seed)}
             print(json.dumps(row), flush=True)
             rows.append(row)

@@ -38,12 +38,12 @@ def independent_chi2(y: np.ndarray, potential, seed: int = 12345) -> tuple[float
     return est.chi2, est.chi2_stderr
 
 
-def solve_and_check(solver, y: np.ndarray, seed: int = 0):
+def solve_and_check(solver, y: np.ndarray, seed: int = 0, callback=None):
     """(result, seconds, independent chi2, its stderr) of one seeded solve of y."""
     import time
 
     t0 = time.perf_counter()
-    res = solver.solve(torch.from_numpy(y), generator=torch.Generator().manual_seed(seed))
+    res = solver.solve(torch.from_numpy(y), generator=torch.Generator().manual_seed(seed), callback=callback)
     seconds = time.perf_counter() - t0
     return (res, seconds, *independent_chi2(y, res.potential))
 

@@ -465,11 +465,42 @@ class SemidiscreteProblem:
         samples (see :meth:`measure`; an int ``extend`` caps the extended sample at that many; with
         ``while_promising`` a capped extension goes on, on either side of tol, while the estimate is
         within one standard error of the level that would pass at the cap)."""
-        acc, scored = self._accumulate(h, tol, extend, while_promising)
+        return self.check_of(*self._accumulate(h, tol, extend, while_promising))
+
+    def check_of(self, acc: MarginalAccumulator, scored: MarginalAccumulator | None) -> Check:
+        """The :class:`Check` of counts accumulated by :meth:`counters` / :meth:`count`."""
         chi2, se = acc.chi2()
         groups = self.smooth_groups()
         smooth = [] if groups is None else groups.errors(acc.mass(), chi2, acc.num_samples)
         return Check(chi2, se, acc.num_samples, smooth, None if scored is None else scored.chi2()[0])
+
+    def counters(self) -> tuple[MarginalAccumulator, MarginalAccumulator | None]:
+        """Empty accumulators of a measurement: the exact argmax's counts, and those of the argmax as
+        scored where the two can differ (certified float32 scores; None otherwise)."""
+        acc = MarginalAccumulator(self.n, self.b, device=self.device)
+        scored = MarginalAccumulator(self.n, self.b, device=self.device) if self.certifies else None
+        return acc, scored
+
+    def count(self, x: torch.Tensor, h: torch.Tensor, acc, scored) -> None:
+        """Adds the hard cells of noise x [m, d] under potential h to a measurement's counters."""
+        idx, as_scored = self.hard_exact(x, h)
+        acc.add_index(idx)
+        if scored is not None:
+            scored.add_index(as_scored)
+
+    def undecided(self, acc, tol: float | None, extend: bool | int, while_promising: bool = False) -> bool:
+        """Whether a measurement's verdict against tol is unclear enough to extend its sample (see
+        :meth:`_accumulate`; ``extend`` as there)."""
+        if not extend:
+            return False
+        chi2, se = acc.chi2()
+        undecided = tol is not None and abs(chi2 - tol) < 2 * se
+        if extend is not True and while_promising:
+            limit = int(extend)
+            return undecided and chi2 < tol - 2.0 * se * acc.num_samples / limit + se
+        if extend is not True:  # a capped extension (the stop test) only helps below tol
+            return undecided and chi2 < tol
+        return undecided
 
     def measure(
         self, h: torch.Tensor, tol: float | None = None, *, extend: bool = False
@@ -496,8 +527,7 @@ class SemidiscreteProblem:
         (se_cap the standard error scaled to the cap), on either side of tol."""
         # extend: True (up to 8 x eval_samples), False, or the most samples to extend to
         limit = 8 * self.eval_samples if extend is True else int(extend)
-        acc = MarginalAccumulator(self.n, self.b, device=self.device)
-        scored = MarginalAccumulator(self.n, self.b, device=self.device) if self.certifies else None
+        acc, scored = self.counters()
         # soft rows are summed per batch: eight batches at least, one per jackknife group
         batch = max(self.batch_size, 4096) if self.eps_abs == 0 else -(-self.eval_samples // 8)
         target = self.eval_samples
@@ -506,20 +536,11 @@ class SemidiscreteProblem:
                 m = min(batch, target - acc.num_samples)
                 x = self.draw(m)
                 if self.eps_abs == 0:
-                    idx, as_scored = self.hard_exact(x, h)
-                    acc.add_index(idx)
-                    if scored is not None:
-                        scored.add_index(as_scored)
+                    self.count(x, h, acc, scored)
                 else:
                     sums, squares, _ = self.soft(x, h, self.eps_abs, squares=True)
                     acc.add_soft(sums, squares, m)
-            chi2, se = acc.chi2()
-            undecided = tol is not None and abs(chi2 - tol) < 2 * se
-            if extend is not True and extend and while_promising:
-                undecided = undecided and chi2 < tol - 2.0 * se * acc.num_samples / limit + se
-            elif extend is not True:  # a capped extension (the stop test) only helps below tol
-                undecided = undecided and chi2 < tol
-            if not (extend and undecided) or target >= limit:
+            if not self.undecided(acc, tol, extend, while_promising) or target >= limit:
                 return acc, scored
             target = min(2 * target, limit)
 

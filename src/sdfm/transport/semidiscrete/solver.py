@@ -65,6 +65,15 @@ Algorithm (chosen by the comparison in BENCHMARKS.md, "Solver"), one :meth:`_Ite
    measurement on fresh noise confirms both (and is what the result reports: the one that decided
    the stop is selected to be low). The solver stops on that confirmation (the true chi2 is below
    tol with about 97.5% confidence), after max_steps steps or after max_seconds seconds.
+   In the large high-dimensional regime with i.i.d. steps (``measure_on_training``: not the
+   quasi-random draws of d <= 16) the measurements draw no noise of their own
+   (:mod:`~sdfm.transport.semidiscrete.shadow`): a snapshot of the average is counted on the steps'
+   batches that follow it, which it does not depend on.
+   After each reading a planner extends the count or picks the next snapshot's time and window by
+   the power law of the average's chi2 (fitted to the last two readings); the solve stops on a
+   passing reading of a snapshot that an earlier reading predicted below tol, and returns the
+   snapshot. At N = 100,000 x 64 this stopped at 14.7 samples per target against 18.7
+   (BENCHMARKS.md section 35).
    Measurements count the float64 argmax, as pairing does: with float32 scores each sample's
    winner is proven by the scores' rounding bound and the others (near ties) are scored again in
    float64 against the exact atoms (:mod:`~sdfm.transport.certified`). When the float32 scores'
@@ -98,6 +107,7 @@ from sdfm.transport.semidiscrete.problem import (
     SemidiscreteProblem,
     relative_eps_scale_of,
 )
+from sdfm.transport.semidiscrete.shadow import ShadowCheck, law_power, plan
 from sdfm.transport.semidiscrete.state import HistoryEntry, Measurement, SemidiscreteResult, SolverState
 from sdfm.transport.sharding import Collective
 from sdfm.transport.smoothness import SmoothMonitor, worst_ratio
@@ -204,6 +214,12 @@ class SemidiscreteSolver:
             two-moons set (10,000 points) were at chi2 0.47, 0.16 and 0.10 after 40 s with the fixed
             step, and reach tol 0.05 with it in 7, 4.5 and 20 s (BENCHMARKS.md section 19).
             ``settings["lr_scale"]`` reports the final factor.
+        measure_on_training: in the large high-dimensional regime (see ``anneal``) with i.i.d. steps
+            (not the quasi-random draws of d <= 16), measure the stop's chi2 on snapshots of the
+            average counted on the steps' own noise (:mod:`~sdfm.transport.semidiscrete.shadow`):
+            no noise samples of its own, and the potential returned is the snapshot that passed.
+            False: measure on fresh noise, as elsewhere. ``settings["measured_on_training"]`` says
+            which ran.
         anneal_batch_size: noise samples per step during annealing (the soft problem's smooth
             dynamics gain from many small steps; None: N / 4, at least 16 and at most 1024).
         noise_level: caps the hard-phase step at ``noise_level * batch_size / N``: a step moves each
@@ -387,6 +403,7 @@ class SemidiscreteSolver:
     tight_start: bool = True
     empty_rise: bool = True
     lr_control: bool = True
+    measure_on_training: bool = True
     coarse_size: int = 256
     coarse_neighbours: int = 4
     smooth_tol: float | None = 3.0
@@ -417,6 +434,7 @@ class SemidiscreteSolver:
             "tight_start": (True, False),
             "empty_rise": (True, False),
             "lr_control": (True, False),
+            "measure_on_training": (True, False),
             "anneal": (True, False, "auto"),
             "pruning": ("auto", "on", "off"),
         }
@@ -566,6 +584,9 @@ class _Iteration:
         self._control_step = 0  # the step of the step control's last look
         self._control_level = math.inf  # the iterate's chi2 at that look
         self._control_stalls = 0  # looks in a row that saw the iterate's chi2 high and not falling
+        self.shadow = None  # (the snapshot measured on the steps' noise, its training samples) or None
+        self.shadow_plan = None  # (window, predicted) of the next snapshot, planned by the last reading
+        self.readings: list[tuple[int, float]] = []  # (training samples at the snapshot, chi2) read
 
     # -- the regime ------------------------------------------------------------------------------
     def direct(self) -> bool:
@@ -650,6 +671,8 @@ class _Iteration:
         """One stochastic step on the noise batch x [B, d]: masses, scales, direction, update, average."""
         s, problem, batch = self.s, self.problem, x.shape[0]
         mass, batch_chi2 = self._masses(state, x)
+        if self.shadow is not None:
+            self.shadow.observe(x)
         scale = self.cells.scale()
         if state.eps > 0:
             scale = scale + state.eps
@@ -802,21 +825,44 @@ class _Iteration:
             generator=torch.Generator().manual_seed(seed),
         )
 
-    def measure_if_due(self, state: SolverState) -> SolverState:
-        """Measures chi2 of the averaged iterate on fresh noise when a measurement is due."""
-        problem = self.problem
-        if state.next_measure is None or state.train_samples < state.next_measure:
-            return replace(state, seconds=time.perf_counter() - self.t_start)
-        tol = self.s.tol
+    def _check_finite(self, state: SolverState) -> None:
         if not bool(torch.isfinite(state.average).all()):  # (a measurement syncs anyway)
             raise ValueError(
                 f"solve: the potential became NaN or Inf by step {state.step} (eps_abs "
-                f"{problem.eps_abs:.3g}); the targets' scale is extreme for this precision: rescale the "
-                "data or raise eps"
+                f"{self.problem.eps_abs:.3g}); the targets' scale is extreme for this precision: rescale "
+                "the data or raise eps"
             )
-        # An unclear verdict below tol (within two standard errors of it) draws more samples, up to 2 per
-        # atom in all (large N only: the measurement is then cheap against the training it can save)
-        extend = 2 * problem.n if 2 * problem.n > problem.eval_samples else False
+
+    def _extend(self) -> int | bool:
+        """How far the stop test's measurement extends while its verdict is unclear: an unclear
+        verdict (within two standard errors of tol) draws more samples, up to 2 per atom in all (large
+        N only: the measurement is then cheap against the training it can save)."""
+        problem = self.problem
+        return 2 * problem.n if 2 * problem.n > problem.eval_samples else False
+
+    def measures_on_training(self) -> bool:
+        """Whether the stop measures snapshots of the average on the steps' noise (:mod:`.shadow`;
+        ``measure_on_training``): in the large high-dimensional regime, with i.i.d. hard-phase draws."""
+        s, problem = self.s, self.problem
+        return (
+            s.measure_on_training
+            and s.tol is not None
+            and problem.sobol is None
+            and problem.eps_abs == 0
+            and self.direct()
+        )
+
+    def measure_if_due(self, state: SolverState) -> SolverState:
+        """Measures chi2 of the averaged iterate on fresh noise when a measurement is due (or, where
+        :meth:`measures_on_training`, reads the snapshot measured on the steps' noise)."""
+        problem = self.problem
+        if self.measures_on_training():
+            return self._measure_on_training(state)
+        if state.next_measure is None or state.train_samples < state.next_measure:
+            return replace(state, seconds=time.perf_counter() - self.t_start)
+        tol = self.s.tol
+        self._check_finite(state)
+        extend = self._extend()
         while_promising = self.direct()  # (where the next measurement is planned by the 1 / samples law)
         check = problem.check(state.average, tol, extend=extend, while_promising=while_promising)
         self._precision_switch(check, state.step)
@@ -841,6 +887,68 @@ class _Iteration:
             seconds=time.perf_counter() - self.t_start,
         )
         return self._restart_lagging_average(new)
+
+    def _measure_on_training(self, state: SolverState) -> SolverState:
+        """The stop on the steps' noise (:mod:`.shadow`): a snapshot of the average is counted on the
+        batches that follow it (no noise of its own) and read after a planned window. The first
+        snapshot comes at the first measurement; after each reading the planner
+        (:func:`.shadow.plan`, the 1 / samples law) either extends the count or picks the next
+        snapshot's training time and window. The solve stops on a reading that passes (chi2 + 2 se
+        <= tol) of a snapshot that an earlier reading, on other noise, predicted below tol: the
+        reading reported did not pick the snapshot (as the confirming measurement on fresh noise
+        does elsewhere). The snapshot is the potential returned."""
+        now = replace(state, seconds=time.perf_counter() - self.t_start)
+        problem, tol = self.problem, self.s.tol
+        if self.shadow is None:
+            due = state.next_measure
+            if due is None or state.train_samples < due:
+                return now
+            self._check_finite(state)
+            window, predicted = (
+                self.shadow_plan if self.shadow_plan is not None else (problem.eval_samples, False)
+            )
+            self.shadow = ShadowCheck(problem, state.average, state.train_samples, window, predicted)
+            return now
+        check = self.shadow.reading()
+        if check is None:
+            return now
+        shadow = self.shadow
+        self._precision_switch(check, state.step)
+        smooth = self._smooth_ratio(check.chi2)
+        if self.smooth_tol is not None and check.smooth:
+            smooth = max(smooth or 0.0, worst_ratio(check.smooth))
+        chi2_ok = check.passes(tol, None)
+        ok = chi2_ok and shadow.predicted and (smooth is None or smooth <= self.smooth_tol)
+        self.last_check = check
+        new = replace(
+            now,
+            measured=Measurement(check.chi2, check.stderr, state.step, smooth, chi2_ok and not ok),
+            converged=ok,
+        )
+        if ok:
+            self.shadow = None
+            return replace(new, average=shadow.potential)
+        if self.readings and self.readings[-1][0] == shadow.at:  # an extension's reading: the latest
+            self.readings.pop()
+        self.readings.append((shadow.at, check.chi2))
+        cap = max(self._extend() or problem.eval_samples, problem.eval_samples)
+        power = law_power(self.readings)
+        step = plan(
+            check,
+            shadow.at,
+            state.train_samples,
+            tol=tol,
+            n=problem.n,
+            base=problem.eval_samples,
+            cap=cap,
+            power=power,
+        )
+        if step.extend_to is not None:
+            shadow.target = step.extend_to
+            return new
+        predicted = check.chi2 * (shadow.at / step.at) ** power <= tol
+        self.shadow, self.shadow_plan = None, (step.window, predicted)
+        return self._restart_lagging_average(replace(new, next_measure=step.at))
 
     def _restart_lagging_average(self, state: SolverState) -> SolverState:
         """``preconditioner="adaptive"``: when a failed measurement finds the average more than twice
@@ -967,6 +1075,8 @@ class _Iteration:
             noise_level_used=self.s.noise_level if self._direct is None else self.noise_level(),
             average_power_used=getattr(self.averaging, "power", None) if self.s.averaging == "poly" else None,
             coarse_used=self.coarse is not None,
+            # whether the stop measured snapshots of the average on the steps' noise (shadow.py)
+            measured_on_training=self._direct is not None and self.measures_on_training(),
             empty_rises=0 if self.empty is None else self.empty.raised,
             lr_scale=self.lr_scale,
         )
