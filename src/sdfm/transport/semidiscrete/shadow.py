@@ -40,7 +40,7 @@ class ShadowCheck:
         at: the training samples behind the snapshot.
         target: the samples to count before the reading (the planner may raise it: an extension).
         predicted: whether another snapshot's reading, on other noise, put this one below tol by the
-            1 / samples law (the stop needs it: the reading reported must not be the one that picked
+            power law of :func:`plan` (the stop needs it: the reading reported must not be the one that picked
             the snapshot).
     """
 

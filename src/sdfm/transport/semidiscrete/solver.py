@@ -584,7 +584,7 @@ class _Iteration:
         self._control_step = 0  # the step of the step control's last look
         self._control_level = math.inf  # the iterate's chi2 at that look
         self._control_stalls = 0  # looks in a row that saw the iterate's chi2 high and not falling
-        self.shadow = None  # (the snapshot measured on the steps' noise, its training samples) or None
+        self.shadow = None  # the snapshot being measured on the steps' noise (shadow.ShadowCheck)
         self.shadow_plan = None  # (window, predicted) of the next snapshot, planned by the last reading
         self.readings: list[tuple[int, float]] = []  # (training samples at the snapshot, chi2) read
 
@@ -892,7 +892,7 @@ class _Iteration:
         """The stop on the steps' noise (:mod:`.shadow`): a snapshot of the average is counted on the
         batches that follow it (no noise of its own) and read after a planned window. The first
         snapshot comes at the first measurement; after each reading the planner
-        (:func:`.shadow.plan`, the 1 / samples law) either extends the count or picks the next
+        (:func:`.shadow.plan`, by the power law of chi2) either extends the count or picks the next
         snapshot's training time and window. The solve stops on a reading that passes (chi2 + 2 se
         <= tol) of a snapshot that an earlier reading, on other noise, predicted below tol: the
         reading reported did not pick the snapshot (as the confirming measurement on fresh noise
@@ -931,7 +931,7 @@ class _Iteration:
         if self.readings and self.readings[-1][0] == shadow.at:  # an extension's reading: the latest
             self.readings.pop()
         self.readings.append((shadow.at, check.chi2))
-        cap = max(self._extend() or problem.eval_samples, problem.eval_samples)
+        cap = self._extend() or problem.eval_samples  # (2 per atom, or eval_samples at small N)
         power = law_power(self.readings)
         step = plan(
             check,
