@@ -4,7 +4,7 @@
     python benchmarks/scale.py pairing                   # assign time against N (d = 64, 784) + PNG
     python benchmarks/scale.py plot                      # redraw results/scale_pairing.png
     python benchmarks/scale.py solve --n 100000 --d 64 [--pca K] [--memory-limit B] [--max-seconds T]
-                                         [--defaults [--before34|--before35]]  # the defaults (or as before)
+                                         [--defaults [--before34|--before35|--before36]]  # (or as before)
     python benchmarks/scale.py check --n 100000 --d 64 [--pca K] [--samples M]  # independent chi2
     python benchmarks/scale.py faiss --n 200000 --d 64   # recall / chi2 / speed of flat, IVF, HNSW
     python benchmarks/scale.py memory [--memory-limit B] [--before33]   # peak memory of a short solve
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import CELL, RESULTS, before_34, before_35, machine, repeat, save  # noqa: E402
+from common import CELL, RESULTS, before_34, before_35, before_36, machine, repeat, save  # noqa: E402
 from sdfm.transport import LaguerreCells, PCAProjection, SemidiscreteSolver  # noqa: E402
 
 DIR = Path(os.environ.get("SDFM_SCALE_DIR", "/tmp/sdfm_scale"))
@@ -206,7 +206,7 @@ def cmd_solve(args):
     path = make_data(args.n, args.d)
     targets = open_targets(path)
     result = {"n": args.n, "d": args.d, "pca": args.pca, "memory_limit": args.memory_limit, "tol": args.tol}
-    with before_34(args.before34), before_35(args.before35), PeakMemory() as mem:
+    with before_34(args.before34), before_35(args.before35), before_36(args.before36), PeakMemory() as mem:
         t0 = time.perf_counter()
         keys = targets
         if args.pca:
@@ -263,6 +263,7 @@ def cmd_solve(args):
     name += "_defaults" if args.defaults else ""
     name += "_before34" if args.before34 else ""
     name += "_before35" if args.before35 else ""
+    name += "_before36" if args.before36 else ""
     torch.save(res.potential, DIR / f"{name}.potential.pt")
     save(name, {"machine": machine(), "command": " ".join(sys.argv), **result})
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
@@ -282,6 +283,7 @@ def cmd_check(args):
     name += "_defaults" if args.defaults else ""
     name += "_before34" if args.before34 else ""
     name += "_before35" if args.before35 else ""
+    name += "_before36" if args.before36 else ""
     potential = torch.load(DIR / f"{name}.potential.pt")
     est = estimate_marginal(
         keys,
@@ -565,6 +567,12 @@ def main():
             action="store_true",
             help="measure the stop on fresh noise as before BENCHMARKS section 35 (not on the steps' "
             "noise); results named ..._before35",
+        )
+        parser.add_argument(
+            "--before36",
+            action="store_true",
+            help="the lifted start on 256 clusters at any N, as before BENCHMARKS section 36; results "
+            "named ..._before36",
         )
     f = sub.add_parser("faiss")
     f.add_argument("--n", type=int, default=200_000)

@@ -7,8 +7,8 @@ defaults take the large high-dimensional regime (no annealing, the lifted start)
 the stop on fresh noise as section 34 left it (common.before_35); "now" is the default, which reads
 snapshots of the average on the steps' own noise (``sdfm.transport.semidiscrete.shadow``). Tol 0.1,
 seeds 0-2 alternating before / now in one process, chi2 checked on 2^20 independent samples; the
-readings (samples per target in all, chi2, se) are in the JSON. Threads: 2 (set below); nothing else
-running.
+readings (samples per target in all, chi2, se) are in the JSON. Both run the lift as section 35 did
+(256 clusters: common.before_36). Threads: 2 (set below); nothing else running.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import before_35, machine, save  # noqa: E402
+from common import before_35, before_36, machine, save  # noqa: E402
 from problems import solve_and_check  # noqa: E402
 from regime import N, mixture  # noqa: E402
 from sdfm.transport import SemidiscreteSolver  # noqa: E402
@@ -38,7 +38,7 @@ def cmd_solve(args):
                 trained[0] = state.train_samples
 
             solver = SemidiscreteSolver(tol=0.1, max_steps=None, max_seconds=300)
-            with before_35(label == "before"):
+            with before_35(label == "before"), before_36():  # (section 35: the lift on 256 clusters)
                 res, seconds, chi2, se = solve_and_check(solver, y, seed, callback=keep)
             row = {
                 "config": label,

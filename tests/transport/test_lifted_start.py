@@ -67,6 +67,22 @@ def _mixture(n: int, d: int, k: int, rank: int, seed: int = 0) -> torch.Tensor:
     return means[comp] + torch.einsum("ndr,nr->nd", bases[comp], coords)
 
 
+def test_lift_clusters_grow_with_n_and_share_the_draws(monkeypatch):
+    # K = n / 100 within [256, 1,024] (and at most n / 8 atoms per cluster in lifted_start); past
+    # 256 clusters the draws are shared: LIFT_DRAWS * 256 in all
+    assert [lift.lift_clusters(n) for n in (1_000, 30_000, 100_000, 10**6)] == [256, 300, 1000, 1024]
+    monkeypatch.setattr(lift, "LIFT_DRAWS", 64)
+    y = _mixture(4000, 16, 8, 4)
+    problem = _problem(y)
+    h_fine, fine = lift.lifted_start(problem, clusters=1000)  # (n / 8 = 500 clusters at most)
+    assert fine["clusters"] == 4000 // lift.LIFT_MIN_ATOMS and fine["draws"] == 64 * lift.LIFT_CLUSTERS
+    h_coarse, coarse = lift.lifted_start(problem, clusters=32)
+    assert coarse["clusters"] == 32 and coarse["draws"] == 64 * 32
+    # more Gaussian pieces approximate the map better: a lower chi2 by an independent count
+    centred = y - problem.mean
+    assert _chi2_free(centred, h_fine) < 0.8 * _chi2_free(centred, h_coarse)  # (0.75 against 1.18)
+
+
 def test_lifted_start_starts_far_below_zero_on_clustered_data():
     y = _mixture(4000, 16, 8, 4)
     problem = _problem(y)

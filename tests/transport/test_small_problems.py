@@ -227,6 +227,30 @@ def test_kmeans_distances_in_bounded_blocks(monkeypatch):
     torch.testing.assert_close(split.sq_dist, whole.sq_dist, rtol=1e-12, atol=1e-12)
 
 
+def test_kmeans_seeding_is_plain_kmeans_plus_plus():
+    """The seeding's reused buffers give the centres of a plain k-means++ (each next centre drawn
+    with probability proportional to the squared distance to the nearest one so far), bit for bit,
+    including repeated points (fewer distinct points than k)."""
+
+    def plain(points, k, gen):
+        first = int(torch.randint(0, points.shape[0], (1,), generator=gen))
+        centres, dist = [points[first]], (points - points[first]).square().sum(1)
+        for _ in range(1, k):
+            total = float(dist.sum())
+            if total <= 0:
+                centres.append(points[int(torch.randint(0, points.shape[0], (1,), generator=gen))])
+                continue
+            nxt = int(torch.multinomial((dist / total).cpu(), 1, generator=gen))
+            centres.append(points[nxt])
+            dist = torch.minimum(dist, (points - points[nxt]).square().sum(1))
+        return torch.stack(centres)
+
+    for n, d, k, seed in [(3000, 7, 200, 0), (400, 64, 50, 1), (30, 2, 40, 2)]:
+        y = torch.randn(n, d, generator=_gen(seed), dtype=torch.float64)
+        y = y.round() if n == 30 else y  # (30 points on a grid: repeats, fewer distinct than k)
+        assert torch.equal(clustering._seed(y, k, _gen(5)), plain(y, k, _gen(5)))
+
+
 def _groups(y: torch.Tensor) -> SmoothGroups:
     n, d = y.shape
     yd = y.double()

@@ -1,7 +1,7 @@
 """The lifted warm start: the problem solved on k-means clusters of the atoms, then lifted to every
 atom with each coarse cell's Gaussian approximation (a two-level start).
 
-The atoms are grouped into K clusters (k-means, ``LIFT_CLUSTERS``); the coarse problem, each
+The atoms are grouped into K clusters (k-means, :func:`lift_clusters`); the coarse problem, each
 cluster's weighted barycentre c_k carrying the cluster's mass w_k, is solved by the solver itself to
 chi2 ``COARSE_TOL`` (K atoms: about a second). In the coarse Laguerre cell of c_k the noise has mean
 xbar_k and covariance Sigma_k; the cluster's atoms have covariance S_k. The optimal map between the
@@ -40,10 +40,14 @@ import torch
 from sdfm.transport.clustering import kmeans
 from sdfm.transport.sources import draw
 
-#: k-means clusters of the coarse problem (at most n / LIFT_MIN_ATOMS)
+#: k-means clusters of the coarse problem: n / LIFT_ATOMS_PER_CLUSTER, at least LIFT_CLUSTERS and at
+#: most LIFT_CLUSTERS_MAX (:func:`lift_clusters`), and at most n / LIFT_MIN_ATOMS
 LIFT_CLUSTERS = 256
+LIFT_CLUSTERS_MAX = 1024
+LIFT_ATOMS_PER_CLUSTER = 100
 LIFT_MIN_ATOMS = 8
-#: noise draws per cluster that measure the coarse cells' means and covariance blocks
+#: noise draws per cluster that measure the coarse cells' means and covariance blocks, up to
+#: LIFT_CLUSTERS clusters; more clusters share LIFT_DRAWS * LIFT_CLUSTERS draws
 LIFT_DRAWS = 1024
 #: the cluster's principal directions that get their own Gaussian map (the rest: isotropic)
 LIFT_RANK = 32
@@ -56,12 +60,32 @@ DRAW_BATCH = 8192
 ROW_BLOCK = 1 << 22
 
 
-def lifted_start(problem, clusters: int = LIFT_CLUSTERS) -> tuple[torch.Tensor, dict]:
-    """(the iterate h [n] of the lifted start, a summary for ``settings["lift"]``) of a problem.
+def lift_clusters(n: int) -> int:
+    """The lift's k-means clusters for n atoms: n / LIFT_ATOMS_PER_CLUSTER within [LIFT_CLUSTERS,
+    LIFT_CLUSTERS_MAX]. More clusters approximate the optimal map by more Gaussian pieces, and the
+    start's error decays slowly in the averaged ascent: from K = 1,024 rather than 256 the averaged
+    potential's chi2 is 5-10% lower after 13-15 samples per target at N = 30,000-100,000 (BENCHMARKS.md
+    section 36). The lift's cost grows with K (k-means, the coarse solve of K atoms), so K grows with
+    n, whose solves take longer."""
+    return min(LIFT_CLUSTERS_MAX, max(LIFT_CLUSTERS, int(n) // LIFT_ATOMS_PER_CLUSTER))
+
+
+def lift_draws(clusters: int) -> int:
+    """The noise draws that measure K coarse cells: LIFT_DRAWS per cell up to LIFT_CLUSTERS cells,
+    LIFT_DRAWS * LIFT_CLUSTERS shared beyond (256 per cell at K = 1,024: the chi2 of the averaged
+    potential after 10-15 samples per target is the same as with 1,024 per cell, BENCHMARKS.md section
+    36, and the draws' scores cost K^2 LIFT_DRAWS d)."""
+    return LIFT_DRAWS * min(int(clusters), LIFT_CLUSTERS)
+
+
+def lifted_start(problem, clusters: int | None = None) -> tuple[torch.Tensor, dict]:
+    """(the iterate h [n] of the lifted start, a summary for ``settings["lift"]``) of a problem, on
+    ``clusters`` k-means clusters (None: :func:`lift_clusters`).
 
     Randomness (k-means, the coarse solve, the draws) comes from ``problem.generator``; the draws
     are not counted in ``problem.samples`` (they score K centres, not the atoms: see the summary)."""
     t0 = time.perf_counter()
+    clusters = lift_clusters(problem.n) if clusters is None else clusters
     k = max(1, min(int(clusters), problem.n // LIFT_MIN_ATOMS))
     seed = int(torch.randint(0, 2**62, (1,), generator=problem.generator, device=problem.device))
     labels, mass, centres = _clusters(problem, k, torch.Generator().manual_seed(seed))
@@ -70,7 +94,7 @@ def lifted_start(problem, clusters: int = LIFT_CLUSTERS) -> tuple[torch.Tensor, 
     bounds = [0, *torch.bincount(labels, minlength=centres.shape[0]).cumsum(0).tolist()]
     members = [order[bounds[i] : bounds[i + 1]] for i in range(centres.shape[0])]
     spans = [_span(problem, rows, centres[i], mass[i]) for i, rows in enumerate(members)]
-    draws = LIFT_DRAWS * centres.shape[0]
+    draws = lift_draws(centres.shape[0])
     xbar, blocks = _cell_noise(problem, centres, psi, spans, draws)
     h = torch.empty(problem.n, dtype=torch.float64, device=problem.device)
     for i, rows in enumerate(members):

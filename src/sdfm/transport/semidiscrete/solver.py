@@ -277,9 +277,10 @@ class SemidiscreteSolver:
             wins and the solve is that of "zero" bit for bit (BENCHMARKS.md section 25), except
             in the large high-dimensional regime (``anneal="auto"`` skipping the annealing, hard
             problems, one process), where "best" weighs "lifted" against h = 0 instead: the
-            problem solved on 256 k-means clusters of the atoms and lifted to each atom by its coarse
-            cell's Gaussian map (:mod:`~sdfm.transport.semidiscrete.lift`; its noise draws score the
-            256 centres only and are not counted in ``samples``: ``settings["lift"]`` has them).
+            problem solved on N / 100 k-means clusters of the atoms (256 to 1,024) and lifted to each
+            atom by its coarse cell's Gaussian map (:mod:`~sdfm.transport.semidiscrete.lift`; its
+            noise draws score the centres only and are not counted in ``samples``:
+            ``settings["lift"]`` has them).
             On the 64-d 16-cluster mixture it starts at chi2 0.73 where h = 0 is at 467 and reaches
             chi2 0.1 after about 12 samples per target instead of 14 (section 34).
             "auto" / "gaussian" start from the potential of a Gaussian fitted to the data; it can
