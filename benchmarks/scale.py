@@ -4,7 +4,7 @@
     python benchmarks/scale.py pairing                   # assign time against N (d = 64, 784) + PNG
     python benchmarks/scale.py plot                      # redraw results/scale_pairing.png
     python benchmarks/scale.py solve --n 100000 --d 64 [--pca K] [--memory-limit B] [--max-seconds T]
-                                         [--defaults [--before34|--before35|--before36]]  # (or as before)
+                                         [--seed S] [--defaults [--before34|--before35|--before36]]
     python benchmarks/scale.py check --n 100000 --d 64 [--pca K] [--samples M]  # independent chi2
     python benchmarks/scale.py faiss --n 200000 --d 64   # recall / chi2 / speed of flat, IVF, HNSW
     python benchmarks/scale.py memory [--memory-limit B] [--before33]   # peak memory of a short solve
@@ -232,7 +232,7 @@ def cmd_solve(args):
         trained = [0]  # noise samples of the training steps (the rest are chi2 measurements)
         res = solver.solve(
             keys,
-            generator=torch.Generator().manual_seed(0),
+            generator=torch.Generator().manual_seed(args.seed),
             callback=lambda state: trained.__setitem__(0, state.train_samples),
         )
         result["seconds_total"] = time.perf_counter() - t0
@@ -257,16 +257,22 @@ def cmd_solve(args):
         for h in res.history
         if h.chi2 is not None
     ]
+    name = _solve_name(args, streamed=args.memory_limit == 0)
+    torch.save(res.potential, DIR / f"{name}.potential.pt")
+    save(name, {"machine": machine(), "command": " ".join(sys.argv), **result})
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
+
+
+def _solve_name(args, streamed: bool = False) -> str:
+    """The results' name of a solve: size, options, and the seed where it is not 0."""
     name = f"scale_solve_n{args.n}_d{args.d}" + (f"_pca{args.pca}" if args.pca else "")
-    name += "_streamed" if args.memory_limit == 0 else ""
+    name += "_streamed" if streamed else ""
     name += "_before17" if args.section15 else ""
     name += "_defaults" if args.defaults else ""
     name += "_before34" if args.before34 else ""
     name += "_before35" if args.before35 else ""
     name += "_before36" if args.before36 else ""
-    torch.save(res.potential, DIR / f"{name}.potential.pt")
-    save(name, {"machine": machine(), "command": " ".join(sys.argv), **result})
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
+    return name + (f"_seed{args.seed}" if args.seed else "")
 
 
 def cmd_check(args):
@@ -278,12 +284,7 @@ def cmd_check(args):
     keys = targets
     if args.pca:
         keys = PCAProjection.fit(targets, args.pca).project_targets(targets)
-    name = f"scale_solve_n{args.n}_d{args.d}" + (f"_pca{args.pca}" if args.pca else "")
-    name += "_before17" if args.section15 else ""
-    name += "_defaults" if args.defaults else ""
-    name += "_before34" if args.before34 else ""
-    name += "_before35" if args.before35 else ""
-    name += "_before36" if args.before36 else ""
+    name = _solve_name(args)
     potential = torch.load(DIR / f"{name}.potential.pt")
     est = estimate_marginal(
         keys,
@@ -567,6 +568,9 @@ def main():
             action="store_true",
             help="measure the stop on fresh noise as before BENCHMARKS section 35 (not on the steps' "
             "noise); results named ..._before35",
+        )
+        parser.add_argument(
+            "--seed", type=int, default=0, help="the solve's seed (results named ..._seedS if not 0)"
         )
         parser.add_argument(
             "--before36",

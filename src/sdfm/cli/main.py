@@ -137,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the first potential: best (default: h = 0 or the radial start, whichever a probe batch "
         "counts closer to the weights; the radial start solves heavy-tailed 2-D data; on large "
         "high-dimensional data h = 0 or the lifted start), zero (the default before BENCHMARKS.md "
-        "section 25: better for a tiny far cluster), radial, or lifted (a solve on 256 k-means "
-        "clusters lifted to the atoms by each coarse cell's Gaussian map; section 34)",
+        "section 25: better for a tiny far cluster), radial, or lifted (a solve on N / 100 k-means "
+        "clusters, 256 to 1,024, lifted to the atoms by each coarse cell's Gaussian map; sections 34, 36)",
     )
     solve.add_argument(
         "--normalize",

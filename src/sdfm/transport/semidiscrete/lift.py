@@ -23,10 +23,11 @@ noise's sigma_res^2 per direction: sigma_res / sqrt(s_res) |residual|^2). xbar_k
 measured on ``LIFT_DRAWS`` x K noise draws scored against the K centres only, each K / N of a full
 sample's work; a cell with too few draws for its block takes an isotropic one.
 
-On the 64-d mixture of 16 rank-16 Gaussians (N = 30,000) this start has chi2 0.73 where h = 0 has
-467 and the constant lift 14.6; from it the averaged stochastic ascent reaches chi2 0.1 after about 12
-samples per target instead of 14 (BENCHMARKS.md, section 34). The method is the semidiscrete problem
-of arXiv 2509.25519; the two-level start is this library's.
+On the 64-d mixture of 16 rank-16 Gaussians (N = 30,000) this start on 256 clusters has chi2 0.73
+where h = 0 has 467 and the constant lift 14.6; from it the averaged stochastic ascent reaches chi2
+0.1 after about 12 samples per target instead of 14 (BENCHMARKS.md, section 34). With 1,024 clusters
+its chi2 after 13-15 samples per target is 5-7% lower again (section 36). The method is the
+semidiscrete problem of arXiv 2509.25519; the two-level start is this library's.
 """
 
 from __future__ import annotations
