@@ -20,7 +20,7 @@ S_k is used on its top ``LIFT_RANK`` principal directions U_k (all of them when 
 fewer), where the map needs only the block U_k^T Sigma_k U_k of the noise covariance; what the atoms
 have outside that span is penalised as an isotropic Gaussian pair would be (variance s_res against the
 noise's sigma_res^2 per direction: sigma_res / sqrt(s_res) |residual|^2). xbar_k and the blocks are
-measured on ``LIFT_DRAWS`` x K noise draws scored against the K centres only, each K / N of a full
+measured on :func:`lift_draws` noise draws scored against the K centres only, each K / N of a full
 sample's work; a cell with too few draws for its block takes an isotropic one.
 
 On the 64-d mixture of 16 rank-16 Gaussians (N = 30,000) this start on 256 clusters has chi2 0.73
@@ -65,7 +65,7 @@ def lift_clusters(n: int) -> int:
     """The lift's k-means clusters for n atoms: n / LIFT_ATOMS_PER_CLUSTER within [LIFT_CLUSTERS,
     LIFT_CLUSTERS_MAX]. More clusters approximate the optimal map by more Gaussian pieces, and the
     start's error decays slowly in the averaged ascent: from K = 1,024 rather than 256 the averaged
-    potential's chi2 is 5-10% lower after 13-15 samples per target at N = 30,000-100,000 (BENCHMARKS.md
+    potential's chi2 is 5-7% lower after 13-15 samples per target at N = 30,000-100,000 (BENCHMARKS.md
     section 36). The lift's cost grows with K (k-means, the coarse solve of K atoms), so K grows with
     n, whose solves take longer."""
     return min(LIFT_CLUSTERS_MAX, max(LIFT_CLUSTERS, int(n) // LIFT_ATOMS_PER_CLUSTER))
@@ -73,9 +73,9 @@ def lift_clusters(n: int) -> int:
 
 def lift_draws(clusters: int) -> int:
     """The noise draws that measure K coarse cells: LIFT_DRAWS per cell up to LIFT_CLUSTERS cells,
-    LIFT_DRAWS * LIFT_CLUSTERS shared beyond (256 per cell at K = 1,024: the chi2 of the averaged
-    potential after 10-15 samples per target is the same as with 1,024 per cell, BENCHMARKS.md section
-    36, and the draws' scores cost K^2 LIFT_DRAWS d)."""
+    LIFT_DRAWS * LIFT_CLUSTERS shared beyond: 256 per cell at K = 1,024 (in a scratch run of
+    BENCHMARKS.md section 36 the averaged potential's chi2 after 10-15 samples per target was the same
+    as with 1,024 per cell), while K * LIFT_DRAWS draws would cost K^2 LIFT_DRAWS d to score."""
     return LIFT_DRAWS * min(int(clusters), LIFT_CLUSTERS)
 
 
