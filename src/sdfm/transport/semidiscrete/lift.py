@@ -26,7 +26,7 @@ sample's work; a cell with too few draws for its block takes an isotropic one.
 On the 64-d mixture of 16 rank-16 Gaussians (N = 30,000) this start on 256 clusters has chi2 0.73
 where h = 0 has 467 and the constant lift 14.6; from it the averaged stochastic ascent reaches chi2
 0.1 after about 12 samples per target instead of 14 (BENCHMARKS.md, section 34). With 1,024 clusters
-its chi2 after 13-15 samples per target is 5-7% lower again (section 36). The method is the
+its chi2 after 13-15 samples per target is 4-6% lower again (section 36). The method is the
 semidiscrete problem of arXiv 2509.25519; the two-level start is this library's.
 """
 
@@ -65,7 +65,7 @@ def lift_clusters(n: int) -> int:
     """The lift's k-means clusters for n atoms: n / LIFT_ATOMS_PER_CLUSTER within [LIFT_CLUSTERS,
     LIFT_CLUSTERS_MAX]. More clusters approximate the optimal map by more Gaussian pieces, and the
     start's error decays slowly in the averaged ascent: from K = 1,024 rather than 256 the averaged
-    potential's chi2 is 5-7% lower after 13-15 samples per target at N = 30,000-100,000 (BENCHMARKS.md
+    potential's chi2 is 4-6% lower after 13-15 samples per target at N = 30,000-100,000 (BENCHMARKS.md
     section 36). The lift's cost grows with K (k-means, the coarse solve of K atoms), so K grows with
     n, whose solves take longer."""
     return min(LIFT_CLUSTERS_MAX, max(LIFT_CLUSTERS, int(n) // LIFT_ATOMS_PER_CLUSTER))
