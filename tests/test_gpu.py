@@ -28,6 +28,19 @@ def test_assign_cuda_equals_cpu_float64_and_ignores_tf32():
     assert (out32.cpu() == ref).float().mean() > 0.999
 
 
+def test_assign_cuda_default_blocks_equal_small_blocks_and_float64():
+    """CUDA's default score blocks (2,048 x 65,536 here) give the float64 argmax of small blocks."""
+    torch.manual_seed(0)
+    y = torch.randn(200_000, 8, dtype=torch.float64)
+    g = 0.1 * torch.randn(200_000, dtype=torch.float64)
+    x = torch.randn(5000, 8, dtype=torch.float64)
+    ref = assign(x, y, g, chunk_size=1000)
+    assert torch.equal(assign(x.cuda(), y.cuda(), g.cuda()).cpu(), ref)
+    out32 = assign(x.float().cuda(), y.float().cuda(), g.cuda()).cpu()
+    small = assign(x.float().cuda(), y.float().cuda(), g.cuda(), chunk_size=1000).cpu()
+    assert (out32 == ref).float().mean() > 0.999 and (small == ref).float().mean() > 0.999
+
+
 def test_solver_on_cuda():
     y = torch.randn(2000, 8, device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(0)

@@ -26,6 +26,22 @@ def test_assign_equals_brute_force_float64(chunk_size):
     assert torch.equal(out, ref)
 
 
+def test_score_blocks_are_larger_on_cuda():
+    """The default block holds 2^21 scores on the CPU (cache-sized) and 2^27 on CUDA (launch-bound
+    otherwise); a given chunk_size wins on both, and the scorer passes the queries' device."""
+    from sdfm.transport import _stream
+    from sdfm.transport.scoring import Scorer
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # only the type is read: no GPU needed
+    assert _stream.chunk_size_for(4096, 10**6, 64) == (1 << 21) // 2048
+    assert _stream.chunk_size_for(4096, 10**6, 64, device=cpu) == (1 << 21) // 2048
+    assert _stream.chunk_size_for(4096, 10**6, 64, device=cuda) == (1 << 27) // 2048
+    assert _stream.chunk_size_for(4096, 10**6, 64, chunk_size=999, device=cuda) == 999
+    assert _stream.chunk_size_for(1, 5000, 64, device=cuda) == 5000  # never past the targets
+    scorer = Scorer(torch.zeros(10**6, 64), 10**6)
+    assert scorer.chunk(4096, cuda) == (1 << 27) // 2048 and scorer.chunk(4096) == 1024
+
+
 @pytest.mark.parametrize("offset", [0.0, 1000.0])
 def test_assign_float32_matches_except_near_ties(offset):
     torch.manual_seed(1)

@@ -18,6 +18,11 @@ import torch
 #: in cache beat larger ones (measured: chunk 1024-2048 for n = 1024).
 BLOCK_ELEMENTS = 1 << 21
 
+#: The same on CUDA devices (512 MiB in float32): there a block of 2,048 x 1,024 scores is all
+#: kernel launches and Python; at N = 10^6 x 64 on an H200, exact pairing ran 12x faster with
+#: 2,048 x 131,072 blocks than with the CPU's (BENCHMARKS.md section 37).
+BLOCK_ELEMENTS_CUDA = 1 << 27
+
 #: exp() arguments are clamped from below at this value: exp(-40) = 4e-18 and its square stay
 #: normal floats. Denormals (exp(x) for x < -87 in float32) make CPU arithmetic ~100x slower; the
 #: clamp adds at most 4e-18 per entry to probabilities, far below float32 resolution of a sum.
@@ -33,13 +38,18 @@ def _exp_shifted_(block: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 ROW_BLOCK = 2048
 
 
-def chunk_size_for(n: int, num_targets: int, d: int, chunk_size: int | None = None) -> int:
+def chunk_size_for(
+    n: int, num_targets: int, d: int, chunk_size: int | None = None, device: torch.device | None = None
+) -> int:
     """Number of targets per chunk: the given one, or one that keeps [rows, chunk] and [chunk, d]
-    small (rows = min(n, ROW_BLOCK))."""
+    within BLOCK_ELEMENTS (rows = min(n, ROW_BLOCK); BLOCK_ELEMENTS_CUDA on a CUDA ``device``)."""
     if chunk_size is not None:
         return max(1, min(int(chunk_size), num_targets))
     rows = min(n, ROW_BLOCK)
-    return max(1, min(num_targets, max(64, BLOCK_ELEMENTS // max(rows, d, 1))))
+    block = (
+        BLOCK_ELEMENTS_CUDA if device is not None and torch.device(device).type == "cuda" else BLOCK_ELEMENTS
+    )
+    return max(1, min(num_targets, max(64, block // max(rows, d, 1))))
 
 
 def _row_blocks(x: torch.Tensor):

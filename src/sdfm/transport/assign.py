@@ -91,8 +91,9 @@ class LaguerreCells:
         targets: data points [N, d] on any device (chunks are moved to the queries' device).
         potential: dual potential g [N] in the 1/2 |x - y|^2 convention (float64 recommended).
         eps: absolute entropic regularisation (>= 0), in cost units.
-        weights: target weights b [N] (positive; normalised). Only enter when eps > 0.
-        chunk_size: targets per score block (default: blocks of about 2M elements).
+        weights: target weights b [N] (positive; normalised). Only used when eps > 0.
+        chunk_size: targets per score block (default: blocks of about 2M scores on the CPU, 128M
+            on CUDA).
         score_dtype: None (default: float32 scores for float32 queries, float64 for float64 ones; for
             eps = 0 each float32 winner is proven by a rounding bound and the rows it cannot prove,
             near ties and copies, are re-scored in float64, so the argmax is the float64 one, ties
@@ -313,7 +314,11 @@ class LaguerreCells:
                     f"classes: no target has class {missing[:5]} (noise samples of a class need targets)"
                 )
             index = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-            kw = {"chunk": keys.scorer.chunk(x.shape[0]), "center": keys.center, "alpha": self.alpha}
+            kw = {
+                "chunk": keys.scorer.chunk(x.shape[0], x.device),
+                "center": keys.center,
+                "alpha": self.alpha,
+            }
             for c in present:
                 rows = torch.nonzero(query == c).squeeze(1)
                 on_targets, on_x = members[c]
@@ -332,7 +337,11 @@ class LaguerreCells:
 
         def dense(rows: torch.Tensor):
             """(positions among the class's targets, best, second or None, None) by the dense scan."""
-            kw = {"chunk": keys.scorer.chunk(rows.shape[0]), "center": keys.center, "subset": on_targets}
+            kw = {
+                "chunk": keys.scorer.chunk(rows.shape[0], rows.device),
+                "center": keys.center,
+                "subset": on_targets,
+            }
             return (
                 *stream_argmax(rows, self.targets, keys.bias[on_x], **kw, top2=top2, positions=True),
                 None,
@@ -355,7 +364,7 @@ class LaguerreCells:
                 keys.center,
                 keys.center64,
                 keys.certificate,
-                chunk=keys.scorer.chunk(int(rows.shape[0])),
+                chunk=keys.scorer.chunk(int(rows.shape[0]), rows.device),
                 subset=on_targets,
             )
             index[rows] = on_x[pos]
@@ -466,7 +475,8 @@ def assign(
         eps: absolute entropic regularisation (>= 0), in cost units.
         weights: target weights b [N] (positive; normalised). Only used when eps > 0.
         generator: randomness for eps > 0 (on ``x.device``).
-        chunk_size: targets per chunk (default: a [rows, chunk] block of about 2M elements).
+        chunk_size: targets per chunk (default: a [rows, chunk] block of about 2M scores on the
+            CPU, 128M on CUDA).
         score_dtype: None (float32 scores certified, near ties re-scored in float64: the float64
             argmax; see :class:`LaguerreCells`) or torch.bfloat16 / torch.float16 (eps = 0:
             low-precision scores, then float64 re-scoring of every candidate within the rounding

@@ -48,7 +48,8 @@ class Scorer:
         center: subtracted from every key chunk (None: keys are used as they are).
         subset: rows of ``keys`` holding this process's atoms (None: ``keys[i]``).
         collective: atoms sharded across processes (None: one process holds them all).
-        chunk_size: atoms per score block (None: automatic, about 2M scores per block).
+        chunk_size: atoms per score block (None: automatic, about 2M scores per block on the CPU,
+            128M on CUDA).
         pruning: when to find the argmax with cluster bounds instead of scanning every atom
             (:class:`~sdfm.transport.pruned.Pruning`; None: always the dense scan). Applies to the
             plain argmax and top-2 of keys held whole (no ``subset``); the answer is the dense one.
@@ -73,9 +74,9 @@ class Scorer:
         local = self.keys.shape[0] if self.subset is None else self.subset.shape[0]
         return self.lo + int(local)
 
-    def chunk(self, n: int) -> int:
-        """Atoms per score block for n queries."""
-        return chunk_size_for(n, self.num_atoms, self.dim, self.chunk_size)
+    def chunk(self, n: int, device: torch.device | None = None) -> int:
+        """Atoms per score block for n queries on ``device`` (larger blocks on CUDA)."""
+        return chunk_size_for(n, self.num_atoms, self.dim, self.chunk_size, device)
 
     def argmax(
         self,
@@ -131,7 +132,7 @@ class Scorer:
             self.center,
             center64,
             certificate,
-            chunk=self.chunk(x.shape[0]),
+            chunk=self.chunk(x.shape[0], x.device),
             subset=self.subset,
             atoms=atoms,
         )
@@ -158,7 +159,7 @@ class Scorer:
 
     def _scan(self, x: torch.Tensor) -> dict:
         """The dense scan's block size and centre for the queries x (keyword arguments)."""
-        return {"chunk": self.chunk(x.shape[0]), "center": self.center, "positions": True}
+        return {"chunk": self.chunk(x.shape[0], x.device), "center": self.center, "positions": True}
 
     def _pruned(self, x: torch.Tensor, bias: torch.Tensor, second: str | None, dense):
         """(position, best, second score, second position) from the cluster-bound search, or None
@@ -178,7 +179,9 @@ class Scorer:
         """The exact argmax from low-precision scores re-scored in float64 (one process; see
         :func:`~sdfm.transport._stream.stream_argmax_lowp`): ``lowp`` holds the rounded keys and the
         bias, ``self.keys`` the rows re-scored."""
-        return stream_argmax_lowp(x, lowp, targets=self.keys, chunk=self.chunk(x.shape[0]), top2=top2)
+        return stream_argmax_lowp(
+            x, lowp, targets=self.keys, chunk=self.chunk(x.shape[0], x.device), top2=top2
+        )
 
     def softmax_columns(
         self, x: torch.Tensor, bias: torch.Tensor, *, alpha: float, squares: bool = False
@@ -190,7 +193,7 @@ class Scorer:
             x,
             self.keys,
             bias[self.lo : self.hi],
-            chunk=self.chunk(x.shape[0]),
+            chunk=self.chunk(x.shape[0], x.device),
             center=self.center,
             alpha=alpha,
             squares=squares,
@@ -210,7 +213,7 @@ class Scorer:
             x,
             self.keys,
             bias[self.lo : self.hi],
-            chunk=self.chunk(x.shape[0]),
+            chunk=self.chunk(x.shape[0], x.device),
             center=self.center,
             alpha=alpha,
             subset=self.subset,

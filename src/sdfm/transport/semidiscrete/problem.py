@@ -339,7 +339,7 @@ class SemidiscreteProblem:
 
     # -- atoms -----------------------------------------------------------------------------------
     def chunk(self, n: int) -> int:
-        return chunk_size_for(n, self.n, self.d, self.settings.chunk_size)
+        return chunk_size_for(n, self.n, self.d, self.settings.chunk_size, self.device)
 
     def atoms_at(self, index: torch.Tensor) -> torch.Tensor:
         """The atoms y[index] [len, d] in float64 on the compute device (index into the n atoms)."""

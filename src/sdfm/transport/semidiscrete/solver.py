@@ -297,7 +297,8 @@ class SemidiscreteSolver:
             beyond float32 at N >= 1,000; ``settings["score_precision"]`` of the result says which),
             and a float32 solve goes on in float64 when its float32 counts are off (module step 6).
         device: where to compute (None: the device of the targets).
-        chunk_size: targets per score block (None: automatic, about 4M elements per block).
+        chunk_size: targets per score block (None: automatic, blocks of about 2M scores on the CPU
+            and 128M on CUDA).
         memory_limit: bytes the solver may spend on its own copy of the centred targets in the
             compute dtype, on the compute device (default 1 GiB). Larger targets are not copied but
             streamed chunk by chunk from where they are (a memory-mapped file, host memory feeding a
