@@ -19,8 +19,9 @@ import torch
 BLOCK_ELEMENTS = 1 << 21
 
 #: The same on CUDA devices (512 MiB in float32): there a block of 2,048 x 1,024 scores is all
-#: kernel launches and Python; at N = 10^6 x 64 on an H200, exact pairing ran 12x faster with
-#: 2,048 x 131,072 blocks than with the CPU's (BENCHMARKS.md section 37).
+#: kernel launches and Python; at N = 10^6 x 64 on an H200, exact pairing ran 17x faster with this
+#: default's 2,048 x 65,536 blocks than with the CPU's, and 5% slower than with 2,048 x 131,072
+#: (BENCHMARKS.md section 37). Lower it with ``chunk_size`` on a GPU short of memory.
 BLOCK_ELEMENTS_CUDA = 1 << 27
 
 #: exp() arguments are clamped from below at this value: exp(-40) = 4e-18 and its square stay
