@@ -461,12 +461,7 @@ def before_35(on: bool = True):
     """The solver as before section 35 while the block runs (if ``on``): the stop measures the
     average on fresh noise in every regime (never on the steps' noise), and the lift has 256
     clusters at any N (before_36)."""
-    return _patched(
-        on,
-        (solver._Iteration, "measures_on_training", _never),
-        (lift, "lift_clusters", _lift_clusters_before_36),
-        (lift, "lift_draws", _lift_draws_before_36),
-    )
+    return _patched(on, (solver._Iteration, "measures_on_training", _never), *_BEFORE_36)
 
 
 def _lift_clusters_before_36(n: int) -> int:
@@ -477,12 +472,14 @@ def _lift_draws_before_36(clusters: int) -> int:
     return lift.LIFT_DRAWS * int(clusters)
 
 
+_BEFORE_36 = (
+    (lift, "lift_clusters", _lift_clusters_before_36),
+    (lift, "lift_draws", _lift_draws_before_36),
+)
+
+
 def before_36(on: bool = True):
     """The solver as before section 36 while the block runs (if ``on``): the lifted start on 256
     k-means clusters at any N (not n / 100 of them, up to 1,024), with LIFT_DRAWS draws per cluster
     whatever their number."""
-    return _patched(
-        on,
-        (lift, "lift_clusters", _lift_clusters_before_36),
-        (lift, "lift_draws", _lift_draws_before_36),
-    )
+    return _patched(on, *_BEFORE_36)
